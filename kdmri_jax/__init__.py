@@ -1,0 +1,3 @@
+"""kdmri_jax: KD-MRI (Murugesan et al., MIDL 2020) in JAX/Flax."""
+
+__version__ = "0.1.0"
