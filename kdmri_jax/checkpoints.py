@@ -73,8 +73,10 @@ def resolve(path: str | os.PathLike) -> tuple[str, int]:
                  if name.isdigit() and os.path.isdir(os.path.join(path, name, "meta")))
   require(bool(steps), f"checkpoint {path} holds no kdmri_jax checkpoint step (no <step>/meta folder); "
                        f"pass a folder written by training, convert or save_params.")
-  with manager(path, best=False, create=False) as mngr:
-    step = mngr.best_step() if _tracks_metrics(path, steps[-1]) else None
+  if not _tracks_metrics(path, steps[-1]):
+    return path, steps[-1]
+  with manager(path, best=True, max_to_keep=len(steps), create=False) as mngr:
+    step = mngr.best_step()
   return path, steps[-1] if step is None else step
 
 
