@@ -1,0 +1,104 @@
+"""Data for kdmri_jax: the reference h5 layout, readers, preparation, the embedded brain and the pipeline.
+
+`load_split(config, 'train' | 'validation')` is the one entry point training and evaluation use: it finds
+the data (a prepared root, or the embedded MNI brain when `config.data.root` is None and the dataset is
+brain), the mask, and returns a random-access source of single examples. `train_batches` / `eval_batches`
+(data/pipeline.py) turn a source into batches.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kdmri_jax.data.pipeline import eval_batches, num_train_batches, train_batches
+from kdmri_jax.data.reference import Volume, list_volumes, read_volume, write_volume
+from kdmri_jax.errors import InputError, require
+
+__all__ = ["Volume", "read_volume", "write_volume", "list_volumes", "load_split", "train_batches",
+           "eval_batches", "num_train_batches", "embedded_brain_root", "mask_path_for", "DATASETS"]
+
+# Image shapes and mask directions of the paper's datasets (reference code).
+DATASETS = {"brain": ((240, 240), "rows"), "cardiac": ((150, 150), "rows"), "knee": ((640, 368), "columns")}
+SPLIT_NAMES = {"train": "train", "validation": "validation", "val": "validation", "valid": "validation"}
+DEFAULT_CACHE = os.path.join(os.path.expanduser("~"), ".cache", "kdmri_jax")
+
+
+def embedded_brain_root(cache_dir: str | None = None, size: int = 240,
+                        accs: tuple[str, ...] = ("4x", "5x", "8x"), **spec) -> str:
+  """The embedded MNI brain dataset in the reference layout (built into `cache_dir` on first use).
+
+  `spec` overrides `kdmri_jax.data.embedded.BrainSpec` fields (seed, copies, slice_step, ...).
+  """
+  from kdmri_jax.data import embedded
+  return embedded.ensure(cache_dir or DEFAULT_CACHE, size=size, accs=accs, **spec)
+
+
+def mask_path_for(root: str, acc: str) -> str:
+  return os.path.join(root, "masks", f"mask_{acc}.npy")
+
+
+def _get(config, dotted: str, default=None):
+  node = config
+  for part in dotted.split("."):
+    try:
+      node = node[part] if isinstance(node, dict) else getattr(node, part)
+    except (KeyError, AttributeError):
+      return default
+  return default if node is None else node
+
+
+def data_root(config, acc: str | None = None) -> str:
+  """`config.data.root`, or the embedded brain for dataset 'brain'; an InputError otherwise."""
+  root = _get(config, "data.root")
+  dataset = _get(config, "dataset", "brain")
+  if root is not None:
+    return os.fspath(root)
+  if dataset == "brain":
+    task = _get(config, "task", "reconstruction")
+    size = int(_get(config, "data.image_size", 256 if task == "super_resolution" else 240))
+    return embedded_brain_root(_get(config, "data.cache_dir"), size=size,
+                               accs=(acc or _get(config, "acc", "4x"),), seed=int(_get(config, "data.seed", 0)))
+  raise InputError(
+      f"dataset '{dataset}' needs a data root: set config.data.root (e.g. --config.data.root=ROOT) to a folder "
+      f"in the reference layout ROOT/{{train,validation}}/acc_<acc>/*.h5, or prepare one from fully-sampled "
+      f"volumes with `python -m kdmri_jax.prepare --input VOLUMES --dataset {dataset} --acc 4x 5x 8x "
+      f"--out ROOT`.")
+
+
+def load_mask_for(config, root: str, acc: str, shape: tuple[int, int]):
+  from kdmri_jax import masks
+  path = _get(config, "data.mask_path") or mask_path_for(root, acc)
+  require(os.path.isfile(path), f"no undersampling mask at {path}; set config.data.mask_path to the "
+          f"{acc} mask (.npy, H×W, 0/1, unshifted) or prepare the data with `python -m kdmri_jax.prepare`, "
+          f"which writes ROOT/masks/mask_{acc}.npy.")
+  return masks.load_mask(path, shape)
+
+
+def load_split(config, split: str):
+  """A random-access source of one split: `len`, `[i] -> dict`, `.mask` (reconstruction).
+
+  Reconstruction examples are {'input','target','kspace','mask'}; for `config.task == 'super_resolution'`
+  the targets are wrapped by `kdmri_jax.data.sr.SuperResolutionSource` into {'input','target'}.
+  `config.data.max_slices` keeps that many examples spread evenly over the split. Sources also offer
+  `shape`, `locate(i) -> (volume, slice)` and `volume_ranges()` for per-volume metrics.
+  """
+  require(split in SPLIT_NAMES, f"split {split!r} is not one of 'train', 'validation'.")
+  split = SPLIT_NAMES[split]
+  acc = str(_get(config, "acc", "4x"))
+  task = _get(config, "task", "reconstruction")
+  root = data_root(config, acc)
+  if _get(config, "data.source", "h5") == "tfds":
+    from kdmri_jax.data import tfds_builder
+    source = tfds_builder.load_source(root, split, acc, mask=None, config=config)
+  else:
+    from kdmri_jax.data.sources import ReferenceSource
+    source = ReferenceSource(list_volumes(root, split, acc), acc, mask=None)
+  max_slices = _get(config, "data.max_slices")
+  if max_slices is not None:
+    from kdmri_jax.data.sources import SubsetSource
+    source = SubsetSource.evenly_spaced(source, max_slices)
+  if task == "super_resolution":
+    from kdmri_jax.data.sr import SuperResolutionSource  # written by the super-resolution module
+    return SuperResolutionSource(source, config)
+  source.mask = load_mask_for(config, root, acc, source.shape)
+  return source

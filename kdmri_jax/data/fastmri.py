@@ -1,0 +1,84 @@
+"""fastMRI single-coil knee files (Zbontar et al. 2018) as fully-sampled magnitude targets.
+
+A fastMRI h5 holds `kspace` (S×H×W complex, centred, e.g. 640×368), `reconstruction_esc` (S×320×320, the
+magnitude of the centred inverse FFT cropped to 320×320; `reconstruction_rss` for multi-coil) and the XML
+`ismrmrd_header`. We take magnitude targets, centre-cropped to the wanted size, and undersample them
+retrospectively with our masks (kdmri_jax.data.writer), as the KD-MRI reference data were made:
+
+  target = 'esc' | 'rss'  the stored reconstruction, centre-cropped to `crop` (default: as stored)
+  target = 'kspace'       |IFFT2c(kspace)| (fastMRI's centred, orthonormal IFFT), centre-cropped to `crop`
+                          (default: the full k-space size, the paper's 640×368 knee slices)
+
+Slices are the file's first axis.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from kdmri_jax.data.volumes import centre_crop_or_pad, to_slices
+from kdmri_jax.errors import InputError, require
+
+TARGETS = ("auto", "esc", "rss", "kspace")
+
+
+def is_fastmri(path: str) -> bool:
+  """True for an h5 file with a `kspace` key (the fastMRI convention)."""
+  import h5py
+  try:
+    with h5py.File(path, "r") as h5file:
+      return "kspace" in h5file
+  except OSError:
+    return False
+
+
+def ifft2c(kspace: np.ndarray) -> np.ndarray:
+  """fastMRI's centred orthonormal inverse FFT over the last two axes."""
+  shifted = np.fft.ifftshift(kspace, axes=(-2, -1))
+  return np.fft.fftshift(np.fft.ifft2(shifted, norm="ortho"), axes=(-2, -1))
+
+
+def header_sizes(header: bytes | str) -> dict[str, tuple[int, int]]:
+  """{'encoded': (x, y), 'recon': (x, y)} matrix sizes from an ISMRMRD XML header ({} if absent)."""
+  text = header.decode() if isinstance(header, bytes) else str(header)
+  sizes = {}
+  for name, tag in (("encoded", "encodedSpace"), ("recon", "reconSpace")):
+    block = re.search(rf"<{tag}>(.*?)</{tag}>", text, re.S)
+    if block:
+      x = re.search(r"<matrixSize>.*?<x>(\d+)</x>", block.group(1), re.S)
+      y = re.search(r"<matrixSize>.*?<y>(\d+)</y>", block.group(1), re.S)
+      if x and y:
+        sizes[name] = (int(x.group(1)), int(y.group(1)))
+  return sizes
+
+
+def read_fastmri(path: str, target: str = "auto", crop: tuple[int, int] | None = None) -> np.ndarray:
+  """(S, H, W) float32 magnitude targets of one fastMRI file (see the module docstring)."""
+  import h5py
+  path = os.fspath(path)
+  require(target in TARGETS, f"fastMRI target {target!r} is not one of {TARGETS}.")
+  require(os.path.isfile(path), f"{path} does not exist.")
+  try:
+    h5file = h5py.File(path, "r")
+  except OSError as error:
+    raise InputError(f"{path} is not a readable HDF5 file ({error}).") from None
+  with h5file:
+    keys = sorted(h5file.keys())
+    if target == "auto":
+      target = next((t for t in ("esc", "rss") if f"reconstruction_{t}" in h5file), "kspace")
+    key = "kspace" if target == "kspace" else f"reconstruction_{target}"
+    require(key in h5file, f"{path} has no key '{key}' (keys: {keys}); it is not a fastMRI file with that "
+            f"target.")
+    data = h5file[key][()]
+  if target == "kspace":
+    require(np.iscomplexobj(data) and data.ndim == 3, f"{path}: 'kspace' has shape {data.shape} and dtype "
+            f"{data.dtype}; only single-coil S×H×W complex k-space is supported (multi-coil: use the "
+            f"'reconstruction_rss' target).")
+    data = np.abs(ifft2c(data))
+  volume = to_slices(data, f"{path} (key '{key}')", 0)
+  if crop is not None:
+    volume = centre_crop_or_pad(volume, tuple(crop))
+  return volume
