@@ -115,7 +115,7 @@ def load_params(path: str | os.PathLike, expected_model: str | None = None
   except Exception as error:
     raise InputError(f"checkpoint {directory}/{step} has unreadable parameters ({type(error).__name__}); "
                      f"it may be truncated — retrain or re-convert it.") from None
-  expected = models.init_params(model, jax.random.PRNGKey(0), 8, 8)
+  expected = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0), 8, 8))
   _check_structure(expected, params, f"{directory}/{step}")
   return model, params, meta
 

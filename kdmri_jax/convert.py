@@ -1,0 +1,222 @@
+"""Import a checkpoint of the authors' PyTorch code (Bala93/KD-MRI) as a kdmri_jax orbax checkpoint.
+
+  python -m kdmri_jax.convert --torch-checkpoint best_model.pt --model teacher --out ckpt/teacher
+
+The authors save `{'epoch', 'args', 'model': state_dict, 'optimizer', ...}`; a bare state_dict (optionally
+with DataParallel's `module.` prefix) is accepted too. Key names map one to one:
+
+  DC-CNN  `cascade{c}.conv{j}.{weight,bias}`  ->  params['cascade_{c-1}']['conv_{j-1}']['kernel'|'bias']
+  VDSR    `conv{j}.{weight,bias}`             ->  params['conv_{j-1}']['kernel'|'bias']
+
+with PyTorch's OIHW weights transposed to Flax's HWIO kernels. Convolution is cross-correlation in both
+frameworks, so no kernel flip is needed. torch is needed for this command only (`pip install torch`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from kdmri_jax.errors import InputError, require, run_cli
+
+TORCH_PIN = "torch==2.13.0"
+
+
+@functools.lru_cache(maxsize=None)
+def expected_shapes(model_name: str) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
+  """{torch key: (flax param path, torch shape)} for preset `model_name`, in the authors' key order."""
+  import jax
+
+  from kdmri_jax import models
+
+  model = models.build_model(model_name)
+  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0), 8, 8))
+  table = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
+    names = tuple(str(getattr(k, "key", k)) for k in path)
+    shape = tuple(leaf.shape)
+    if names[-1] == "kernel":
+      shape = (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
+    table[_torch_key(names)] = (names, shape)
+  return dict(sorted(table.items(), key=lambda item: _order(item[1][0])))
+
+
+def _torch_key(names: tuple[str, ...]) -> str:
+  """('cascade_0', 'conv_2', 'kernel') -> 'cascade1.conv3.weight'."""
+  *modules, leaf = names
+  parts = [f"{m.rsplit('_', 1)[0]}{int(m.rsplit('_', 1)[1]) + 1}" for m in modules]
+  return ".".join(parts + ["weight" if leaf == "kernel" else leaf])
+
+
+def _order(names: tuple[str, ...]) -> tuple:
+  """cascade, then conv index numerically, weight before bias (the authors' state_dict order)."""
+  key = []
+  for name in names:
+    base, _, index = name.rpartition("_")
+    key.append((base, int(index)) if index.isdigit() else ("", 0 if name == "kernel" else 1))
+  return tuple(key)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+  if hasattr(value, "detach"):  # a torch.Tensor; duck-typed so this module never imports torch
+    value = value.detach().cpu()
+    if hasattr(value, "float") and str(getattr(value, "dtype", "")) == "torch.bfloat16":
+      value = value.float()
+    value = value.numpy()
+  return np.asarray(value)
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
+  """Drops DataParallel's `module.` prefix when every key has it."""
+  keys = list(state_dict)
+  if keys and all(isinstance(k, str) and k.startswith(prefix) for k in keys):
+    return {k[len(prefix):]: v for k, v in state_dict.items()}
+  return dict(state_dict)
+
+
+def guess_model(state_dict: Mapping[str, Any]) -> str | None:
+  """The preset whose keys and shapes `state_dict` matches exactly, or None."""
+  from kdmri_jax import models
+
+  got = {k: tuple(np.shape(_to_numpy(v))) for k, v in state_dict.items()}
+  for name in models.PRESETS:
+    if got == {k: shape for k, (_, shape) in expected_shapes(name).items()}:
+      return name
+  return None
+
+
+def torch_state_dict_to_params(model_name: str, state_dict: Mapping[str, Any],
+                               source: str = "state_dict") -> dict[str, Any]:
+  """The authors' state_dict (tensors or arrays) -> kdmri_jax Flax params for preset `model_name`.
+
+  Checks that every expected key is present, no other key is, every shape matches and every value is a
+  finite float; the first problem raises `InputError` naming the key, the model and `source`.
+  """
+  from kdmri_jax import models
+
+  require(model_name in models.PRESETS, f"unknown model {model_name!r}; choose one of {sorted(models.PRESETS)}.")
+  state_dict = strip_prefix(state_dict)
+  expected = expected_shapes(model_name)
+
+  def mismatch(detail: str) -> InputError:
+    guess = guess_model(state_dict)
+    hint = (f"it looks like a {guess!r} checkpoint, so pass --model {guess}" if guess else
+            "check that it was saved by the authors' KD-MRI code for this model")
+    return InputError(f"{source} does not hold a {model_name!r} model: {detail}; {hint}.")
+
+  for key in expected:
+    if key not in state_dict:
+      raise mismatch(f"key '{key}' is missing")
+  for key in state_dict:
+    if key not in expected:
+      raise mismatch(f"key '{key}' is unexpected")
+
+  params: dict[str, Any] = {}
+  for key, (names, shape) in expected.items():
+    array = _to_numpy(state_dict[key])
+    if tuple(array.shape) != shape:
+      raise mismatch(f"key '{key}' has shape {tuple(array.shape)}, expected {shape}")
+    require(array.dtype.kind == "f", f"{source}: key '{key}' holds {array.dtype} values, expected floats.")
+    require(bool(np.all(np.isfinite(array))), f"{source}: key '{key}' contains NaN or Inf values; the "
+            f"checkpoint is damaged or training diverged.")
+    array = array.astype(np.float32)
+    if names[-1] == "kernel":
+      array = np.ascontiguousarray(array.transpose(2, 3, 1, 0))  # OIHW -> HWIO
+    node = params
+    for name in names[:-1]:
+      node = node.setdefault(name, {})
+    node[names[-1]] = array
+  return params
+
+
+def _import_torch():
+  try:
+    import torch
+  except ImportError:
+    raise InputError(f"converting a PyTorch checkpoint needs PyTorch, which is not installed; install the CPU "
+                     f"build with `pip install {TORCH_PIN} --index-url https://download.pytorch.org/whl/cpu` "
+                     f"(only `convert` needs it).") from None
+  return torch
+
+
+def load_torch_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
+  """Reads a `.pt` file and returns its state_dict: the `model` entry of the authors' dict, or the file
+  itself when it is a bare state_dict. Loads with `weights_only=True` unless `trust_pickle`."""
+  path = os.fspath(path)
+  require(os.path.isfile(path), f"PyTorch checkpoint {path} does not exist.")
+  torch = _import_torch()
+  import argparse as _argparse
+  import pathlib
+  import pickle
+
+  # The authors' dict carries `args` (argparse.Namespace) and `exp_dir` (a Path): allow just those.
+  allowed = [_argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath,
+             pathlib.PureWindowsPath]
+  try:
+    if trust_pickle:
+      checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    else:
+      with torch.serialization.safe_globals(allowed):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+  except pickle.UnpicklingError as error:
+    if "Unsupported global" in str(error):
+      raise InputError(f"PyTorch checkpoint {path} stores Python objects other than tensors, which are not "
+                       f"loaded by default for safety; if you trust the file, add --trust-pickle.") from None
+    raise InputError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it).") from None
+  except Exception as error:  # torch raises many types (EOFError, KeyError, RuntimeError) for non-checkpoints
+    raise InputError(f"{path} is not a PyTorch checkpoint (torch.load failed: {type(error).__name__}).") from None
+
+  if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
+    state_dict = checkpoint["model"]
+  elif isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
+    state_dict = checkpoint["state_dict"]
+  else:
+    state_dict = checkpoint
+  require(isinstance(state_dict, Mapping) and len(state_dict) > 0
+          and all(hasattr(v, "shape") for v in state_dict.values()),
+          f"PyTorch checkpoint {path} holds neither a state_dict nor a dict with a 'model' state_dict.")
+  return dict(state_dict)
+
+
+def convert(torch_checkpoint: str | os.PathLike, model_name: str, out: str | os.PathLike,
+            overwrite: bool = False, trust_pickle: bool = False) -> str:
+  """Converts a PyTorch checkpoint file to an orbax checkpoint at `out`; returns `out`'s absolute path.
+
+  Everything is checked before anything is written, so a bad input leaves `out` untouched.
+  """
+  from kdmri_jax import checkpoints, models
+
+  require(model_name in models.PRESETS, f"unknown --model {model_name!r}; choose one of {sorted(models.PRESETS)}.")
+  out = os.path.abspath(out)
+  require(overwrite or not (os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out))),
+          f"output {out} already exists; choose a new --out or pass --overwrite.")
+  require(not os.path.isfile(out), f"output {out} is a file; --out must be a directory.")
+  state_dict = load_torch_checkpoint(torch_checkpoint, trust_pickle)
+  params = torch_state_dict_to_params(model_name, state_dict, source=f"PyTorch checkpoint {torch_checkpoint}")
+  model = models.build_model(model_name)
+  meta = checkpoints.make_meta(model_name, model, source="pytorch",
+                               torch_checkpoint=os.path.abspath(torch_checkpoint))
+  return checkpoints.save_params(out, params, meta, overwrite=overwrite)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.convert", description=__doc__.split("\n")[0])
+  parser.add_argument("--torch-checkpoint", required=True, help="the authors' best_model.pt (or a state_dict)")
+  parser.add_argument("--model", required=True, choices=["teacher", "student", "vdsr_teacher", "vdsr_student"])
+  parser.add_argument("--out", required=True, help="directory for the orbax checkpoint")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  parser.add_argument("--trust-pickle", action="store_true",
+                      help="load with weights_only=False (only for files you trust)")
+  args = parser.parse_args(argv)
+  out = convert(args.torch_checkpoint, args.model, args.out, args.overwrite, args.trust_pickle)
+  print(f"wrote {args.model} checkpoint to {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(run_cli(main))

@@ -1,0 +1,178 @@
+"""Inference over a folder of reference h5 volumes, one output h5 per volume (as the authors' valid.py).
+
+  python -m kdmri_jax.valid --checkpoint CKPT --data-path DIR --mask MASK.npy --out-dir OUT [--acc 4x]
+
+Each `DIR/<name>.h5` in the reference layout (`volfs`, `img_volus_{acc}`, `kspace_volus_{acc}`, slices last)
+gives `OUT/<name>.h5` with one dataset, `reconstruction`: S×H×W float32, slices first. The checkpoint's
+meta names the model, so there is no --model.
+
+DC-CNN checkpoints read the zero-filled image and k-space of `--acc` (or the only acceleration in the file)
+and need the undersampling mask. VDSR (super-resolution) checkpoints read the target `volfs` and make the
+low-resolution input from it as training does (`kdmri_jax.data.sr.low_resolution`, central `--sr-keep`
+k-space block); they take no mask.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from kdmri_jax.errors import require, run_cli
+
+OUTPUT_KEY = "reconstruction"
+
+
+def list_inputs(data_path: str | os.PathLike) -> list[str]:
+  """Sorted `*.h5` files of a folder (or the file itself)."""
+  data_path = os.fspath(data_path)
+  require(os.path.exists(data_path), f"--data-path {data_path} does not exist.")
+  if os.path.isfile(data_path):
+    return [data_path]
+  files = sorted(glob.glob(os.path.join(data_path, "*.h5")))
+  require(bool(files), f"--data-path {data_path} holds no .h5 files; point it at a folder of reference "
+                       f"volumes such as ROOT/validation/acc_4x.")
+  return files
+
+
+def predictor(model: Any, params: Any, batch_size: int) -> Callable[..., np.ndarray]:
+  """A function (input (S,H,W), kspace, mask) -> (S,H,W) float32 that runs the jitted model batch by batch.
+
+  The last batch of a volume is zero-padded to the batch size, so one compiled program serves every batch.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  from kdmri_jax import models
+
+  reconstruction = models.is_reconstruction(model)
+
+  @jax.jit
+  def forward(params, image, kspace, mask):
+    batch = {"input": image, "kspace": kspace, "mask": mask} if reconstruction else {"input": image}
+    out = models.apply(model, params, batch)[0]  # the unused feature maps are dropped by XLA
+    return jnp.abs(out) if jnp.iscomplexobj(out) else out
+
+  def pad(array: np.ndarray | None, size: int) -> np.ndarray | None:
+    if array is None or array.shape[0] == size:
+      return array
+    return np.concatenate([array, np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)])
+
+  def predict(image: np.ndarray, kspace: np.ndarray | None = None, mask: np.ndarray | None = None
+              ) -> np.ndarray:
+    outputs = []
+    size = min(batch_size, image.shape[0])  # one-slice knee files run as batches of 1, not padded to 8
+    for start in range(0, image.shape[0], size):
+      stop = min(start + size, image.shape[0])
+      chunk = pad(image[start:stop], size)
+      k_chunk = pad(None if kspace is None else kspace[start:stop], size)
+      out = forward(params, chunk, k_chunk, mask)
+      outputs.append(np.asarray(out, dtype=np.float32)[:stop - start])
+    return np.concatenate(outputs)
+
+  return predict
+
+
+def write_reconstruction(path: str, reconstruction: np.ndarray, attrs: dict[str, Any]) -> None:
+  """Writes `reconstruction` (S,H,W float32) to `path` through a temporary file, so no half file remains."""
+  import h5py
+
+  temporary = f"{path}.tmp-{os.getpid()}"
+  try:
+    with h5py.File(temporary, "w") as h5file:
+      h5file.create_dataset(OUTPUT_KEY, data=np.asarray(reconstruction, np.float32))
+      for key, value in attrs.items():
+        h5file.attrs[key] = value
+    os.replace(temporary, path)
+  finally:
+    if os.path.exists(temporary):
+      os.remove(temporary)
+
+
+def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = None, acc: str | None = None,
+        batch_size: int = 8, overwrite: bool = False, sr_keep: int | None = None,
+        progress: bool = True) -> list[str]:
+  """Reconstructs every volume of `data_path` with the model in `checkpoint`; returns the written paths."""
+  from tqdm import tqdm
+
+  from kdmri_jax import checkpoints, masks, models
+  from kdmri_jax.data import reference
+
+  require(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}.")
+  files = list_inputs(data_path)
+  require(not os.path.isfile(out_dir), f"--out-dir {out_dir} is a file; pass a directory.")
+  outputs = [os.path.join(out_dir, os.path.basename(path)) for path in files]
+  existing = [path for path in outputs if os.path.exists(path)]
+  require(overwrite or not existing, f"output {existing[0] if existing else ''} already exists; choose another "
+                                     f"--out-dir or pass --overwrite.")
+  if acc is not None:
+    acc = f"{masks.parse_acceleration(acc):g}x"
+
+  # Cheap checks first (meta, first volume, mask), so bad input fails before the model is loaded.
+  meta = checkpoints.load_meta(checkpoint)
+  reconstruction = models.is_reconstruction(models.build_model(meta["model"]))
+  first = reference.read_volume(files[0], acc, require_target=not reconstruction)
+  mask = None
+  if reconstruction:
+    require(mask_path is not None, f"checkpoint {checkpoint} holds a DC-CNN ({meta['model']!r}), which needs "
+                                   f"the undersampling mask: pass --mask MASK.npy.")
+    mask = masks.load_mask(mask_path, shape=first.shape)
+  else:
+    from kdmri_jax.data import sr
+    sr_keep = int(sr_keep or meta.get("sr_keep") or sr.DEFAULT_KEEP)
+  model, params, meta = checkpoints.load_params(checkpoint)
+
+  predict = predictor(model, params, batch_size)
+  attrs = {"model": meta["model"], "checkpoint": os.path.abspath(checkpoint)}
+  warned = False
+  # disable=None shows a bar on a terminal only; `with` closes it before an error line is printed.
+  with tqdm(total=len(files), desc="volumes", unit="vol", disable=None if progress else True) as bar:
+    for path, out_path in zip(files, outputs):
+      if first is not None:
+        volume, first = first, None
+      else:
+        volume = reference.read_volume(path, acc, require_target=not reconstruction)
+      if reconstruction:
+        masks.check_mask(mask, volume.shape, name=f"mask file {mask_path}")
+        if not warned and np.any(volume.kspace[:, mask == 0] != 0):
+          # Reference k-space is zero off the mask; samples there mean it is not the data's own mask.
+          tqdm.write(f"warning: {path} has k-space samples outside {mask_path}; is it the mask of "
+                     f"acceleration {volume.acc}?", file=sys.stderr)
+          warned = True
+        image = volume.input
+        if getattr(model, "complex_images", False):
+          image = np.fft.ifft2(volume.kspace, norm="ortho").astype(np.complex64)
+        result = predict(image, volume.kspace, mask)
+        attrs["acc"] = volume.acc
+      else:
+        result = predict(sr.low_resolution(volume.target, sr_keep))
+        attrs["sr_keep"] = sr_keep
+      os.makedirs(out_dir, exist_ok=True)
+      write_reconstruction(out_path, result, attrs)
+      bar.update()
+  return outputs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.valid", description=__doc__.split("\n")[0])
+  parser.add_argument("--checkpoint", required=True, help="kdmri_jax checkpoint (training stage, convert --out)")
+  parser.add_argument("--data-path", required=True, help="folder of reference h5 volumes (or one file)")
+  parser.add_argument("--mask", default=None, help="undersampling mask .npy (H×W, 0/1, unshifted); DC-CNN only")
+  parser.add_argument("--out-dir", required=True, help="folder for OUT/<name>.h5 with dataset 'reconstruction'")
+  parser.add_argument("--acc", default=None, help="acceleration key, e.g. 4x (default: the only one in each file)")
+  parser.add_argument("--batch-size", type=int, default=8, help="slices per model call")
+  parser.add_argument("--sr-keep", type=int, default=None, help="VDSR only: central k-space block kept (64)")
+  parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+  args = parser.parse_args(argv)
+  outputs = run(args.checkpoint, args.data_path, args.out_dir, args.mask, args.acc, args.batch_size,
+                args.overwrite, args.sr_keep)
+  print(f"wrote {len(outputs)} reconstruction(s) to {os.path.abspath(args.out_dir)}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(run_cli(main))
