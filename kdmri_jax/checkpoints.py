@@ -11,7 +11,8 @@ this module is the inference side shared by training (`best/`), `convert`, `vali
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+import time
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -125,3 +126,27 @@ def _check_structure(expected: Any, params: Any, where: str) -> None:
   got = {jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
   require(want == got, f"checkpoint {where} has parameters that do not fit its model "
                        f"({len(got)} arrays, {len(want)} expected).")
+
+
+def restore_newest_good(mngr: ocp.CheckpointManager, restore: Callable[[int], Any],
+                        say: Callable[[str], None] = print) -> tuple[int | None, Any]:
+  """(step, restored) of the newest step of `mngr` that `restore(step)` reads; (None, None) if none does.
+
+  A step folder that cannot be read (truncated by a full disk, overwritten with garbage, emptied) is named
+  in one line through `say`, moved aside to `<step>.corrupt-<unix time>` (kept for inspection; orbax
+  ignores the name, so the step can be written again) and the next older step is tried. Orbax's own writes
+  are atomic (a `<step>.orbax-checkpoint-tmp` folder renamed when complete), so a crash mid-write leaves no
+  such folder; this is for damage after the fact.
+  """
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      return step, restore(step)
+    except Exception as error:  # orbax/tensorstore raise many types for a damaged folder
+      folder = os.path.join(os.fspath(mngr.directory), str(step))
+      aside = f"{folder}.corrupt-{int(time.time())}"
+      say(f"warning: checkpoint {folder} is unreadable ({type(error).__name__}); moved it to {aside} and "
+          f"trying the previous one.")
+      if os.path.exists(folder):
+        os.replace(folder, aside)
+      mngr.reload()
+  return None, None

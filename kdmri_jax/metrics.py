@@ -25,8 +25,8 @@ float32).
 jit-able functions of (B, H, W) arrays returning (B,) values, for validation during training. Their data
 range defaults to each target slice's own maximum (a batch knows no volumes); pass the volume maximum
 as `data_range` to get the reference's per-volume values (the mean of `batch_ssim` over a volume's
-slices with R = volume max is the volume SSIM). A blank target slice (max ≤ 0) uses R = 1 instead of
-producing NaN.
+slices with R = volume max is the volume SSIM). A blank target slice (max ≤ 1e-18, where R² would
+underflow float32) uses R = 1 instead of producing NaN.
 """
 
 from __future__ import annotations
@@ -203,11 +203,15 @@ def mean_std_text(values: Iterable[float], digits: int = 4, scale: float = 1.0) 
 # JAX metrics, per slice of a (B, H, W) batch; jit-able.
 
 
+_BLANK = 1e-18
+
+
 def _data_range(target: jnp.ndarray, data_range) -> jnp.ndarray:
   if data_range is None:
     data_range = jnp.max(target, axis=(1, 2))
   data_range = jnp.broadcast_to(jnp.asarray(data_range, target.dtype), target.shape[:1])
-  return jnp.where(data_range > 0, data_range, jnp.ones_like(data_range))  # blank slice: R = 1
+  # A blank slice (max ≤ 1e-18, where R² and the SSIM constants underflow float32 to 0/0): R = 1.
+  return jnp.where(data_range > _BLANK, data_range, jnp.ones_like(data_range))
 
 
 def batch_mse(target: jnp.ndarray, prediction: jnp.ndarray) -> jnp.ndarray:
@@ -228,7 +232,9 @@ def batch_psnr(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None) ->
   +inf, as the NumPy `psnr`.
   """
   data_range = _data_range(target, data_range)
-  return 10.0 * jnp.log10(jnp.square(data_range) / batch_mse(target, prediction))
+  error = batch_mse(target, prediction)
+  # MSE = 0 is +inf by definition, also when R² underflows float32 (a near-blank slice: 0/0 would be NaN).
+  return jnp.where(error == 0, jnp.inf, 10.0 * jnp.log10(jnp.square(data_range) / error))
 
 
 def _box_mean(x: jnp.ndarray, size: int) -> jnp.ndarray:
@@ -250,16 +256,19 @@ def batch_ssim(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None,
   target = jnp.asarray(target, jnp.float32)
   prediction = jnp.asarray(prediction, jnp.float32)
   data_range = _data_range(target, data_range)[:, None, None]
-  # Variances are shift invariant: subtracting the slice mean first keeps float32 E[x²] − E[x]² precise.
-  shift = jnp.mean(target, axis=(1, 2), keepdims=True)
-  x, y = target - shift, prediction - shift
+  # (Co)variances are shift invariant: subtracting each image's own slice mean first keeps float32
+  # E[x²] − E[x]² precise for both (one shared shift loses precision when the means differ, and makes
+  # SSIM(a, b) ≠ SSIM(b, a)).
+  shift_x = jnp.mean(target, axis=(1, 2), keepdims=True)
+  shift_y = jnp.mean(prediction, axis=(1, 2), keepdims=True)
+  x, y = target - shift_x, prediction - shift_y
   n = win_size * win_size
   cov_norm = n / (n - 1.0)
   mx, my = _box_mean(x, win_size), _box_mean(y, win_size)
   vx = cov_norm * (_box_mean(x * x, win_size) - mx * mx)
   vy = cov_norm * (_box_mean(y * y, win_size) - my * my)
   vxy = cov_norm * (_box_mean(x * y, win_size) - mx * my)
-  ux, uy = mx + shift, my + shift
+  ux, uy = mx + shift_x, my + shift_y
   c1 = jnp.square(k1 * data_range)
   c2 = jnp.square(k2 * data_range)
   s = ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))

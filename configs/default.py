@@ -1,0 +1,83 @@
+"""Default KD-MRI experiment: the paper's settings (Murugesan et al. 2020, reference code) on brain 4x.
+
+Every other config imports this one and changes a few fields. Override any field from the command line,
+e.g. `--config.train.num_epochs=10 --config.stages=teacher,student`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+ALL_STAGES = "teacher,student,feature,kd,evaluate,report"
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.dataset = "brain"  # 'brain' | 'cardiac' | 'knee'
+  config.acc = "4x"  # '4x' | '5x' | '8x' (undersampling; unused for super-resolution)
+  config.task = "reconstruction"  # 'reconstruction' (DC-CNN) | 'super_resolution' (VDSR)
+  # Comma-separated stages to run, in this order; a stage whose `done` marker exists is skipped.
+  config.stages = ALL_STAGES
+  # None -> experiments/{dataset}/acc_{acc}; `--workdir` on the command line wins over both.
+  config.workdir = placeholder(str)
+
+  config.data = data = ml_collections.ConfigDict()
+  data.root = placeholder(str)  # None -> embedded MNI brain data, built into cache_dir
+  data.cache_dir = placeholder(str)  # None -> the data package's default cache folder
+  data.mask_path = placeholder(str)  # None -> {root}/masks/mask_{acc}.npy
+  data.source = "h5"  # 'h5' (reference layout) | 'tfds'
+  data.image_size = 240  # embedded brain / super-resolution target size
+  data.num_workers = 2  # reader threads that prefetch batches; 0 reads synchronously (debugging)
+  data.seed = 0  # seed of the embedded data and any generated mask
+  data.max_slices = placeholder(int)  # None -> every slice; an int keeps that many per split (demos, tests)
+
+  config.models = models = ml_collections.ConfigDict()
+  models.teacher = "teacher"  # kdmri_jax.models.PRESETS name: DC-CNN D5C5
+  models.student = "student"  # DC-CNN D5C3
+  models.num_cascades = placeholder(int)  # None -> the preset's (5); smaller for quick runs
+  models.features = placeholder(int)  # None -> the preset's (32 DC-CNN, 64 VDSR)
+
+  config.kd = kd = ml_collections.ConfigDict()
+  kd.alpha = 0.5  # KD loss: α·L1(x_S, target) + (1 − α)·L1(x_S, x_T)
+  kd.feature_loss = "attention"  # kdmri_jax.feature_losses.FEATURE_LOSSES name
+  # 'paper' -> feature_losses.PAPER_LAYER_PAIRS (teacher conv 3 : student conv 2 in every cascade), or
+  # explicit 0-based paths 'teacher:student,...', e.g. '0.2:0.1,4.2:4.1' (DC-CNN) or '5:3' (VDSR).
+  kd.layer_pairs = "paper"
+  kd.feature_weight = 1.0  # weight of the feature loss in the `feature` stage
+  kd.kd_feature_weight = 0.0  # feature loss added to the `kd` stage's loss (0 in the paper)
+  kd.init_from = "feature"  # student init for `kd`: 'feature' | 'student' (imitation-only ablation) | 'scratch'
+
+  config.train = train = ml_collections.ConfigDict()
+  train.batch_size = 4  # global batch (split over all devices of all hosts)
+  train.num_epochs = 150
+  train.learning_rate = 1e-3  # Adam, no weight decay
+  train.lr_step_epochs = 40  # StepLR: ×lr_gamma every lr_step_epochs epochs
+  train.lr_gamma = 0.1
+  train.seed = 42  # parameter init and data order
+  train.loss = "l1"  # reconstruction loss of teacher/student (kdmri_jax.losses.RECONSTRUCTION_LOSSES)
+  train.compute_dtype = "float32"  # 'bfloat16' on GPU/TPU halves activation memory; params stay float32
+  train.log_every_steps = 50  # progress-bar loss refresh and NaN check
+  train.checkpoint_every_steps = 500  # mid-epoch checkpoints (0: only at epoch end)
+  train.keep_checkpoints = 3  # latest training-state checkpoints kept
+  train.num_image_examples = 4  # validation examples in the TensorBoard image grid
+  train.progress_bar = True
+
+  config.evaluate = evaluate = ml_collections.ConfigDict()
+  evaluate.batch_size = 4
+  evaluate.stages = "teacher,student,kd"  # trained stages compared with ZF in the table, in this order
+  evaluate.save_reconstructions = True  # results/<model>/*.h5 as `kdmri_jax.valid` writes
+
+  # Multi-host: None everywhere -> single process, or automatic detection on TPU/SLURM when
+  # `distributed.auto` is true.
+  config.distributed = dist = ml_collections.ConfigDict()
+  dist.auto = False
+  dist.coordinator_address = placeholder(str)  # 'host:port' of process 0
+  dist.num_processes = placeholder(int)
+  dist.process_id = placeholder(int)
+  return config
+
+
+def placeholder(kind):
+  """A None default that the command line can still set (ml_collections needs the type)."""
+  return config_dict.placeholder(kind)

@@ -1,0 +1,538 @@
+"""Side-by-side speed of kdmri_jax and the PyTorch reference: inference and a full training step.
+
+    python -m kdmri_jax.benchmark --models teacher student --shapes 240x240 640x368 --batch 1 \
+        --modes inference train --repeats 5 --json speed.json
+
+For each (model, mode, shape, batch) every available implementation is built with the same weights (random
+init through JAX, converted with `experiments.pytorch_reference.jax_to_torch_state_dict`), compiled and
+warmed up (the first call's time is reported as `compile_s`), then timed round-robin: repetition r runs each
+implementation once before repetition r+1 starts, so load from other processes falls on all of them alike.
+Reported: the median over repetitions.
+
+Implementations: `jax_jit` (the jitted inference function / train step), `jax_export` (the deserialized
+`jax.export` artifact), `onnxruntime` (the ONNX graph of `kdmri_jax.onnx_export`, inference only),
+`torch_eager` (the reference as written, NCHW, `torch.inference_mode`), `torch_eager_cl` (the same in
+channels_last memory format, oneDNN's fast CPU layout) and `torch_compile` (inductor; "unavailable: reason"
+if it fails). A training step is forward, L1 loss to the target, backward and an Adam update (lr 1e-3).
+
+GFLOP/s use the analytic convolution count, 2·H·W·Cin·Cout·9 per conv and image (×3 for a training step:
+forward, input gradient, weight gradient); the DFTs are not counted. `% peak` relates them to the machine's
+measured convolution peak: the best GFLOP/s of one 32→32 conv3x3 + ReLU (256×256, batch 1) over JAX,
+PyTorch (both layouts) and ONNX Runtime (32 images on a GPU) — a roofline for this layer shape, not the
+datasheet peak. Peak device memory is reported on GPU (PyTorch's allocator, JAX's `memory_stats`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from kdmri_jax import export as export_lib
+from kdmri_jax import losses, models
+from kdmri_jax.errors import require, run_cli
+
+IMPLS = ("jax_jit", "jax_export", "onnxruntime", "torch_eager", "torch_eager_cl", "torch_compile")
+TRAIN_IMPLS = ("jax_jit", "torch_eager", "torch_eager_cl", "torch_compile")
+MODES = ("inference", "train")
+LEARNING_RATE = 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- counting
+
+
+def conv_flops(model: Any, batch: int, height: int, width: int, mode: str = "inference") -> float:
+  """Analytic conv FLOPs: Σ 2·H·W·Cin·Cout·9 per image; a training step counts 3× the forward."""
+  if models.is_reconstruction(model):
+    ch, f = (2 if model.complex_images else 1), model.features
+    per_cascade = [(ch, f)] + [(f, f)] * (model.num_convs - 2) + [(f, ch)]
+    layers = per_cascade * model.num_cascades
+  else:
+    f = model.features
+    layers = [(1, f)] + [(f, f)] * (model.num_layers - 2) + [(f, 1)]
+  forward = sum(2.0 * height * width * cin * cout * 9 for cin, cout in layers) * batch
+  return forward * (3.0 if mode == "train" else 1.0)
+
+
+def machine_line() -> str:
+  """The CPU model and core count from lscpu (falls back to `platform`)."""
+  try:
+    info = dict(line.split(":", 1) for line in subprocess.run(
+        ["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    cores = int(info.get("Core(s) per socket", 1)) * int(info.get("Socket(s)", 1))
+    avx512 = ", AVX-512" if "avx512f" in info.get("Flags", "") else ""
+    return f"{info.get('Model name', platform.processor())}, {cores} cores{avx512}"
+  except (OSError, subprocess.CalledProcessError, ValueError):
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+
+def make_batch(model: Any, batch: int, height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """A random batch in the kdmri_jax layout (zero-filled image, masked k-space, mask, target)."""
+  inputs = export_lib.example_inputs(model, batch, height, width, seed)
+  target = np.random.default_rng(seed + 1).random((batch, height, width), dtype=np.float32)
+  if models.is_reconstruction(model):
+    return {"input": inputs[0], "kspace": inputs[1], "mask": inputs[2], "target": target}
+  return {"input": inputs[0], "target": target}
+
+
+class Impl:
+  """One implementation of one benchmark case: `run()` does one timed unit of work and waits for it."""
+
+  def __init__(self, name: Any, run: Callable[[], Any], device: str, memory: Callable[[], int | None] = None):
+    self.name, self.run, self.device = name, run, device
+    self.memory = memory or (lambda: None)
+
+
+# ---------------------------------------------------------------------------------------------- JAX
+
+
+def _jax_inference(model, params, batch, kind: str, device) -> Callable[[], Any]:
+  args = [jax.device_put(batch["input"], device)]
+  if models.is_reconstruction(model):
+    args += [jax.device_put(batch["kspace"], device), jax.device_put(batch["mask"], device)]
+  b, h, w = batch["input"].shape
+  if kind == "jax_jit":
+    function = jax.jit(export_lib.inference_function(model, params))
+  else:
+    exported = export_lib.export_jax(model, params, b, h, w)
+    function = jax.jit(jax.export.deserialize(bytearray(exported.serialize())).call)
+  return lambda: function(*args).block_until_ready()
+
+
+def _jax_train(model, params, batch, device) -> Callable[[], Any]:
+  optimizer = optax.adam(LEARNING_RATE)
+  data = jax.device_put(batch, device)
+
+  def loss_fn(p, data):
+    return losses.l1(models.apply(model, p, data)[0], data["target"])
+
+  def step(p, opt_state, data):
+    loss, grads = jax.value_and_grad(loss_fn)(p, data)
+    updates, opt_state = optimizer.update(grads, opt_state, p)
+    return optax.apply_updates(p, updates), opt_state, loss
+
+  # Donating params and optimizer state lets XLA update them in place.
+  step = jax.jit(step, donate_argnums=(0, 1))
+  state = {"params": jax.device_put(jax.tree.map(jnp.array, params), device)}
+  # Committed to the device like the step's outputs, or the second call compiles the step again.
+  state["opt"] = jax.device_put(optimizer.init(state["params"]), device)
+
+  def run():
+    state["params"], state["opt"], loss = step(state["params"], state["opt"], data)
+    return loss.block_until_ready()
+
+  return run
+
+
+def _jax_memory(device) -> Callable[[], int | None]:
+  def peak():
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    return None if not stats else stats.get("peak_bytes_in_use")
+  return peak
+
+
+# ---------------------------------------------------------------------------------------------- PyTorch
+
+
+def _torch_setup(model_name: str, params: Any, batch: dict, device: str, channels_last: bool):
+  import torch
+  from experiments import pytorch_reference
+
+  net = pytorch_reference.build(model_name)
+  # Writable NumPy copies: torch.from_numpy warns on JAX's read-only buffers.
+  params = jax.tree.map(np.array, params)
+  net.load_state_dict(pytorch_reference.jax_to_torch_state_dict(model_name, params))
+  net = net.to(device)
+  image = torch.from_numpy(batch["input"]).unsqueeze(1).to(device)
+  if channels_last:
+    net = net.to(memory_format=torch.channels_last)
+    image = image.contiguous(memory_format=torch.channels_last)
+  args = [image]
+  if pytorch_reference.is_reconstruction(model_name):
+    args += [torch.from_numpy(batch["kspace"]).to(device), torch.from_numpy(batch["mask"]).to(device)]
+  target = torch.from_numpy(batch["target"]).unsqueeze(1).to(device)
+  return torch, net, args, target
+
+
+def _torch_sync(torch, device: str) -> None:
+  if device == "cuda":
+    torch.cuda.synchronize()
+
+
+def _torch_inference(model_name, params, batch, device, channels_last=False, compiled=False):
+  torch, net, args, _ = _torch_setup(model_name, params, batch, device, channels_last)
+  net.eval()
+  forward = torch.compile(net, dynamic=False) if compiled else net
+
+  def run():
+    with torch.inference_mode():
+      out = forward(*args)[0]
+    _torch_sync(torch, device)
+    return out
+
+  return run
+
+
+def _torch_train(model_name, params, batch, device, channels_last=False, compiled=False):
+  torch, net, args, target = _torch_setup(model_name, params, batch, device, channels_last)
+  net.train()
+  forward = torch.compile(net, dynamic=False) if compiled else net
+  optimizer = torch.optim.Adam(net.parameters(), lr=LEARNING_RATE)
+
+  def run():
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.nn.functional.l1_loss(forward(*args)[0], target)
+    loss.backward()
+    optimizer.step()
+    _torch_sync(torch, device)
+    return loss
+
+  return run
+
+
+def _torch_memory(device: str) -> Callable[[], int | None]:
+  def peak():
+    import torch
+    return int(torch.cuda.max_memory_allocated()) if device == "cuda" else None
+  return peak
+
+
+# ---------------------------------------------------------------------------------------------- ONNX
+
+
+def _onnx_inference(model, params, batch, threads: int, spin: bool) -> Callable[[], Any]:
+  from kdmri_jax import onnx_export
+
+  b, h, w = batch["input"].shape
+  session = onnx_export.session(onnx_export.build_onnx(model, params, b, h, w), threads, spin=spin)
+  feed = onnx_export.onnx_inputs(model, batch["input"], batch.get("kspace"), batch.get("mask"))
+  return lambda: session.run(None, feed)[0]
+
+
+# ---------------------------------------------------------------------------------------------- cases
+
+
+def build_impl(name: str, mode: str, model_name: str, model: Any, params: Any, batch: dict,
+               device: str, ort_threads: int, spin: bool = True) -> Impl:
+  """The implementation `name` of one case; raises if it cannot be built on this machine."""
+  jax_device = jax.devices("gpu")[0] if device == "gpu" else jax.devices("cpu")[0]
+  torch_device = "cuda" if device == "gpu" else "cpu"
+  if name in ("jax_jit", "jax_export"):
+    run = (_jax_inference(model, params, batch, name, jax_device) if mode == "inference"
+           else _jax_train(model, params, batch, jax_device))
+    return Impl(name, run, device, _jax_memory(jax_device))
+  if name == "onnxruntime":
+    require(device == "cpu", "onnxruntime is benchmarked on CPU only.")
+    return Impl(name, _onnx_inference(model, params, batch, ort_threads, spin), device)
+  if name.startswith("torch"):
+    builder = _torch_inference if mode == "inference" else _torch_train
+    run = builder(model_name, params, batch, torch_device, channels_last=name == "torch_eager_cl",
+                  compiled=name == "torch_compile")
+    return Impl(name, run, device, _torch_memory(torch_device))
+  raise ValueError(f"unknown implementation {name!r}")
+
+
+def applicable(name: str, mode: str) -> str | None:
+  """None if `name` can run `mode`, else the reason it is skipped."""
+  if mode == "train" and name not in TRAIN_IMPLS:
+    return "inference only"
+  return None
+
+
+def _reason(error: Exception) -> str:
+  first_line = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
+  return f"{type(error).__name__}: {first_line}"
+
+
+def time_case(impls: list[Impl], repeats: int, warmup: int) -> dict[str, dict[str, Any]]:
+  """Compile (first call), warm up, then time `repeats` interleaved rounds; per-impl stats."""
+  results: dict[str, dict[str, Any]] = {}
+  live = []
+  for impl in impls:
+    try:
+      start = time.perf_counter()
+      impl.run()
+      compile_s = time.perf_counter() - start
+      for _ in range(warmup):
+        impl.run()
+      results[impl.name] = {"compile_s": compile_s, "times": [], "status": "ok"}
+      live.append(impl)
+    except Exception as error:  # torch.compile and friends fail in many ways; report, do not crash
+      results[impl.name] = {"status": f"unavailable: {_reason(error)}"}
+  for _ in range(repeats):
+    for impl in live:  # round-robin: each repetition runs every implementation once
+      start = time.perf_counter()
+      impl.run()
+      results[impl.name]["times"].append(time.perf_counter() - start)
+  for impl in live:
+    # Process-wide peaks (PyTorch's allocator, JAX's memory_stats): an upper bound per implementation.
+    results[impl.name]["peak_memory_bytes"] = impl.memory()
+  return results
+
+
+def measure_peak(device: str, repeats: int, ort_threads: int, spin: bool = True) -> dict[str, float]:
+  """GFLOP/s of one 32→32 conv3x3 + ReLU at 256×256 per implementation; the best is the machine peak."""
+  import torch
+
+  size, channels = 256, 32
+  images = 32 if device == "gpu" else 1  # one 256×256 conv cannot fill a GPU
+  rng = np.random.default_rng(0)
+  x = rng.random((images, size, size, channels), dtype=np.float32)
+  kernel = rng.standard_normal((3, 3, channels, channels), dtype=np.float32) * 0.1
+  bias = np.zeros(channels, np.float32)
+  flops = 2.0 * size * size * channels * channels * 9 * images
+  jax_device = jax.devices("gpu")[0] if device == "gpu" else jax.devices("cpu")[0]
+  torch_device = "cuda" if device == "gpu" else "cpu"
+
+  xj, kj = jax.device_put(x, jax_device), jax.device_put(kernel, jax_device)
+  conv = jax.jit(lambda x, k: jax.nn.relu(jax.lax.conv_general_dilated(
+      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+  runs = {"jax_jit": lambda: conv(xj, kj).block_until_ready()}
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(torch_device)
+  wt = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()).to(torch_device)
+  bt = torch.from_numpy(bias).to(torch_device)
+  xt_cl = xt.contiguous(memory_format=torch.channels_last)
+  wt_cl = wt.contiguous(memory_format=torch.channels_last)
+
+  def torch_conv(x, w):
+    def run():
+      with torch.inference_mode():
+        out = torch.relu(torch.nn.functional.conv2d(x, w, bt, padding=1))
+      _torch_sync(torch, torch_device)
+      return out
+    return run
+
+  runs["torch_eager"] = torch_conv(xt, wt)
+  runs["torch_eager_cl"] = torch_conv(xt_cl, wt_cl)
+  if device == "cpu":
+    runs["onnxruntime"] = _onnx_conv(kernel, bias, size, channels, ort_threads, spin)
+  impls = [Impl(name, run, device) for name, run in runs.items()]
+  stats = time_case(impls, repeats, warmup=2)
+  return {name: flops / statistics.median(s["times"]) / 1e9 for name, s in stats.items() if s["status"] == "ok"}
+
+
+def _onnx_conv(kernel, bias, size, channels, threads, spin):
+  from onnx import TensorProto, helper, numpy_helper
+  from kdmri_jax import onnx_export
+
+  nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+           helper.make_node("Relu", ["y"], ["z"])]
+  shape = [1, channels, size, size]
+  graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                            [helper.make_tensor_value_info("z", TensorProto.FLOAT, shape)],
+                            [numpy_helper.from_array(kernel.transpose(3, 2, 0, 1).copy(), "w"),
+                             numpy_helper.from_array(bias, "b")])
+  proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_export.OPSET)])
+  proto.ir_version = min(proto.ir_version, 9)
+  session = onnx_export.session(proto, threads, spin=spin)
+  x = np.random.default_rng(0).random(shape, dtype=np.float32)
+  return lambda: session.run(None, {"x": x})[0]
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """Student/teacher speed-up (teacher ms / student ms) per implementation, mode, shape and batch."""
+  by_key = {(r["model"], r["mode"], r["impl"], r["batch"], r["height"], r["width"]): r for r in rows
+            if r.get("median_ms")}
+  out = []
+  for (model, mode, impl, b, h, w), row in by_key.items():
+    if model != "teacher":
+      continue
+    student = by_key.get(("student", mode, impl, b, h, w))
+    if student:
+      out.append({"mode": mode, "impl": impl, "batch": b, "height": h, "width": w,
+                  "teacher_ms": row["median_ms"], "student_ms": student["median_ms"],
+                  "student_speedup": row["median_ms"] / student["median_ms"]})
+  return out
+
+
+def markdown(rows: list[dict[str, Any]], speedups: list[dict[str, Any]], peak: dict[str, float]) -> str:
+  lines = ["| model | mode | H×W | B | impl | median ms | GFLOP/s | % peak | compile s | × torch_eager |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  eager = {(r["model"], r["mode"], r["batch"], r["height"], r["width"]): r["median_ms"] for r in rows
+           if r["impl"] == "torch_eager" and r.get("median_ms")}
+  for r in rows:
+    if not r.get("median_ms"):
+      lines.append(f"| {r['model']} | {r['mode']} | {r['height']}×{r['width']} | {r['batch']} | {r['impl']} | "
+                   f"{r['status']} | | | | |")
+      continue
+    base = eager.get((r["model"], r["mode"], r["batch"], r["height"], r["width"]))
+    ratio = f"{base / r['median_ms']:.2f}" if base else ""
+    lines.append(f"| {r['model']} | {r['mode']} | {r['height']}×{r['width']} | {r['batch']} | {r['impl']} | "
+                 f"{r['median_ms']:.1f} | {r['gflops_per_s']:.1f} | {_fmt(r['pct_of_peak'], '.0f')} | "
+                 f"{r['compile_s']:.2f} | {ratio} |")
+  if speedups:
+    lines += ["", "| mode | H×W | B | impl | teacher ms | student ms | student speed-up |", "|---|---|---|---|---|---|---|"]
+    for s in speedups:
+      lines.append(f"| {s['mode']} | {s['height']}×{s['width']} | {s['batch']} | {s['impl']} | "
+                   f"{s['teacher_ms']:.1f} | {s['student_ms']:.1f} | {s['student_speedup']:.2f} |")
+  if peak:
+    best = max(peak, key=peak.get)
+    lines += ["", "Roofline (32→32 conv3x3 + ReLU, 256×256): " +
+              ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + f" GFLOP/s; peak = {peak[best]:.1f} ({best})."]
+  return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str) -> str:
+  return "" if value is None else format(value, spec)
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+  try:
+    height, width = (int(v) for v in text.lower().split("x"))
+  except ValueError:
+    height = width = 0
+  require(height > 0 and width > 0, f"--shapes entry {text!r} is not HxW with positive sizes, e.g. 240x240.")
+  return height, width
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.benchmark", description=__doc__.split("\n")[0])
+  parser.add_argument("--models", nargs="+", default=["teacher", "student"])
+  parser.add_argument("--shapes", nargs="+", default=["240x240", "640x368"])
+  parser.add_argument("--batch", nargs="+", type=int, default=[1])
+  parser.add_argument("--modes", nargs="+", default=list(MODES))
+  parser.add_argument("--impls", nargs="+", default=list(IMPLS))
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (compile) call")
+  parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                      help="auto: the GPU when JAX sees one, else the CPU")
+  parser.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: per core)")
+  parser.add_argument("--busy-wait", action="store_true",
+                      help="keep OpenMP/ONNX Runtime busy-waiting worker threads (their defaults; best on a "
+                           "dedicated machine). Without it the benchmark sets OMP_WAIT_POLICY=PASSIVE and turns "
+                           "ORT spinning off, which is 2-4x faster for both on a machine shared with other jobs")
+  parser.add_argument("--no-peak", action="store_true", help="skip the conv roofline measurement")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--json", help="write the rows, speed-ups and machine facts here")
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --json")
+  return parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+  """Runs every case of `args`; returns the JSON report (also printed as markdown)."""
+  device = args.device
+  if device == "auto":
+    device = "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+  load_before = os.getloadavg()
+  peak = {} if args.no_peak else measure_peak(device, max(args.repeats, 3), args.ort_threads, args.busy_wait)
+  best_peak = max(peak.values()) if peak else None
+  built = {}
+  for model_name in args.models:
+    model = models.build_model(model_name)
+    built[model_name] = (model, models.init_params(model, jax.random.PRNGKey(args.seed), 8, 8))
+  param_counts = {name: models.count_params(params) for name, (_, params) in built.items()}
+  rows = []
+  for mode in args.modes:
+    for height, width in (parse_shape(s) for s in args.shapes):
+      for batch_size in args.batch:
+        # All models of one (mode, shape, batch) are timed in the same interleaved rounds, so the
+        # student/teacher ratio compares calls made under the same machine load.
+        impls, skipped = [], {}
+        for model_name, (model, params) in built.items():
+          batch = make_batch(model, batch_size, height, width, args.seed)
+          for name in args.impls:
+            if applicable(name, mode):
+              continue
+            try:
+              impl = build_impl(name, mode, model_name, model, params, batch, device, args.ort_threads,
+                                args.busy_wait)
+              impl.name = (model_name, name)
+              impls.append(impl)
+            except Exception as error:
+              skipped[(model_name, name)] = f"unavailable: {_reason(error)}"
+        stats = time_case(impls, args.repeats, args.warmup)
+        stats.update({key: {"status": status} for key, status in skipped.items()})
+        for model_name, (model, _) in built.items():
+          flops = conv_flops(model, batch_size, height, width, mode)
+          for name in args.impls:
+            if (model_name, name) not in stats:
+              continue
+            s = stats[(model_name, name)]
+            row = {"model": model_name, "mode": mode, "impl": name, "device": device, "batch": batch_size,
+                   "height": height, "width": width, "median_ms": None, "gflops_per_s": None,
+                   "status": s["status"], "params": param_counts[model_name], "gflop": flops / 1e9}
+            if s["status"] == "ok":
+              median = statistics.median(s["times"])
+              row.update(median_ms=median * 1e3, gflops_per_s=flops / median / 1e9,
+                         min_ms=min(s["times"]) * 1e3, compile_s=s["compile_s"], repeats=len(s["times"]),
+                         peak_memory_bytes=s.get("peak_memory_bytes"))
+              row["pct_of_peak"] = 100.0 * row["gflops_per_s"] / best_peak if best_peak else None
+            rows.append(row)
+            print(f"{model_name} {mode} {height}x{width} b{batch_size} {name}: "
+                  f"{row['median_ms'] and round(row['median_ms'], 1)} ms {'' if s['status'] == 'ok' else s['status']}",
+                  file=sys.stderr, flush=True)
+  speedups = summarize(rows)
+  import torch
+  report = {"machine": machine_line() if device == "cpu" else str(jax.devices()[0].device_kind),
+            "device": device, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python -m kdmri_jax.benchmark " + " ".join(getattr(args, "argv", [])),
+            "versions": {"jax": jax.__version__, "torch": torch.__version__, "onnxruntime": _ort_version()},
+            "threads": {"torch": torch.get_num_threads(), "onnxruntime": args.ort_threads or "per core",
+                        "busy_wait": args.busy_wait, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+            "load_average_1m": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+            "peak_gflops_per_s": peak, "params": param_counts, "rows": rows, "student_speedups": speedups}
+  print(markdown(rows, speedups, peak))
+  print(f"\n{report['machine']}; {report['date']}; 1-min load average {report['load_average_1m']['start']} at "
+        f"start, {report['load_average_1m']['end']} at end.")
+  return report
+
+
+def _ort_version() -> str | None:
+  try:
+    import onnxruntime
+    return onnxruntime.__version__
+  except ImportError:
+    return None
+
+
+def main(argv: Sequence[str]) -> int:
+  args = parse_args(argv)
+  args.argv = list(argv)
+  for name in args.models:
+    require(name in models.PRESETS, f"--models {name!r} is not one of {sorted(models.PRESETS)}.")
+  for name in args.impls:
+    require(name in IMPLS, f"--impls {name!r} is not one of {list(IMPLS)}.")
+  for mode in args.modes:
+    require(mode in MODES, f"--modes {mode!r} is not one of {list(MODES)}.")
+  require(args.repeats >= 1 and all(b >= 1 for b in args.batch), "--repeats and --batch must be >= 1.")
+  for shape in args.shapes:
+    parse_shape(shape)
+  if args.json:
+    require(args.overwrite or not os.path.exists(args.json),
+            f"output {args.json} already exists; choose another --json or pass --overwrite.")
+  if not args.busy_wait:
+    # Must precede the first `import torch` (OpenMP reads it once); a user's own setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  report = run(args)
+  if args.json:
+    temporary = args.json + ".tmp"
+    with open(temporary, "w") as file:
+      json.dump(report, file, indent=1)
+    os.replace(temporary, args.json)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(run_cli(main))

@@ -1,0 +1,381 @@
+"""The whole KD-MRI experiment (the paper's Algorithm 1) as stages run in order from one config.
+
+  teacher   train the teacher on L1(x_T, target)
+  student   train the student baseline on L1(x_S, target)
+  feature   train a fresh student by attention transfer from the frozen teacher
+  kd        from `feature`'s best parameters (config.kd.init_from), α·L1(x_S, y) + (1 − α)·L1(x_S, x_T)
+  evaluate  ZF, teacher, student and KD on the validation set: per-volume and per-slice metrics, and the
+            reconstructions as `results/<model>/<volume>.h5` (key 'reconstruction', S×H×W)
+  report    report/report.md with the paper's table and report/figure.png
+
+Each stage has its own folder in the workdir (`teacher/{checkpoints,best,tensorboard,log.txt,done}`, ...,
+`results/`, `report/`); a stage whose `done` marker exists is skipped, so rerunning the same command
+resumes where the last run stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from kdmri_jax import checkpoints, models, sharding, train
+from kdmri_jax.errors import require, require_writable_dir
+
+STAGES = ("teacher", "student", "feature", "kd", "evaluate", "report")
+TRAINED_STAGES = ("teacher", "student", "feature", "kd")
+DISPLAY_NAMES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "feature": "AT student", "kd": "KD"}
+EVALUATE_DIR, REPORT_DIR = "results", "report"
+SPLITS_NEEDED = {**{s: ("train", "validation") for s in TRAINED_STAGES}, "evaluate": ("validation",)}
+
+
+def parse_stages(spec: str | Sequence[str]) -> list[str]:
+  """Stage names from 'teacher,student' (any order, run in the paper's order); one sentence if unknown."""
+  names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+  unknown = [s for s in names if s not in STAGES]
+  require(not unknown and names, f"config.stages={spec!r} names unknown stage(s) {unknown}; choose from "
+                                 f"{','.join(STAGES)}.")
+  return [s for s in STAGES if s in names]
+
+
+def default_workdir(config: Any) -> str:
+  """config.workdir, or experiments/{dataset}/acc_{acc} (experiments/{dataset}/sr for super-resolution)."""
+  if config.workdir:
+    return config.workdir
+  if config.task == "super_resolution":
+    return os.path.join("experiments", config.dataset, "sr")
+  return os.path.join("experiments", config.dataset, f"acc_{config.acc}")
+
+
+# --- models ---------------------------------------------------------------------------------------------
+
+def build_model(config: Any, role: str):
+  """(preset name, model) of `role` ('teacher' | 'student') with the config's overrides and compute dtype."""
+  name = getattr(config.models, role)
+  require(name in models.PRESETS, f"config.models.{role}={name!r} is not one of {sorted(models.PRESETS)}.")
+  cls, _ = models.PRESETS[name]
+  fields = cls.__dataclass_fields__
+  overrides = {}
+  for key in ("num_cascades", "features"):
+    value = config.models.get(key)
+    if value is not None and key in fields:
+      overrides[key] = int(value)
+  dtypes = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}
+  require(config.train.compute_dtype in dtypes, f"config.train.compute_dtype={config.train.compute_dtype!r} "
+                                                f"is not one of {sorted(dtypes)}.")
+  if config.train.compute_dtype != "float32":
+    overrides["dtype"] = dtypes[config.train.compute_dtype]
+  model = models.build_model(name, **overrides)
+  task = "reconstruction" if models.is_reconstruction(model) else "super_resolution"
+  require(task == config.task, f"config.models.{role}={name!r} is a {task} model but config.task="
+                               f"{config.task!r}; use DC-CNN presets for reconstruction, VDSR for super_resolution.")
+  return name, model
+
+
+def stage_key(seed: int, stage: str) -> jax.Array:
+  """Initialisation key of a stage: the same for `student` and `feature`, so both start alike."""
+  role = "teacher" if stage == "teacher" else "student"
+  return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(role.encode()))
+
+
+def load_stage_params(workdir: str, stage: str, model_name: str, needed_by: str):
+  """Best parameters of a finished (or at least once validated) stage; one sentence if there are none."""
+  folder = os.path.join(workdir, stage, "best")
+  has_step = os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+  require(has_step, f"stage {needed_by!r} needs the {stage} checkpoint in {folder}, which does not exist; "
+                    f"run --config.stages={stage} first (or point --workdir at a run that has it).")
+  _, params, meta = checkpoints.load_params(folder, expected_model=model_name)
+  return params, meta
+
+
+# --- data -----------------------------------------------------------------------------------------------
+
+class Subset:
+  """`count` evenly spaced examples of a source, keeping its mask and volume grouping (demos, tests)."""
+
+  def __init__(self, source: Any, count: int):
+    self.source = source
+    self.indices = np.unique(np.linspace(0, len(source) - 1, count).round().astype(int))
+    self.mask = getattr(source, "mask", None)
+    self.shape = getattr(source, "shape", None)
+
+  def __len__(self) -> int:
+    return len(self.indices)
+
+  def __getitem__(self, index: int):
+    return self.source[int(self.indices[int(index)])]
+
+  def volume_ranges(self):
+    ranges = volume_ranges(self.source)
+    out, start = [], 0
+    for name, r in ranges:
+      count = int(np.sum((self.indices >= r.start) & (self.indices < r.stop)))
+      if count:
+        out.append((name, range(start, start + count)))
+        start += count
+    return out
+
+
+def volume_ranges(source: Any) -> list[tuple[str, range]]:
+  """(volume name, example indices) per volume; the whole set as one volume if the source has no volumes."""
+  if hasattr(source, "volume_ranges"):
+    return list(source.volume_ranges())
+  return [("validation", range(len(source)))]
+
+
+def load_data(config: Any, split: str):
+  """The split's source, cut to config.data.max_slices evenly spaced slices when set."""
+  from kdmri_jax import data
+  source = data.load_split(config, split)
+  limit = config.data.get("max_slices")
+  if limit is not None and limit < len(source):
+    require(limit >= 1, f"config.data.max_slices={limit} must be at least 1.")
+    source = Subset(source, int(limit))
+  return source
+
+
+# --- stages ---------------------------------------------------------------------------------------------
+
+def run_training_stage(stage: str, config: Any, workdir: str, mesh, train_source, val_source
+                       ) -> train.StageResult:
+  role = "teacher" if stage == "teacher" else "student"
+  name, model = build_model(config, role)
+  teacher, teacher_params = None, None
+  if stage in ("feature", "kd"):
+    teacher_name, teacher = build_model(config, "teacher")
+    teacher_params, _ = load_stage_params(workdir, "teacher", teacher_name, stage)
+  height, width = np.shape(train_source[0]["target"])
+  init = models.init_params(model, stage_key(config.train.seed, stage), height, width)
+  if stage == "kd" and config.kd.init_from != "scratch":
+    init, _ = load_stage_params(workdir, config.kd.init_from, name, stage)
+    _say(f"kd: student initialised from the best {config.kd.init_from} checkpoint")
+  objective = train.make_objective(stage, config, model, teacher)
+  batches = train.Batches(train_source, config.train.batch_size, config.train.seed, config.data.num_workers)
+  val_batches = train.Batches(val_source, config.train.batch_size, config.train.seed, config.data.num_workers)
+  meta = checkpoints.make_meta(name, model, stage=stage, dataset=config.dataset, acc=config.acc,
+                               task=config.task)
+  if teacher_params is not None:
+    teacher_params = sharding.replicate(teacher_params, mesh)
+  return train.fit(os.path.join(workdir, stage), objective, init, batches, val_batches, config, mesh,
+                   teacher_params=teacher_params, meta=meta)
+
+
+def predict_all(model, params, source, batch_size: int, mesh) -> np.ndarray:
+  """Predictions (N, H, W) for every example of `source`, in order, on every process."""
+  batches = train.Batches(source, batch_size)
+  predict = train.make_predict(model, mesh)
+  params = sharding.replicate(params, mesh)
+  outputs = []
+  for local, _ in batches.evaluation():
+    outputs.append(np.asarray(sharding.to_host(predict(params, sharding.global_batch(local, mesh)))))
+  return ordered_predictions(len(source), np.concatenate(outputs), batch_size, jax.process_count())
+
+
+def ordered_predictions(num_examples: int, predictions: np.ndarray, batch_size: int, count: int) -> np.ndarray:
+  """Undoes the evaluation batching's layout over `count` processes (each global batch holds every
+  process's next rows of its contiguous shard): rows back in example order, padding dropped."""
+  if count == 1:
+    return predictions[:num_examples]
+  local = batch_size // count
+  bounds = np.linspace(0, num_examples, count + 1).astype(int)
+  steps = predictions.shape[0] // batch_size
+  per_host = predictions.reshape(steps, count, local, *predictions.shape[1:]).transpose(1, 0, 2, 3, 4)
+  per_host = per_host.reshape(count, steps * local, *predictions.shape[1:])
+  return np.concatenate([per_host[h][:bounds[h + 1] - bounds[h]] for h in range(count)])
+
+
+def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
+  """ZF and the trained models on the validation set: metrics per volume and per slice, and the
+  reconstructions, under workdir/results/<model>/; returns the per-volume summary."""
+  from kdmri_jax import evaluate
+  import h5py
+
+  out_dir = os.path.join(workdir, EVALUATE_DIR)
+  batch_size = config.evaluate.batch_size
+  sharding.check_batch_size(batch_size, mesh)
+  stages = [s.strip() for s in config.evaluate.stages.split(",") if s.strip()]
+  inputs = np.stack([np.asarray(val_source[i]["input"], np.float32) for i in range(len(val_source))])
+  targets = np.stack([np.asarray(val_source[i]["target"], np.float32) for i in range(len(val_source))])
+  methods = {"zf": (inputs, None)}
+  for stage in stages:
+    role = "teacher" if stage == "teacher" else "student"
+    name, model = build_model(config, role)
+    params, _ = load_stage_params(workdir, stage, name, "evaluate")
+    methods[stage] = (predict_all(model, params, val_source, batch_size, mesh), models.count_params(params))
+  summary = {"dataset": config.dataset, "acc": config.acc, "task": config.task, "methods": {}}
+  ranges = volume_ranges(val_source)
+  for method, (images, num_params) in methods.items():
+    volumes = [(name, targets[r.start:r.stop], images[r.start:r.stop]) for name, r in ranges]
+    result = evaluate.evaluate_volumes(volumes, per_slice=True)
+    folder = os.path.join(out_dir, method)
+    if sharding.is_primary():
+      evaluate.write_outputs(folder, result, {"method": DISPLAY_NAMES.get(method, method),
+                                              "params": num_params})
+      if config.evaluate.save_reconstructions:
+        for name, r in ranges:
+          with h5py.File(os.path.join(folder, f"{name}.h5"), "w") as f:
+            f.create_dataset("reconstruction", data=images[r.start:r.stop])
+    summary["methods"][method] = {
+        "name": DISPLAY_NAMES.get(method, method), "params": num_params,
+        "volumes": result["volumes"]}
+  if sharding.is_primary():
+    # The report's figure needs one slice of each method: the middle slice of the first volume.
+    name, r = ranges[0]
+    middle = r.start + len(r) // 2
+    np.savez_compressed(os.path.join(out_dir, "figure_slice.npz"), target=targets[middle],
+                        **{m: images[middle] for m, (images, _) in methods.items()})
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+      json.dump(evaluate._json_safe(summary), f, indent=1)  # pylint: disable=protected-access
+    with open(os.path.join(out_dir, train.DONE), "w") as f:
+      f.write("evaluated\n")
+  return summary
+
+
+def run_report(config: Any, workdir: str, command: str | None = None) -> str:
+  """report/report.md (the paper's table) and report/figure.png from the evaluate stage's outputs."""
+  from kdmri_jax import report
+
+  results = os.path.join(workdir, EVALUATE_DIR)
+  path = os.path.join(results, "summary.json")
+  require(os.path.exists(path), f"the report needs the evaluation in {path}, which does not exist; run "
+                                f"--config.stages=evaluate first.")
+  with open(path) as f:
+    summary = json.load(f)
+  rows = {}
+  for method in summary["methods"].values():
+    columns = {key: [np.nan if v[key] is None else v[key] for v in method["volumes"]]
+               for key in ("PSNR", "SSIM", "NMSE", "HFN")}
+    rows[method["name"]] = {**columns, "params": method["params"]}
+  out = os.path.join(workdir, REPORT_DIR)
+  os.makedirs(out, exist_ok=True)
+  figure = os.path.join(out, "figure.png")
+  slices = np.load(os.path.join(results, "figure_slice.npz"))
+  images = {DISPLAY_NAMES.get(m, m): slices[m] for m in summary["methods"]}
+  report.qualitative_figure(figure, images, slices["target"],
+                            title=f"{config.dataset} {config.acc}, validation slice")
+  written = report.write_report(os.path.join(out, "report.md"), report.results_table(rows), {
+      "title": f"KD-MRI: {config.dataset} {config.acc}", "dataset": config.dataset, "acc": config.acc,
+      "command": command, "figure": figure})
+  with open(os.path.join(out, train.DONE), "w") as f:
+    f.write("reported\n")
+  return str(written)
+
+
+def prerequisites(config: Any, stage: str) -> list[str]:
+  """Stages whose best checkpoint `stage` reads."""
+  if stage == "feature":
+    return ["teacher"]
+  if stage == "kd":
+    return ["teacher"] + ([config.kd.init_from] if config.kd.init_from in ("feature", "student") else [])
+  if stage == "evaluate":
+    return [s.strip() for s in config.evaluate.stages.split(",") if s.strip()]
+  if stage == "report":
+    return ["evaluate"]
+  return []
+
+
+def check_prerequisites(config: Any, workdir: str, todo: Sequence[str]) -> None:
+  """Fails in one sentence before any work when a stage needs a checkpoint no stage will produce."""
+  require(config.kd.init_from in ("feature", "student", "scratch"),
+          f"config.kd.init_from={config.kd.init_from!r} is not one of 'feature', 'student', 'scratch'.")
+  for i, stage in enumerate(todo):
+    for needed in prerequisites(config, stage):
+      require(needed in STAGES, f"config.evaluate.stages names unknown stage {needed!r}; choose from "
+                                f"{','.join(TRAINED_STAGES)}.")
+      if needed in todo[:i]:
+        continue
+      folder = os.path.join(workdir, {"evaluate": EVALUATE_DIR}.get(needed, needed))
+      where = folder if needed == "evaluate" else os.path.join(folder, "best")
+      ready = os.path.isdir(where) and (needed == "evaluate" and _done(workdir, needed) or needed != "evaluate"
+                                        and any(n.isdigit() for n in os.listdir(where)))
+      require(ready, f"stage {stage!r} needs the {needed} {'results' if needed == 'evaluate' else 'checkpoint'}"
+                     f" in {where}, which does not exist; run --config.stages={needed} first (or point "
+                     f"--workdir at a run that has it).")
+
+
+def check_stages(config: Any, todo: Sequence[str]) -> None:
+  """Builds the models and traces the objectives of the stages to run (no compute), so a wrong model
+  name, feature loss or layer pair fails at start-up rather than after hours of teacher training."""
+  teacher_model = build_model(config, "teacher")[1]
+  student_model = build_model(config, "student")[1]
+  for stage in todo:
+    if stage in TRAINED_STAGES:
+      model = teacher_model if stage == "teacher" else student_model
+      teacher = teacher_model if stage in ("feature", "kd") else None
+      train.check_objective(train.make_objective(stage, config, model, teacher))
+  require(config.evaluate.batch_size >= 1, f"config.evaluate.batch_size={config.evaluate.batch_size} must be "
+                                           f"at least 1.")
+
+
+def record_config(config: Any, workdir: str) -> str:
+  """Writes the full config as workdir/config.json; a rerun with a different config adds config_<n>.json
+  instead of replacing the record of what produced the existing outputs."""
+  text = config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
+  path, n = os.path.join(workdir, "config.json"), 1
+  while os.path.exists(path):
+    with open(path) as f:
+      if f.read() == text:
+        return path
+    path, n = os.path.join(workdir, f"config_{n}.json"), n + 1
+  with open(path, "w") as f:
+    f.write(text)
+  return path
+
+
+def _done(workdir: str, stage: str) -> bool:
+  folder = {"evaluate": EVALUATE_DIR, "report": REPORT_DIR}.get(stage, stage)
+  return train.is_done(os.path.join(workdir, folder))
+
+
+def run(config: Any, workdir: str | None = None, command: str | None = None) -> int:
+  """Runs the configured stages in order; returns 0 when they all finished or the run was stopped by a
+  signal (rerun to resume). Raises InputError for bad input and TrainingStopped for a NaN loss."""
+  dist = config.distributed
+  sharding.initialize_distributed(dist.coordinator_address, dist.num_processes, dist.process_id, dist.auto)
+  stages = parse_stages(config.stages)
+  workdir = require_writable_dir(workdir or default_workdir(config), "--workdir")
+  mesh = sharding.make_mesh()
+  todo = [s for s in stages if not _done(workdir, s)]
+  for stage in stages:
+    if stage not in todo:
+      _say(f"{stage}: already done in {workdir}; skipping (delete its `done` file to rerun it).")
+  # Everything that can be checked is checked before anything is written or trained.
+  check_prerequisites(config, workdir, todo)
+  check_stages(config, todo)
+  sources = {}
+
+  def source(split):
+    if split not in sources:
+      sources[split] = load_data(config, split)
+    return sources[split]
+
+  for split in sorted({split for stage in todo for split in SPLITS_NEEDED.get(stage, ())}):
+    source(split)
+  if sharding.is_primary():
+    record_config(config, workdir)
+
+  for stage in todo:
+    _say(f"{stage}: starting in {workdir}")
+    if stage in TRAINED_STAGES:
+      result = run_training_stage(stage, config, workdir, mesh, source("train"), source("validation"))
+      if result.status == "interrupted":
+        return 0
+      _say(f"{stage}: done at step {result.step}; best val_loss {result.best_val_loss:.6g} at step "
+           f"{result.best_step}")
+    elif stage == "evaluate":
+      summary = run_evaluate(config, workdir, mesh, source("validation"))
+      for method in summary["methods"].values():
+        psnr = np.mean([v["PSNR"] for v in method["volumes"] if v["PSNR"] is not None])
+        _say(f"evaluate: {method['name']:<8} PSNR {psnr:.2f} dB")
+    elif stage == "report" and sharding.is_primary():
+      _say(f"report: wrote {run_report(config, workdir, command)}")
+  return 0
+
+
+def _say(text: str) -> None:
+  if sharding.is_primary():
+    print(text, flush=True)

@@ -1,0 +1,114 @@
+"""Shared helpers of the reliability tests: folder hashes, one-line error checks, tiny `main` runs."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from typing import Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tree_hash(path: str | os.PathLike, ignore: Sequence[str] = ()) -> str:
+  """SHA-256 over every file's relative path and bytes and every folder's name under `path` ('' if absent);
+  files named in `ignore` (relative paths) are left out."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    return ""
+  digest = hashlib.sha256()
+  if os.path.isfile(path):
+    with open(path, "rb") as f:
+      digest.update(f.read())
+    return digest.hexdigest()
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    rel = os.path.relpath(root, path)
+    digest.update(f"D {rel}\n".encode())
+    for name in sorted(files):
+      if os.path.normpath(os.path.join(rel, name)) in ignore:
+        continue
+      digest.update(f"F {os.path.join(rel, name)}\n".encode())
+      with open(os.path.join(root, name), "rb") as f:
+        digest.update(hashlib.sha256(f.read()).digest())
+  return digest.hexdigest()
+
+
+def assert_one_line_error(status: int, stderr: str, *fragments: str) -> str:
+  """A refused input: non-zero status, exactly one stderr line 'error: ...' naming each fragment."""
+  lines = [line for line in stderr.splitlines() if line.strip()]
+  assert status != 0, f"exit status 0; stderr: {stderr!r}"
+  assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{stderr}"
+  assert lines[0].startswith("error: "), lines[0]
+  assert "Traceback" not in stderr
+  for fragment in fragments:
+    assert fragment.lower() in lines[0].lower(), f"{fragment!r} not in {lines[0]!r}"
+  return lines[0]
+
+
+def subprocess_env(compile_cache: str | os.PathLike | None = None, **extra: str) -> dict[str, str]:
+  """Environment of a CLI subprocess: CPU JAX, the repository importable, an optional persistent
+  compilation cache (same programs, so the same results; it only skips XLA's compile time)."""
+  env = dict(os.environ)
+  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
+             PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+  if compile_cache is not None:
+    env.update(JAX_COMPILATION_CACHE_DIR=os.fspath(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env.update(extra)
+  return env
+
+
+def run_module(module: str, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
+               ) -> subprocess.CompletedProcess:
+  """`python -m module argv...` from the repository root; text output captured."""
+  return subprocess.run([sys.executable, "-m", module, *map(str, argv)], cwd=REPO, env=env or subprocess_env(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def tiny_main_argv(workdir: str | os.PathLike, cache_dir: str | os.PathLike, stages: str = "teacher",
+                   epochs: int = 2, **overrides: object) -> list[str]:
+  """`kdmri_jax.main` arguments for a seconds-long run of configs/demo.py: the embedded brain at 32×32,
+  8 training slices, batch 2 (4 steps an epoch), a one-cascade DC-CNN with 4 features, a checkpoint after
+  every step (many crash points; the parameters do not depend on it), no progress bar."""
+  fields = {"data.image_size": 32, "data.max_slices": 8, "data.cache_dir": os.fspath(cache_dir),
+            "train.num_epochs": epochs, "train.batch_size": 2, "evaluate.batch_size": 2,
+            "models.num_cascades": 1, "models.features": 4, "train.progress_bar": "false",
+            "train.log_every_steps": 1, "train.checkpoint_every_steps": 1, "stages": stages}
+  fields.update({k.replace("__", "."): v for k, v in overrides.items()})
+  return ["--config", os.path.join(REPO, "configs", "demo.py"), "--workdir", os.fspath(workdir),
+          *[f"--config.{k}={v}" for k, v in fields.items()]]
+
+
+def stage_state(workdir: str | os.PathLike, stage: str = "teacher") -> dict[str, object]:
+  """{'step': newest training-state step, 'state/<path>': array, 'best/<path>': array} of a stage, read
+  back with orbax from `<stage>/checkpoints` (params, optimizer state, RNG, step) and `<stage>/best`."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  from kdmri_jax import checkpoints
+
+  out: dict[str, object] = {}
+  folder = os.path.join(os.fspath(workdir), stage, "checkpoints")
+  with ocp.CheckpointManager(folder, item_names=("state", "meta")) as mngr:
+    step = mngr.latest_step()
+    state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+  out["step"] = step
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    out["state" + jax.tree_util.keystr(path)] = np.asarray(leaf)
+  _, params, _ = checkpoints.load_params(os.path.join(os.fspath(workdir), stage, "best"))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    out["best" + jax.tree_util.keystr(path)] = np.asarray(leaf)
+  return out
+
+
+def assert_same_state(got: dict, want: dict, what: str = "") -> None:
+  """Bit-identical: same step, same leaves, every array equal (dtype and bytes)."""
+  import numpy as np
+  assert got["step"] == want["step"], (what, got["step"], want["step"])
+  assert sorted(got) == sorted(want), what
+  different = [key for key in want if key != "step" and not (
+      got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]))]
+  assert not different, f"{what}: {len(different)} arrays differ, e.g. {different[:3]}"

@@ -1,0 +1,69 @@
+"""Tests for configs/*.py: every file loads through the CLI's flag machinery, overrides work, and the
+defaults are the paper's training settings."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from kdmri_jax import main, pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The training configs (configs/sr_*.py, ablation.py and methods.py take arguments and have their own
+# tests in tests/test_sr.py and the methods' tests).
+NAMES = ["default", "demo"] + [f"{d}_{a}" for d in ("brain", "cardiac", "knee") for a in ("4x", "5x", "8x")]
+CONFIGS = [os.path.join(REPO, "configs", f"{name}.py") for name in NAMES]
+
+
+def load(path, *overrides):
+  argv = ["kdmri_jax.main", f"--config={path}", *overrides]
+  values = main._flags(argv)  # pylint: disable=protected-access
+  values(argv)
+  return values.config
+
+
+def test_the_config_files_exist():
+  names = {os.path.basename(p) for p in glob.glob(os.path.join(REPO, "configs", "*.py"))}
+  assert {f"{name}.py" for name in NAMES} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=os.path.basename)
+def test_every_config_loads_and_names_real_stages_and_models(path):
+  config = load(path)
+  assert pipeline.parse_stages(config.stages)
+  assert config.dataset in ("brain", "cardiac", "knee") and config.acc in ("4x", "5x", "8x")
+  for role in ("teacher", "student"):
+    pipeline.build_model(config, role)  # a preset of the config's task
+  assert config.train.batch_size >= 1 and config.train.num_epochs >= 1
+
+
+@pytest.mark.parametrize("dataset", ["brain", "cardiac", "knee"])
+@pytest.mark.parametrize("acc", ["4x", "5x", "8x"])
+def test_variants_set_dataset_and_acceleration_and_keep_the_paper_settings(dataset, acc):
+  config = load(os.path.join(REPO, "configs", f"{dataset}_{acc}.py"))
+  assert (config.dataset, config.acc, config.task) == (dataset, acc, "reconstruction")
+  train = config.train
+  assert (train.learning_rate, train.lr_step_epochs, train.lr_gamma) == (1e-3, 40, 0.1)
+  assert (train.batch_size, train.num_epochs, train.seed) == (4, 150, 42)
+  assert (config.kd.alpha, config.kd.feature_loss, config.kd.init_from) == (0.5, "attention", "feature")
+  assert (config.models.teacher, config.models.student) == ("teacher", "student")
+  assert config.stages == "teacher,student,feature,kd,evaluate,report"
+
+
+def test_overrides_change_fields_with_their_types():
+  config = load(os.path.join(REPO, "configs", "brain_8x.py"), "--config.stages=teacher,student",
+                "--config.train.num_epochs=3", "--config.kd.alpha=0.25", "--config.data.root=/data/brain",
+                "--config.models.num_cascades=2", "--config.train.compute_dtype=bfloat16",
+                "--config.distributed.num_processes=2")
+  assert config.stages == "teacher,student" and config.train.num_epochs == 3 and config.kd.alpha == 0.25
+  assert config.data.root == "/data/brain" and config.models.num_cascades == 2
+  assert config.train.compute_dtype == "bfloat16" and config.distributed.num_processes == 2
+  assert config.acc == "8x"  # untouched fields keep the file's values
+
+
+def test_demo_is_small():
+  config = load(os.path.join(REPO, "configs", "demo.py"))
+  assert config.data.root is None and config.dataset == "brain"  # the embedded brain
+  assert config.data.image_size <= 96 and config.train.num_epochs <= 20

@@ -1,0 +1,147 @@
+"""Tests for kdmri_jax.pipeline: all six stages on tiny in-memory data, skipping, ordering and helpers."""
+
+from __future__ import annotations
+
+import json
+import re
+import os
+
+import h5py
+import numpy as np
+import pytest
+
+from configs import default
+from kdmri_jax import checkpoints, pipeline
+from kdmri_jax.errors import InputError
+from kdmri_jax.train_input import synthetic_source
+
+
+def tiny_pipeline_config():
+  config = default.get_config()
+  config.models.num_cascades = 1
+  config.models.features = 4
+  config.train.batch_size = 2
+  config.train.num_epochs = 1
+  config.train.progress_bar = False
+  config.train.checkpoint_every_steps = 0
+  config.evaluate.batch_size = 2
+  return config
+
+
+@pytest.fixture
+def tiny_data(monkeypatch):
+  sources = {"train": synthetic_source(6, seed=1), "validation": synthetic_source(3, seed=2)}
+  monkeypatch.setattr(pipeline, "load_data", lambda config, split: sources[split])
+  return sources
+
+
+def test_all_stages_run_and_a_rerun_skips_them(tmp_path, tiny_data, capsys):
+  config = tiny_pipeline_config()
+  assert pipeline.run(config, str(tmp_path), command="test") == 0
+  out = capsys.readouterr().out
+  assert "kd: student initialised from the best feature checkpoint" in out
+  for stage in pipeline.TRAINED_STAGES:
+    assert os.path.exists(tmp_path / stage / "done")
+    assert (tmp_path / stage / "log.txt").read_text().startswith(f"{stage} epoch 1/1")
+    _, params, meta = checkpoints.load_params(tmp_path / stage)  # valid-style loading of best/
+    assert meta["stage"] == stage and meta["model"] == ("teacher" if stage == "teacher" else "student")
+  for method in ("zf", "teacher", "student", "kd"):
+    with h5py.File(tmp_path / "results" / method / "validation.h5") as f:
+      assert f["reconstruction"].shape == (3, 16, 16)
+    assert json.loads((tmp_path / "results" / method / "metrics.json").read_text())["n_volumes"] == 1
+  with h5py.File(tmp_path / "results" / "zf" / "validation.h5") as f:
+    np.testing.assert_array_equal(f["reconstruction"][1], tiny_data["validation"][1]["input"])
+  report = (tmp_path / "report" / "report.md").read_text()
+  for row in ("| ZF |", "| Teacher |", "| Student |", "| KD |"):
+    assert row in report
+  assert (tmp_path / "report" / "figure.png").stat().st_size > 1000
+  recorded = json.loads((tmp_path / "config.json").read_text())
+  assert recorded["train"]["batch_size"] == 2 and recorded["models"]["num_cascades"] == 1
+
+  assert pipeline.run(config, str(tmp_path)) == 0
+  out = capsys.readouterr().out
+  assert out.count("skipping") == len(pipeline.STAGES) and "starting" not in out
+  assert not (tmp_path / "config_1.json").exists()  # same config: nothing new recorded
+  config.train.num_epochs = 2
+  assert pipeline.record_config(config, str(tmp_path)) == str(tmp_path / "config_1.json")
+  assert json.loads((tmp_path / "config.json").read_text())["train"]["num_epochs"] == 1
+
+
+def test_stage_needs_its_inputs(tmp_path, tiny_data):
+  config = tiny_pipeline_config()
+  config.stages = "kd"
+  with pytest.raises(InputError, match=r"stage 'kd' needs the teacher checkpoint in .*teacher/best"):
+    pipeline.run(config, str(tmp_path))
+  config.stages = "evaluate,report"
+  with pytest.raises(InputError, match=r"stage 'evaluate' needs the teacher checkpoint"):
+    pipeline.run(config, str(tmp_path))
+  config.stages = "teacher,kd"
+  config.kd.init_from = "scratch"
+  assert pipeline.check_prerequisites(config, str(tmp_path), ["teacher", "kd"]) is None
+  config.kd.init_from = "nowhere"
+  with pytest.raises(InputError, match="init_from"):
+    pipeline.run(config, str(tmp_path))
+
+
+def test_parse_stages_and_workdir():
+  assert pipeline.parse_stages("kd, teacher") == ["teacher", "kd"]
+  with pytest.raises(InputError, match="unknown stage"):
+    pipeline.parse_stages("teacher,distill")
+  config = default.get_config()
+  config.dataset, config.acc = "knee", "8x"
+  assert pipeline.default_workdir(config) == os.path.join("experiments", "knee", "acc_8x")
+  config.workdir = "/somewhere"
+  assert pipeline.default_workdir(config) == "/somewhere"
+
+
+def test_model_overrides_and_task_check():
+  config = tiny_pipeline_config()
+  name, model = pipeline.build_model(config, "teacher")
+  assert name == "teacher" and model.num_cascades == 1 and model.num_convs == 5 and model.features == 4
+  config.train.compute_dtype = "bfloat16"
+  assert pipeline.build_model(config, "student")[1].dtype == np.dtype("bfloat16")
+  config.models.teacher = "vdsr_teacher"
+  with pytest.raises(InputError, match="super_resolution model"):
+    pipeline.build_model(config, "teacher")
+
+
+def test_subset_keeps_volumes():
+  class Volumes:
+    mask = None
+
+    def __len__(self):
+      return 10
+
+    def __getitem__(self, i):
+      return {"target": np.full((2, 2), i)}
+
+    def volume_ranges(self):
+      return [("a", range(0, 4)), ("b", range(4, 10))]
+
+  subset = pipeline.Subset(Volumes(), 4)
+  assert [int(subset[i]["target"][0, 0]) for i in range(len(subset))] == [0, 3, 6, 9]
+  assert subset.volume_ranges() == [("a", range(0, 2)), ("b", range(2, 4))]
+
+
+def test_ordered_predictions_undo_the_host_layout():
+  # 5 examples, 2 processes, global batch 4: host 0 has examples 0-1, host 1 has 2-4 (+ padding).
+  batches = [[0, 1, 2, 3], [-1, -1, 4, -1]]  # each global batch: host 0's rows, then host 1's
+  predictions = np.asarray(batches, np.float32).reshape(-1, 1, 1)
+  ordered = pipeline.ordered_predictions(5, predictions, 4, count=2)
+  np.testing.assert_array_equal(ordered.ravel(), [0, 1, 2, 3, 4])
+
+
+@pytest.mark.parametrize("field, value, phrase", [
+    ("feature_loss", "cosine", "unknown feature loss 'cosine'"),
+    ("layer_pairs", "0.2:0.7", "the student has no feature layer (0, 7)"),
+])
+def test_bad_distillation_settings_fail_before_any_training(field, value, phrase, tmp_path, tiny_data,
+                                                            monkeypatch):
+  from kdmri_jax import train
+
+  monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("training started before the config check"))
+  config = tiny_pipeline_config()
+  setattr(config.kd, field, value)
+  with pytest.raises(InputError, match=re.escape(phrase)):
+    pipeline.run(config, str(tmp_path))
+  assert not (tmp_path / "config.json").exists()  # refused input writes nothing

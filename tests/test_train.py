@@ -1,0 +1,205 @@
+"""Tests for kdmri_jax.train: the step lowers the loss, objectives, schedule, exact resume, NaN and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default
+from kdmri_jax import checkpoints, models, sharding, train
+from kdmri_jax.train_input import Batches, synthetic_source
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**train_fields):
+  config = default.get_config()
+  config.train.batch_size = 2
+  config.train.num_epochs = 2
+  config.train.log_every_steps = 1
+  config.train.checkpoint_every_steps = 2
+  config.train.progress_bar = False
+  config.train.num_image_examples = 2
+  for key, value in train_fields.items():
+    setattr(config.train, key, value)
+  return config
+
+
+def tiny_model(name="student"):
+  return models.build_model(name, num_cascades=1, features=4)
+
+
+def params_of(model, seed=0):
+  return models.init_params(model, jax.random.PRNGKey(seed), 16, 16)
+
+
+def leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_train_step_lowers_the_loss():
+  config = tiny_config()
+  model = tiny_model()
+  objective = train.make_objective("student", config, model)
+  tx = train.make_optimizer(config.train, steps_per_epoch=10)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(train.create_train_state(params_of(model), tx, 0), mesh)
+  step = train.make_train_step(objective, tx, mesh)
+  batch = sharding.global_batch(Batches(synthetic_source(2), 2).examples([0, 1]), mesh)
+  state, first = step(state, batch)
+  after_one = float(objective.loss(state.params, None, batch)[0])
+  assert after_one < float(first["loss"])  # `first` is the loss before the update
+  for _ in range(10):
+    state, last = step(state, batch)
+  assert int(state.step) == 11
+  assert float(last["loss"]) < after_one
+
+
+def test_step_decay_schedule_matches_steplr():
+  config = tiny_config(learning_rate=1e-3, lr_step_epochs=2, lr_gamma=0.1)
+  schedule = train.learning_rate_schedule(config.train, steps_per_epoch=5)
+  assert float(schedule(0)) == pytest.approx(1e-3)
+  assert float(schedule(9)) == pytest.approx(1e-3)   # epoch 1
+  assert float(schedule(10)) == pytest.approx(1e-4)  # epoch 2
+  assert float(schedule(25)) == pytest.approx(1e-5)  # epoch 5
+
+
+def test_kd_and_feature_objectives_use_the_frozen_teacher():
+  config = tiny_config()
+  teacher, student = tiny_model("teacher"), tiny_model("student")
+  t_params, s_params = params_of(teacher, 1), params_of(student, 2)
+  batch = Batches(synthetic_source(2), 2).examples([0, 1])
+  config.kd.alpha = 1.0  # imitation term off: the kd loss is the plain reconstruction loss
+  kd = train.make_objective("kd", config, student, teacher)
+  baseline = train.make_objective("student", config, student)
+  np.testing.assert_allclose(kd.loss(s_params, t_params, batch)[0], baseline.loss(s_params, None, batch)[0],
+                             rtol=1e-6)
+  feature = train.make_objective("feature", config, student, teacher)
+  grads = jax.grad(lambda t: feature.loss(s_params, t, batch)[0])(t_params)
+  assert all(np.all(g == 0) for g in leaves(grads))  # no gradient reaches the teacher
+  assert float(feature.loss(s_params, t_params, batch)[0]) > 0
+
+
+def test_layer_pairs_parse_and_reject():
+  student = tiny_model()
+  assert train.parse_layer_pairs("paper", student) == (((0, 2), (0, 1)),)  # cut to the one cascade
+  assert train.parse_layer_pairs("0.2:0.1,1.3:1.0", student) == (((0, 2), (0, 1)), ((1, 3), (1, 0)))
+  with pytest.raises(train.InputError):
+    train.parse_layer_pairs("0.2-0.1", student)
+
+
+def _fit(stage_dir, config, stop_at_step=None, source=None):
+  model = tiny_model()
+  objective = train.make_objective("student", config, model)
+  data = Batches(source or synthetic_source(7, seed=1), config.train.batch_size, config.train.seed)
+  val = Batches(synthetic_source(3, seed=2), config.train.batch_size)
+  meta = checkpoints.make_meta("student", model)
+  return train.fit(str(stage_dir), objective, params_of(model), data, val, config, meta=meta,
+                   stop_at_step=stop_at_step)
+
+
+def test_restart_reproduces_an_uninterrupted_run_exactly(tmp_path):
+  config = tiny_config(num_epochs=3)  # 3 steps per epoch (7 slices, batch 2), 9 steps
+  full = _fit(tmp_path / "full", config)
+  assert full.status == "done" and full.step == 9
+  stopped = _fit(tmp_path / "resumed", config, stop_at_step=3)  # an epoch's end: validated first
+  assert stopped.status == "interrupted" and stopped.step == 3
+  assert (tmp_path / "resumed" / "log.txt").read_text().startswith("student epoch 1/3 step 3")
+  stopped = _fit(tmp_path / "resumed", config, stop_at_step=5)  # mid-epoch 2
+  assert stopped.status == "interrupted" and stopped.step == 5
+  assert not train.is_done(str(tmp_path / "resumed"))
+  resumed = _fit(tmp_path / "resumed", config)
+  assert resumed.status == "done" and resumed.step == 9
+  assert resumed.best_step == full.best_step
+  _, a, meta = checkpoints.load_params(tmp_path / "full")
+  _, b, _ = checkpoints.load_params(tmp_path / "resumed")
+  assert meta["stage"] == "student" and meta["step"] == full.best_step
+  for x, y in zip(leaves(a), leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  log = (tmp_path / "full" / "log.txt").read_text().splitlines()
+  assert len(log) == 3 and log[-1].startswith("student epoch 3/3 step 9")
+  assert os.listdir(tmp_path / "full" / "tensorboard")
+
+
+class _NaNAfter:
+  """A source whose targets turn NaN after `reads` examples were read (data is read in order)."""
+
+  def __init__(self, source, reads):
+    self.source, self.reads, self.mask = source, reads, source.mask
+
+  def __len__(self):
+    return len(self.source)
+
+  def __getitem__(self, i):
+    example = dict(self.source[i])
+    self.reads -= 1
+    if self.reads < 0:
+      example["target"] = np.full_like(example["target"], np.nan)
+    return example
+
+
+def test_nan_loss_stops_with_stage_and_step_and_keeps_good_checkpoint(tmp_path):
+  config = tiny_config(num_epochs=3, checkpoint_every_steps=1)
+  source = _NaNAfter(synthetic_source(7, seed=1), reads=6)  # epoch 1 (3 steps of 2) is clean
+  with pytest.raises(train.TrainingStopped,
+                     match=r"stage student: the loss is NaN/Inf at step 4 \(epoch 2\); kept the last good "
+                           r"checkpoint \(step 3\)"):
+    _fit(tmp_path, config, source=source)
+  steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+  assert max(steps) == 3
+  assert not train.is_done(str(tmp_path))
+
+
+SIGTERM_SCRIPT = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {repo!r})
+    from tests.test_train import _fit, tiny_config
+    config = tiny_config(num_epochs=10000, checkpoint_every_steps=0)
+    result = _fit({workdir!r}, config)
+    print("result", result.status, result.step)
+""")
+
+
+def _start(script, log, lines, committed=False):
+  """Starts the training script; returns once log.txt has more than `lines` lines (and, with `committed`,
+  a finished checkpoint exists)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, env=env, cwd=REPO)
+  checkpoints_dir = log.parent / "checkpoints"
+  deadline = time.time() + 90
+  while time.time() < deadline:
+    assert process.poll() is None, process.stdout.read()
+    ready = log.exists() and log.read_text().count("\n") > lines
+    if ready and (not committed or any(n.isdigit() for n in os.listdir(checkpoints_dir))):
+      return process
+    time.sleep(0.2)
+  process.kill()
+  raise AssertionError("training did not reach the expected point in time")
+
+
+def test_sigkill_resumes_and_sigterm_saves_and_exits_cleanly(tmp_path):
+  script = tmp_path / "run.py"
+  script.write_text(SIGTERM_SCRIPT.format(repo=REPO, workdir=str(tmp_path / "stage")))
+  log = tmp_path / "stage" / "log.txt"
+  process = _start(script, log, 0, committed=True)
+  process.kill()  # SIGKILL: no chance to save
+  process.communicate(timeout=30)
+  killed_lines = log.read_text().count("\n")
+  process = _start(script, log, killed_lines)
+  process.send_signal(signal.SIGTERM)
+  output, _ = process.communicate(timeout=60)
+  assert process.returncode == 0, output
+  assert "stopped by SIGTERM at step" in output and "result interrupted" in output
+  resumed = log.read_text().splitlines()[killed_lines]
+  assert not resumed.startswith("student epoch 1/"), resumed  # continued from the checkpoint
+  step = int(output.split("result interrupted ")[1].split()[0])
+  assert os.path.isdir(tmp_path / "stage" / "checkpoints" / str(step))
