@@ -11,7 +11,4 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset = "brain"
-  config.acc = "4x"
-  return config
+  return default.for_dataset("brain", "4x")

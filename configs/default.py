@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
   models.student = "student"  # DC-CNN D5C3
   models.num_cascades = placeholder(int)  # None -> the preset's (5); smaller for quick runs
   models.features = placeholder(int)  # None -> the preset's (32 DC-CNN, 64 VDSR)
+  # None -> models.features; a different width gives the student fewer channels than the teacher (FitNet
+  # then trains a 1×1 regressor alongside it in the feature stage).
+  models.student_features = placeholder(int)
 
   config.kd = kd = ml_collections.ConfigDict()
   kd.alpha = 0.5  # KD loss: α·L1(x_S, target) + (1 − α)·L1(x_S, x_T)
@@ -75,6 +78,14 @@ def get_config() -> ml_collections.ConfigDict:
   dist.coordinator_address = placeholder(str)  # 'host:port' of process 0
   dist.num_processes = placeholder(int)
   dist.process_id = placeholder(int)
+  return config
+
+
+def for_dataset(dataset: str, acc: str) -> ml_collections.ConfigDict:
+  """The paper's settings for one dataset and acceleration (what configs/{dataset}_{acc}.py return)."""
+  config = get_config()
+  config.dataset = dataset
+  config.acc = acc
   return config
 
 

@@ -10,7 +10,4 @@ from configs import default
 
 
 def get_config():
-  config = default.get_config()
-  config.dataset = "knee"
-  config.acc = "8x"
-  return config
+  return default.for_dataset("knee", "8x")
