@@ -106,8 +106,8 @@ def feature_l2(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
 class HintRegressor(nn.Module):
   """FitNet's regressor r: a 1×1 convolution with bias from the student's C_S channels to the teacher's C_T.
 
-  Its parameters are {'kernel': (C_S, C_T), 'bias': (C_T,)}; they are created by `init_feature_params`,
-  trained together with the student in the feature stage, and dropped afterwards (the KD stage and
+  Its parameters are {'conv1x1': {'kernel': (C_S, C_T), 'bias': (C_T,)}}; they are created by
+  `init_feature_params`, trained together with the student in the feature stage, and dropped afterwards (the KD stage and
   inference use the student alone).
   """
 

@@ -60,8 +60,9 @@ def build_model(config: Any, role: str):
   cls, _ = models.PRESETS[name]
   fields = cls.__dataclass_fields__
   overrides = {}
+  student_features = config.models.get("student_features") if role == "student" else None
   for key in ("num_cascades", "features"):
-    value = config.models.get(key)
+    value = student_features if key == "features" and student_features is not None else config.models.get(key)
     if value is not None and key in fields:
       overrides[key] = int(value)
   dtypes = {"float32": np.float32, "bfloat16": jax.numpy.bfloat16}

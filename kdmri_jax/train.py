@@ -5,6 +5,9 @@ The four trained stages of the paper's Algorithm 1 differ only in their objectiv
   feature            w · mean over layer pairs of AT(F_T, F_S)         (teacher frozen; attention transfer)
   kd                 α·L1(x_S, target) + (1 − α)·L1(x_S, x_T)         (teacher frozen, in inference mode)
 Validation loss (which picks the best checkpoint): MSE to the target, or the feature loss for `feature`.
+A feature loss with its own parameters (FitNet's 1×1 regressor when student and teacher channels differ)
+trains them with the student as `{'student': ..., 'feature': ...}`; checkpoints in `best/` hold the
+student's parameters only.
 
 `train_step(state, batch) -> (state, metrics)` is one `jax.jit` over a `data` mesh: batch sharded,
 parameters replicated, state donated. `fit` runs the epochs with Adam and step decay (×γ every
@@ -78,13 +81,33 @@ EvalFn = Callable[[Any, Any, Mapping[str, jax.Array]], jax.Array]
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """What a stage optimises: `loss(params, teacher_params, batch) -> (loss, aux metrics)` and
-  `eval_loss(params, teacher_params, batch) -> per-example validation loss (B,)`."""
+  `eval_loss(params, teacher_params, batch) -> per-example validation loss (B,)`.
+
+  `params` is the trained tree (`trainable`): the model's parameters, or `{'student': model params,
+  'feature': the feature loss's params}` when `init_loss_params` is set (FitNet between differing widths).
+  """
 
   stage: str
   model: nn.Module  # the model being trained
   loss: LossFn
   eval_loss: EvalFn
   teacher: nn.Module | None = None  # frozen teacher (feature and kd stages)
+  init_loss_params: Callable[[jax.Array], Any] | None = None  # rng -> the feature loss's trainable params
+
+  def trainable(self, model_params: Any, rng: jax.Array) -> Any:
+    """The tree the optimiser trains, starting from `model_params` (unchanged when the loss has none)."""
+    if self.init_loss_params is None:
+      return model_params
+    return {"student": model_params, "feature": self.init_loss_params(rng)}
+
+  def model_params(self, params: Any) -> Any:
+    """The model's parameters in a trained tree (what `best/` and later stages see)."""
+    return _split(params, self.init_loss_params is not None)[0]
+
+
+def _split(params: Any, with_loss_params: bool) -> tuple[Any, Any]:
+  """(model params, feature-loss params or None) of a trained tree; see `Objective.trainable`."""
+  return (params["student"], params["feature"]) if with_loss_params else (params, None)
 
 
 def parse_layer_pairs(spec: str, model: nn.Module) -> tuple:
@@ -132,58 +155,94 @@ def make_objective(stage: str, config: Any, model: nn.Module, teacher: nn.Module
   name = config.kd.feature_loss
   feature_losses.get_feature_loss(name)  # one sentence for an unknown name, before any compilation
   pairs = parse_layer_pairs(config.kd.layer_pairs, model)
+  uses_features = stage == "feature" or (stage == "kd" and config.kd.kd_feature_weight)
+  init_loss_params = _loss_params_init(name, pairs, model, teacher) if uses_features else None
+  with_loss_params = init_loss_params is not None
 
   def features(params, teacher_params, batch):
+    """Teacher and student outputs, and the feature loss's own parameters (or None)."""
+    params, loss_params = _split(params, with_loss_params)
     t_image, t_feats = models.apply(teacher, teacher_params, batch)
     t_image, t_feats = jax.lax.stop_gradient((t_image, t_feats))  # the teacher only gives targets
     s_image, s_feats = models.apply(model, params, batch)
-    return t_image, t_feats, s_image, s_feats
+    return t_image, t_feats, s_image, s_feats, loss_params
 
   if stage == "feature":
     weight = config.kd.feature_weight
 
     def loss(params, teacher_params, batch):
-      _, t_feats, _, s_feats = features(params, teacher_params, batch)
-      value = weight * feature_losses.feature_distillation(name, t_feats, s_feats, pairs)
+      _, t_feats, _, s_feats, loss_params = features(params, teacher_params, batch)
+      value = weight * feature_losses.feature_distillation(name, t_feats, s_feats, pairs, loss_params)
       return value, {"loss": value}
 
     def eval_loss(params, teacher_params, batch):
       value = loss(params, teacher_params, batch)[0]  # a batch-level loss, spread over the examples
       return jnp.full(batch["target"].shape[:1], value)
 
-    return Objective(stage, model, loss, eval_loss, teacher)
+    return Objective(stage, model, loss, eval_loss, teacher, init_loss_params)
 
   if stage == "kd":
     alpha, feature_weight = config.kd.alpha, config.kd.kd_feature_weight
 
     def loss(params, teacher_params, batch):
-      t_image, t_feats, s_image, s_feats = features(params, teacher_params, batch)
+      t_image, t_feats, s_image, s_feats, loss_params = features(params, teacher_params, batch)
       s_image = s_image.astype(jnp.float32)
       imitation = losses.imitation(s_image, t_image.astype(jnp.float32), batch["target"], alpha,
                                    config.train.loss)
       value = imitation
       if feature_weight:
-        value = value + feature_weight * feature_losses.feature_distillation(name, t_feats, s_feats, pairs)
+        value = value + feature_weight * feature_losses.feature_distillation(name, t_feats, s_feats, pairs,
+                                                                             loss_params)
       return value, {"loss": value, "imitation": imitation,
                      "reconstruction": recon(s_image, batch["target"])}
-    return Objective(stage, model, loss, mse_eval, teacher)
+
+    def eval_loss(params, teacher_params, batch):
+      return mse_eval(_split(params, with_loss_params)[0], teacher_params, batch)
+
+    return Objective(stage, model, loss, eval_loss, teacher, init_loss_params)
 
   raise InputError(f"unknown training stage {stage!r}; choose teacher, student, feature or kd.")
+
+
+def _param_shapes(model: nn.Module, height: int = 8, width: int = 8) -> Any:
+  return jax.eval_shape(lambda key: models.init_params(model, key, height, width), jax.random.PRNGKey(0))
+
+
+def _batch_shapes(model: nn.Module, height: int = 8, width: int = 8) -> dict[str, jax.ShapeDtypeStruct]:
+  batch = {"input": jax.ShapeDtypeStruct((2, height, width), jnp.float32),
+           "target": jax.ShapeDtypeStruct((2, height, width), jnp.float32)}
+  if models.is_reconstruction(model):
+    batch["kspace"] = jax.ShapeDtypeStruct((2, height, width), jnp.complex64)
+    batch["mask"] = jax.ShapeDtypeStruct((2, height, width), jnp.float32)
+  return batch
+
+
+def _loss_params_init(name: str, pairs: tuple, model: nn.Module, teacher: nn.Module
+                      ) -> Callable[[jax.Array], Any] | None:
+  """rng -> the trainable parameters of feature loss `name` between `teacher` and `model`, or None when it
+  has none (every method but FitNet between differing channel counts); decided from abstract shapes."""
+  if name not in feature_losses.FEATURE_PARAM_INITS:
+    return None
+  batch = _batch_shapes(model)
+
+  def feature_shapes(m):
+    return jax.eval_shape(lambda p, b: models.apply(m, p, b)[1], _param_shapes(m), batch)
+
+  t_feats, s_feats = feature_shapes(teacher), feature_shapes(model)
+
+  def init(rng):
+    return feature_losses.init_feature_params(name, t_feats, s_feats, pairs, rng)
+
+  return init if jax.eval_shape(init, jax.random.PRNGKey(0)) else None
 
 
 def check_objective(objective: Objective, height: int = 8, width: int = 8) -> None:
   """Traces the objective on abstract (height, width) inputs without computing anything, so a bad
   feature-loss name, layer pair or loss fails in one sentence before any training starts."""
-  def shapes(model):
-    return jax.eval_shape(lambda key: models.init_params(model, key, height, width), jax.random.PRNGKey(0))
-
-  batch = {"input": jax.ShapeDtypeStruct((2, height, width), jnp.float32),
-           "target": jax.ShapeDtypeStruct((2, height, width), jnp.float32)}
-  if models.is_reconstruction(objective.model):
-    batch["kspace"] = jax.ShapeDtypeStruct((2, height, width), jnp.complex64)
-    batch["mask"] = jax.ShapeDtypeStruct((2, height, width), jnp.float32)
-  teacher = None if objective.teacher is None else shapes(objective.teacher)
-  jax.eval_shape(objective.loss, shapes(objective.model), teacher, batch)
+  teacher = None if objective.teacher is None else _param_shapes(objective.teacher, height, width)
+  params = jax.eval_shape(objective.trainable, _param_shapes(objective.model, height, width),
+                          jax.random.PRNGKey(0))
+  jax.eval_shape(objective.loss, params, teacher, _batch_shapes(objective.model, height, width))
 
 
 # --- jitted steps ---------------------------------------------------------------------------------------
@@ -389,7 +448,9 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
   def learning_rate(step: int) -> float:  # the schedule's value, on the host (no device dispatch)
     return train.learning_rate * train.lr_gamma ** (step // (train.lr_step_epochs * steps_per_epoch))
 
-  host_state = sharding.to_host(create_train_state(init_params, tx, train.seed))
+  # The feature loss's own parameters (FitNet's regressor), if any, start from a key of their own.
+  trainable = objective.trainable(init_params, jax.random.fold_in(jax.random.PRNGKey(train.seed), 1))
+  host_state = sharding.to_host(create_train_state(trainable, tx, train.seed))
   state_mngr = _state_manager(paths["checkpoints"], train.keep_checkpoints)
   best_mngr = checkpoints.manager(paths["best"])
   progress = {"best_val_loss": math.inf, "best_step": -1}
@@ -509,7 +570,7 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
                                 f"{epoch + 1}); kept the last good checkpoint in {paths['checkpoints']}.")
         if val_loss < progress["best_val_loss"]:
           progress.update(best_val_loss=val_loss, best_step=step)
-          params = sharding.to_host(state.params)
+          params = sharding.to_host(objective.model_params(state.params))
           if step not in best_mngr.all_steps():  # else saved by a run killed after it (same params)
             best_mngr.save(step, args=checkpoints.save_args(params, {**model_meta, "stage": stage, "step": step,
                                                                       "val_loss": val_loss}),
@@ -520,8 +581,8 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
         lr = learning_rate(step - 1)
         log.scalars({"train/epoch_loss": train_loss, "val/loss": val_loss, "train/learning_rate": lr,
                      "train/epoch_seconds": train_time}, step)
-        prediction = np.asarray(sharding.to_host(predict(
-            state.params, sharding.global_batch({k: v[val_data.rows] for k, v in image_batch.items()}, mesh))))
+        shown_batch = sharding.global_batch({k: v[val_data.rows] for k, v in image_batch.items()}, mesh)
+        prediction = np.asarray(sharding.to_host(predict(objective.model_params(state.params), shown_batch)))
         if shown:
           log.image("validation/input_target_reconstruction_error",
                     summary_images({k: v[:shown] for k, v in image_batch.items()}, prediction[:shown]), step)

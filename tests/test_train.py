@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from kdmri_jax import checkpoints, models, sharding, train
+from kdmri_jax import checkpoints, models, pipeline, sharding, train
 from kdmri_jax.train_input import Batches, synthetic_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -86,6 +86,47 @@ def test_kd_and_feature_objectives_use_the_frozen_teacher():
   grads = jax.grad(lambda t: feature.loss(s_params, t, batch)[0])(t_params)
   assert all(np.all(g == 0) for g in leaves(grads))  # no gradient reaches the teacher
   assert float(feature.loss(s_params, t_params, batch)[0]) > 0
+
+
+def test_fitnet_between_differing_widths_trains_its_regressor_and_best_holds_the_plain_student(tmp_path):
+  config = tiny_config(num_epochs=1)
+  config.kd.feature_loss = "fitnet"
+  config.models.num_cascades, config.models.features, config.models.student_features = 1, 8, 4
+  teacher, student = pipeline.build_model(config, "teacher")[1], pipeline.build_model(config, "student")[1]
+  assert (teacher.features, student.features) == (8, 4)
+  s_params = params_of(student, 2)
+  same = train.make_objective("feature", config, student, tiny_model("teacher"))  # 4/4: no regressor
+  assert same.init_loss_params is None and same.trainable(s_params, jax.random.PRNGKey(0)) is s_params
+
+  objective = train.make_objective("feature", config, student, teacher)
+  t_params = params_of(teacher, 1)
+  start = objective.trainable(params_of(student, 2), jax.random.PRNGKey(3))
+  assert set(start) == {"student", "feature"}
+  assert sorted(x.shape for x in leaves(start["feature"]["0"])) == [(4, 8), (8,)]  # 1×1: C_S -> C_T
+  regressor = leaves(start["feature"])
+  batch = Batches(synthetic_source(2), 2).examples([0, 1])
+  first = float(objective.loss(start, t_params, batch)[0])
+  tx = train.make_optimizer(config.train, steps_per_epoch=10)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(train.create_train_state(start, tx, 0), mesh)
+  step = train.make_train_step(objective, tx, mesh, t_params)
+  for _ in range(5):
+    state, _ = step(state, sharding.global_batch(batch, mesh))
+  assert any(np.any(a != b) for a, b in zip(regressor, leaves(state.params["feature"])))
+  assert float(objective.loss(state.params, t_params, batch)[0]) < first
+
+  config.kd.kd_feature_weight = 1.0  # the kd stage's optional feature term gets a regressor too
+  train.check_objective(train.make_objective("kd", config, student, teacher))
+
+  data = Batches(synthetic_source(4, seed=1), config.train.batch_size, config.train.seed)
+  val = Batches(synthetic_source(2, seed=2), config.train.batch_size)
+  result = train.fit(str(tmp_path), objective, s_params, data, val, config, teacher_params=t_params,
+                     meta=checkpoints.make_meta("student", student))
+  assert result.status == "done"
+  model, best, meta = checkpoints.load_params(tmp_path / "best", expected_model="student")
+  assert meta["stage"] == "feature" and model.features == 4
+  assert jax.tree.structure(best) == jax.tree.structure(s_params)  # no regressor in best/
+  models.apply(model, best, batch)
 
 
 def test_layer_pairs_parse_and_reject():
