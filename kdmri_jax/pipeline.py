@@ -95,32 +95,6 @@ def load_stage_params(workdir: str, stage: str, model_name: str, needed_by: str)
 
 # --- data -----------------------------------------------------------------------------------------------
 
-class Subset:
-  """`count` evenly spaced examples of a source, keeping its mask and volume grouping (demos, tests)."""
-
-  def __init__(self, source: Any, count: int):
-    self.source = source
-    self.indices = np.unique(np.linspace(0, len(source) - 1, count).round().astype(int))
-    self.mask = getattr(source, "mask", None)
-    self.shape = getattr(source, "shape", None)
-
-  def __len__(self) -> int:
-    return len(self.indices)
-
-  def __getitem__(self, index: int):
-    return self.source[int(self.indices[int(index)])]
-
-  def volume_ranges(self):
-    ranges = volume_ranges(self.source)
-    out, start = [], 0
-    for name, r in ranges:
-      count = int(np.sum((self.indices >= r.start) & (self.indices < r.stop)))
-      if count:
-        out.append((name, range(start, start + count)))
-        start += count
-    return out
-
-
 def volume_ranges(source: Any) -> list[tuple[str, range]]:
   """(volume name, example indices) per volume; the whole set as one volume if the source has no volumes."""
   if hasattr(source, "volume_ranges"):
@@ -129,14 +103,9 @@ def volume_ranges(source: Any) -> list[tuple[str, range]]:
 
 
 def load_data(config: Any, split: str):
-  """The split's source, cut to config.data.max_slices evenly spaced slices when set."""
+  """The split's source (`kdmri_jax.data.load_split`; cut to config.data.max_slices there)."""
   from kdmri_jax import data
-  source = data.load_split(config, split)
-  limit = config.data.get("max_slices")
-  if limit is not None and limit < len(source):
-    require(limit >= 1, f"config.data.max_slices={limit} must be at least 1.")
-    source = Subset(source, int(limit))
-  return source
+  return data.load_split(config, split)
 
 
 # --- stages ---------------------------------------------------------------------------------------------

@@ -105,24 +105,6 @@ def test_model_overrides_and_task_check():
     pipeline.build_model(config, "teacher")
 
 
-def test_subset_keeps_volumes():
-  class Volumes:
-    mask = None
-
-    def __len__(self):
-      return 10
-
-    def __getitem__(self, i):
-      return {"target": np.full((2, 2), i)}
-
-    def volume_ranges(self):
-      return [("a", range(0, 4)), ("b", range(4, 10))]
-
-  subset = pipeline.Subset(Volumes(), 4)
-  assert [int(subset[i]["target"][0, 0]) for i in range(len(subset))] == [0, 3, 6, 9]
-  assert subset.volume_ranges() == [("a", range(0, 2)), ("b", range(2, 4))]
-
-
 def test_ordered_predictions_undo_the_host_layout():
   # 5 examples, 2 processes, global batch 4: host 0 has examples 0-1, host 1 has 2-4 (+ padding).
   batches = [[0, 1, 2, 3], [-1, -1, 4, -1]]  # each global batch: host 0's rows, then host 1's

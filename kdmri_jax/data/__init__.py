@@ -95,6 +95,7 @@ def load_split(config, split: str):
     source = ReferenceSource(list_volumes(root, split, acc), acc, mask=None)
   max_slices = _get(config, "data.max_slices")
   if max_slices is not None:
+    require(max_slices >= 1, f"config.data.max_slices={max_slices} must be at least 1.")
     from kdmri_jax.data.sources import SubsetSource
     source = SubsetSource.evenly_spaced(source, max_slices)
   if task == "super_resolution":
