@@ -1,0 +1,112 @@
+"""Tests of experiments/reproduce_brain.py's table and statistics on made-up per-volume metrics (no training)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
+
+import reproduce_brain as rb  # noqa: E402
+
+VOLUMES = ("vol_a", "vol_b", "vol_c")
+PARAMS = {"zf": None, "teacher": 141765, "student": 49285, "kd": 49285}
+
+
+def fake_run(root, acc, seed, psnr):
+  """Writes results/<method>/metrics.json as the evaluate stage does; psnr[method] = per-volume list."""
+  workdir = rb.run_dir(str(root), "cpu", acc, seed)
+  for method, values in psnr.items():
+    folder = os.path.join(workdir, "results", method)
+    os.makedirs(folder)
+    volumes = [{"name": n, "slices": 10, "PSNR": p, "SSIM": p / 40.0} for n, p in zip(VOLUMES, values)]
+    with open(os.path.join(folder, "metrics.json"), "w") as f:
+      json.dump({"method": method, "params": PARAMS[method], "n_volumes": len(volumes), "volumes": volumes}, f)
+  return workdir
+
+
+def metrics(zf, teacher, student, kd):
+  return {"zf": zf, "teacher": teacher, "student": student, "kd": kd}
+
+
+def test_gap_closed():
+  assert rb.gap_closed(40.03, 39.36, 39.8) == pytest.approx(0.44 / 0.67)
+  assert rb.gap_closed(30.0, 28.0, 27.0) == pytest.approx(-0.5)  # KD worse than the student
+  assert rb.gap_closed(28.0, 28.0, 29.0) is None  # no gap
+  assert rb.gap_closed(27.0, 28.0, 29.0) is None  # teacher worse than the student
+
+
+def test_mean_std_over_seeds():
+  assert rb.mean_std([]) is None
+  assert rb.mean_std([3.0]) == (3.0, 0.0)
+  mean, std = rb.mean_std([1.0, 2.0, 6.0])
+  assert mean == pytest.approx(3.0)
+  assert std == pytest.approx(np.std([1.0, 2.0, 6.0], ddof=1))
+
+
+def test_paired_test_wilcoxon_and_t():
+  student = np.array([30.0, 31.0, 29.5, 30.2, 28.9, 31.4, 30.7, 29.9, 30.1])
+  kd = student + np.array([0.3, 0.1, 0.5, 0.2, 0.4, 0.05, 0.6, 0.25, 0.15])  # KD better in all 9 pairs
+  test = rb.paired_test(kd, student)
+  assert test["n"] == 9 and test["wins"] == 9
+  assert test["wilcoxon_p"] == pytest.approx(2 / 2 ** 9)  # exact two-sided p, all signs positive
+  assert test["min_p"] == pytest.approx(2 / 2 ** 9)
+  assert 0 < test["t_p"] < 0.01
+  mixed = rb.paired_test(student + np.array([0.3, -0.1, 0.5, -0.2, 0.4, -0.05, 0.6, -0.25, 0.15]), student)
+  assert mixed["wins"] == 5 and mixed["wilcoxon_p"] > 0.05
+  assert rb.paired_test(student[:3], student[:3])["wilcoxon_p"] is None  # no differences
+
+
+def test_table_stats_over_seeds_and_volumes(tmp_path):
+  fake_run(tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5]))
+  fake_run(tmp_path, "4x", 43, metrics([20, 21, 22], [32, 33, 34], [29, 30, 31], [30, 31, 32]))
+  runs = {("4x", s): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "4x", s)) for s in (42, 43, 44)}
+  runs.update({("8x", 42): None})
+  assert runs[("4x", 44)] is None
+  stats = rb.table_stats(runs)
+  entry = stats["4x"]
+  assert entry["seeds"] == [42, 43] and entry["missing"] == [44]
+  # per-run means over volumes: teacher 31 and 33 -> 32 ± sqrt(2)
+  assert entry[("teacher", "PSNR")] == pytest.approx((32.0, np.sqrt(2.0)))
+  assert entry[("student", "PSNR")] == pytest.approx((30.0, 0.0))
+  assert entry[("kd", "PSNR")] == pytest.approx((30.75, np.std([30.5, 31.0], ddof=1)))
+  assert entry["gap"] == pytest.approx(0.75 / 2.0)
+  assert entry["gap_per_seed"] == pytest.approx({42: 0.5, 43: 1.0 / 3.0})
+  assert entry["test"]["n"] == 6 and entry["test"]["wins"] == 6
+  assert entry["params"]["teacher"] == 141765
+  assert stats["8x"]["seeds"] == [] and stats["8x"][("kd", "PSNR")] is None
+
+  table = rb.main_table(stats, ["4x", "5x", "8x"])
+  assert "32.00 ± 1.41" in table
+  assert table.count("not run") == 2 * 4 * 2  # 5x and 8x: 4 methods x (PSNR, SSIM)
+  gaps = rb.gap_table(stats, ["4x", "5x", "8x"])
+  assert "38 %" in gaps and "6/6" in gaps and "| 8x | none | not run" in gaps
+  text = rb.verdict(stats, ["4x", "5x", "8x"], "cpu")
+  assert "closes 38 %" in text and "Not run: 5x, 8x" in text and "reduced CPU setting" in text
+
+
+def test_verdict_when_teacher_is_not_better(tmp_path):
+  fake_run(tmp_path, "8x", 42, metrics([20, 21, 22], [28, 28, 28], [29, 29, 29], [28.5, 28.5, 28.5]))
+  stats = rb.table_stats({("8x", 42): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "8x", 42))})
+  assert stats["8x"]["gap"] is None
+  assert "T ≤ S: undefined" in rb.gap_table(stats, ["8x"])
+  assert "not better than the student" in rb.verdict(stats, ["8x"], "cpu")
+
+
+def test_collect_only_writes_partial_table(tmp_path):
+  fake_run(tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5]))
+  out = tmp_path / "brain.md"
+  argv = ["--collect-only", "--workdir", str(tmp_path), "--seeds", "42,43", "--out", str(out)]
+  assert rb.main(argv) == 0
+  text = out.read_text()
+  assert "1 of 6 (acc, seed) runs finished" in text and "not run" in text
+  assert "--config.acc=8x --config.train.seed=43" in text
+  assert "| 4x | 42 | finished |" in text and "| 5x | 43 | not run |" in text
+  with pytest.raises(rb.common.InputError, match="--overwrite"):
+    rb.main(argv)  # an existing table is kept unless --overwrite
+  with pytest.raises(rb.common.InputError, match="--seeds"):
+    rb.main(["--collect-only", "--seeds", "4a", "--out", str(tmp_path / "x.md")])
