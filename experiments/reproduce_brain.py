@@ -27,7 +27,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import brain_figures  # noqa: E402  (the qualitative figures and training curves)
+import brain_studies  # noqa: E402  (the ablation and methods at one acc)
 import compare_methods as common  # noqa: E402  (the shared run/collect helpers)
+from seed_stats import mean_std, paired_test  # noqa: E402
 from kdmri_jax.errors import require, run_cli  # noqa: E402
 
 ACCS = ("4x", "5x", "8x")
@@ -60,24 +63,24 @@ def run_dir(root: str, setting: str, acc: str, seed: int) -> str:
 
 def run_command(setting: str, acc: str, seed: int, workdir: str, overrides: Sequence[str] = ()) -> list[str]:
   config_file = SETTINGS[setting][0](acc)
-  return common.main_command(config_file, workdir,
-                             [f"acc={acc}", f"train.seed={seed}", "train.progress_bar=false", *overrides])
+  return common.main_command(config_file, workdir, run_overrides(acc, seed, overrides))
+
+
+def run_overrides(acc: str, seed: int, overrides: Sequence[str] = ()) -> list[str]:
+  return [f"acc={acc}", f"train.seed={seed}", "train.progress_bar=false", *overrides]
+
+
+def study_base(setting: str, acc: str) -> str:
+  """The base config of the ablation/methods rows: the one the setting's runs use."""
+  return os.path.splitext(os.path.basename(SETTINGS[setting][0](acc)))[0]
 
 
 # --- collecting -----------------------------------------------------------------------------------------
 
 def read_volumes(workdir: str) -> dict | None:
   """{method: {'params': n, 'volumes': {name: {'PSNR': x, 'SSIM': y}}}} of a finished run, else None."""
-  out = {}
-  for method, _ in METHODS:
-    path = os.path.join(workdir, "results", method, "metrics.json")
-    if not os.path.exists(path):
-      return None
-    with open(path) as f:
-      document = json.load(f)
-    out[method] = {"params": document.get("params"),
-                   "volumes": {v["name"]: {"PSNR": v["PSNR"], "SSIM": v["SSIM"]} for v in document["volumes"]}}
-  return out
+  out = {method: brain_studies.read_method(workdir, method) for method, _ in METHODS}
+  return None if None in out.values() else out
 
 
 def run_means(run: dict) -> dict:
@@ -86,39 +89,12 @@ def run_means(run: dict) -> dict:
           for m in run}
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float] | None:
-  """Mean and sample std (ddof=1; 0 for one value) over seeds; None when empty."""
-  if not values:
-    return None
-  values = np.asarray(values, float)
-  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
-
-
 def gap_closed(teacher: float, student: float, kd: float) -> float | None:
   """Fraction of the teacher–student gap the KD student closes: (KD − S) / (T − S); None when T <= S
   (no gap to close: the fraction would be meaningless or flip sign)."""
   if teacher - student <= 0:
     return None
   return (kd - student) / (teacher - student)
-
-
-def paired_test(kd: Sequence[float], student: Sequence[float]) -> dict:
-  """Two-sided exact Wilcoxon signed-rank test of KD vs student over paired (seed, volume) values.
-
-  Wilcoxon rather than a paired t-test: with 3–9 pairs normality of the differences cannot be checked,
-  and the signed-rank test needs none. The smallest two-sided p it can give is 2 / 2^n (0.25 for 3 pairs),
-  so with one seed it cannot reach 0.05 whatever the effect. The paired t-test is reported alongside.
-  """
-  from scipy import stats
-  kd, student = np.asarray(kd, float), np.asarray(student, float)
-  diff = kd - student
-  out = {"n": int(len(diff)), "mean_diff": float(diff.mean()) if len(diff) else None,
-         "wins": int((diff > 0).sum()), "wilcoxon_p": None, "t_p": None, "min_p": 2.0 / 2 ** len(diff)}
-  if len(diff) >= 1 and np.any(diff != 0):
-    out["wilcoxon_p"] = float(stats.wilcoxon(kd, student, alternative="two-sided", method="exact").pvalue)
-  if len(diff) >= 2 and np.std(diff) > 0:
-    out["t_p"] = float(stats.ttest_rel(kd, student).pvalue)
-  return out
 
 
 def table_stats(runs: dict) -> dict:
@@ -298,6 +274,30 @@ def verdict(stats: dict, accs: Sequence[str], setting: str) -> str:
   return text
 
 
+def figures_section(args, runs_root: str, results_dir: str) -> str:
+  """Writes results_dir/brain_figures/ (each acc's qualitative figure from its first finished seed, and the
+  training curves of the first seed from --curves-workdir) and returns the markdown that shows them."""
+  lines, folder = [], os.path.join(results_dir, "brain_figures")
+  for acc in args.accs:
+    for seed in args.seeds:
+      path = os.path.join(folder, f"brain_{acc}.png")
+      if brain_figures.copy_qualitative(run_dir(runs_root, args.setting, acc, seed), path):
+        lines.append(f"![{acc}, seed {seed}](brain_figures/brain_{acc}.png)")
+        break
+  curves_root = os.path.abspath(args.curves_workdir or args.workdir)
+  seed = args.seeds[0]
+  runs = {acc: run_dir(curves_root, args.setting, acc, seed) for acc in args.accs}
+  title = f"validation PSNR per epoch, setting {args.setting}, seed {seed}"
+  if brain_figures.plot_curves(runs, os.path.join(folder, "brain_curves.png"), title):
+    lines.append(f"Training curves (validation PSNR per epoch; seed {seed}, runs in "
+                 f"`{common.show([curves_root])}`):\n\n![training curves](brain_figures/brain_curves.png)")
+  if not lines:
+    return ""
+  return "\n\n".join(["## Figures", "Each acceleration's validation slice as the report stage draws it (ZF, "
+                       "target, teacher, student, KD; PSNR / SSIM of that slice above each image; error maps "
+                       "below):", *lines])
+
+
 def collect(args, argv: Sequence[str], runs_root: str) -> str:
   runs = {(acc, seed): read_volumes(run_dir(runs_root, args.setting, acc, seed))
           for acc in args.accs for seed in args.seeds}
@@ -315,6 +315,16 @@ def collect(args, argv: Sequence[str], runs_root: str) -> str:
   commands = [common.show(run_command(args.setting, acc, seed,
                                       run_dir(runs_root, args.setting, acc, seed), args.overrides))
               for acc in args.accs for seed in args.seeds]
+  studies, studies_verdict = "", ""
+  if args.studies_acc:
+    run_dirs = {seed: run_dir(runs_root, args.setting, args.studies_acc, seed) for seed in args.seeds}
+    rows = brain_studies.study_rows(args.methods)
+    study_commands = [common.show(brain_studies.study_command(
+        key, spec, study_base(args.setting, args.studies_acc), run_dirs[seed],
+        run_overrides(args.studies_acc, seed, args.overrides))) for seed in args.seeds for key, spec in rows.items()]
+    studies = brain_studies.sections(run_dirs, args.studies_acc, args.methods, study_commands)
+    studies_verdict = " " + brain_studies.verdict(run_dirs, args.studies_acc, args.methods)
+  figures = figures_section(args, runs_root, os.path.dirname(os.path.abspath(args.out)))
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
   text = [
       "# Reproducing KD-MRI on brain (embedded MNI data)", "", intro, "",
@@ -329,7 +339,9 @@ def collect(args, argv: Sequence[str], runs_root: str) -> str:
       "checked; the paired t-test p is shown for comparison. The smallest Wilcoxon p attainable with n pairs "
       "is 2/2^n (shown as `min`), so one seed (3 pairs) can never reach 0.05. Pairs from different seeds "
       "share volumes, so they are not fully independent.", "",
-      "## Verdict", "", verdict(stats, args.accs, args.setting), "",
+      "## Verdict", "", verdict(stats, args.accs, args.setting) + studies_verdict, "",
+      *([studies, ""] if studies else []),
+      *([figures, ""] if figures else []),
       "## Runs and wall time", "", wall_table(runs_root, args.setting, args.accs, args.seeds), "",
       "Training epochs: the sum of the per-epoch times in each stage's log.txt (no compilation, validation or "
       "evaluation). Run wall: the whole `main` command as timed by this script. The CPU was shared with other "
@@ -352,6 +364,13 @@ def main(argv: Sequence[str]) -> int:
                       help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)")
   parser.add_argument("--note", action="append", default=[],
                       help="a sentence added under the introduction, e.g. how the runs were launched")
+  parser.add_argument("--studies-acc", default=None, metavar="ACC",
+                      help="also run the ablation and the method comparison at this acc (e.g. 8x) on each "
+                           "seed's finished run, and add their tables")
+  parser.add_argument("--methods", default=",".join(common.default_methods()),
+                      help="feature-distillation methods of the comparison (default: all)")
+  parser.add_argument("--curves-workdir", default=None,
+                      help="root of the runs whose logs give the training curves (default: --workdir)")
   parser.add_argument("--collect-only", action="store_true", help="only write the table from finished runs")
   parser.add_argument("--stop-after", default=None, metavar="HH:MM",
                       help="start no new run after this UTC time (then collect what finished)")
@@ -370,6 +389,14 @@ def main(argv: Sequence[str]) -> int:
   except ValueError:
     require(False, f"--seeds {args.seeds!r} is not a comma-separated list of integers, e.g. 42,43,44.")
   require(bool(args.seeds), "--seeds is empty; give e.g. 42,43,44.")
+  if args.studies_acc:
+    parse_acceleration(args.studies_acc)
+    require(args.studies_acc in args.accs, f"--studies-acc {args.studies_acc} is not one of --accs "
+            f"{','.join(args.accs)}; the studies build on that acc's runs.")
+  from kdmri_jax.feature_losses import get_feature_loss
+  args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+  for method in args.methods:
+    get_feature_loss(method)  # one sentence listing the names
   require(args.overwrite or args.dry_run or not os.path.exists(args.out),
           f"{args.out} exists; pass --overwrite to replace it.")
   stop = None
@@ -395,6 +422,16 @@ def main(argv: Sequence[str]) -> int:
       else:
         continue
       break
+    if args.studies_acc:
+      for seed in args.seeds:
+        workdir = run_dir(root, args.setting, args.studies_acc, seed)
+        if stop is not None and datetime.datetime.now(datetime.timezone.utc) >= stop:
+          print(f"--stop-after {args.stop_after} reached; starting no more studies.", flush=True)
+          break
+        if args.dry_run or read_volumes(workdir) is not None:
+          brain_studies.run_studies(workdir, study_base(args.setting, args.studies_acc),
+                                    run_overrides(args.studies_acc, seed, args.overrides), args.methods,
+                                    f"{args.studies_acc} seed {seed}", args.dry_run, stop)
   if args.dry_run:
     return 0
   text = collect(args, argv, root)

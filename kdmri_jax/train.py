@@ -37,6 +37,7 @@ import orbax.checkpoint as ocp
 
 from kdmri_jax import checkpoints, feature_losses, losses, models, sharding
 from kdmri_jax.errors import InputError
+from kdmri_jax.metrics import batch_psnr
 from kdmri_jax.train_input import Batches
 
 DONE = "done"  # marker file written after a stage's last epoch is saved
@@ -269,14 +270,18 @@ def make_train_step(objective: Objective, tx: optax.GradientTransformation, mesh
 
 
 def make_eval_step(objective: Objective, mesh: jax.sharding.Mesh, teacher_params: Any = None):
-  """`eval_step(params, batch, weight) -> (Σ weight·loss, Σ weight)` jitted on `mesh`."""
+  """`eval_step(params, batch, weight) -> (Σ weight·loss, Σ weight·PSNR, Σ weight)` jitted on `mesh`; the
+  PSNR is the trained model's reconstruction against the target, per slice (`metrics.batch_psnr`: range =
+  the slice's max), so training curves show image quality next to the stage's own loss."""
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
 
   def step(params, teacher, batch, weight):
     per_example = objective.eval_loss(params, teacher, batch)
-    return jnp.sum(per_example * weight), jnp.sum(weight)
+    image = models.apply(objective.model, objective.model_params(params), batch)[0].astype(jnp.float32)
+    psnr = jnp.where(weight > 0, batch_psnr(batch["target"].astype(jnp.float32), image), 0.0)
+    return jnp.sum(per_example * weight), jnp.sum(psnr * weight), jnp.sum(weight)
 
-  jitted = jax.jit(step, in_shardings=(repl, repl, data, data), out_shardings=(repl, repl))
+  jitted = jax.jit(step, in_shardings=(repl, repl, data, data), out_shardings=(repl, repl, repl))
   return lambda params, batch, weight: jitted(params, teacher_params, batch, weight)
 
 
@@ -510,12 +515,14 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
              f"{paths['checkpoints']}; rerun the same command to resume.")
     return StageResult("interrupted", step, progress["best_val_loss"], progress["best_step"])
 
-  def validate(params) -> float:
-    total, count = 0.0, 0.0
+  def validate(params) -> tuple[float, float]:
+    """(validation loss, mean validation PSNR in dB) over the validation slices."""
+    total, psnr, count = 0.0, 0.0, 0.0
     for local, weight in val_data.evaluation():
-      s, c = eval_fn(params, sharding.global_batch(local, mesh), sharding.global_batch({"w": weight}, mesh)["w"])
-      total, count = total + float(s), count + float(c)
-    return total / max(count, 1.0)
+      s, p, c = eval_fn(params, sharding.global_batch(local, mesh),
+                        sharding.global_batch({"w": weight}, mesh)["w"])
+      total, psnr, count = total + float(s), psnr + float(p), count + float(c)
+    return total / max(count, 1.0), psnr / max(count, 1.0)
 
   try:
     with _StopRequest() as stop:
@@ -564,7 +571,7 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
         if bar is not None:
           bar.close()
         train_time = time.time() - start_time
-        val_loss = validate(state.params)
+        val_loss, val_psnr = validate(state.params)
         if not math.isfinite(val_loss):
           raise TrainingStopped(f"stage {stage}: the validation loss is NaN/Inf after step {step} (epoch "
                                 f"{epoch + 1}); kept the last good checkpoint in {paths['checkpoints']}.")
@@ -579,7 +586,8 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
         epoch += 1
         train_loss = epoch_loss / max(epoch_count, 1)
         lr = learning_rate(step - 1)
-        log.scalars({"train/epoch_loss": train_loss, "val/loss": val_loss, "train/learning_rate": lr,
+        log.scalars({"train/epoch_loss": train_loss, "val/loss": val_loss, "val/psnr": val_psnr,
+                     "train/learning_rate": lr,
                      "train/epoch_seconds": train_time}, step)
         shown_batch = sharding.global_batch({k: v[val_data.rows] for k, v in image_batch.items()}, mesh)
         prediction = np.asarray(sharding.to_host(predict(objective.model_params(state.params), shown_batch)))
@@ -587,7 +595,8 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
           log.image("validation/input_target_reconstruction_error",
                     summary_images({k: v[:shown] for k, v in image_batch.items()}, prediction[:shown]), step)
         log.line(f"{stage} epoch {epoch}/{train.num_epochs} step {step} train_loss {train_loss:.6g} "
-                 f"val_loss {val_loss:.6g} best {progress['best_val_loss']:.6g}@{progress['best_step']} "
+                 f"val_loss {val_loss:.6g} val_psnr {val_psnr:.2f} "
+                 f"best {progress['best_val_loss']:.6g}@{progress['best_step']} "
                  f"lr {lr:.1e} time {train_time:.1f}s")
         if step < total_steps and stop.requested(True):
           return interrupted(None, step, epoch - 1)

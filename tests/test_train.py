@@ -170,6 +170,22 @@ def test_restart_reproduces_an_uninterrupted_run_exactly(tmp_path):
   assert os.listdir(tmp_path / "full" / "tensorboard")
 
 
+def test_epoch_log_reports_the_validation_psnr_of_the_trained_model(tmp_path):
+  config = tiny_config(num_epochs=1)  # one epoch: the best checkpoint holds the logged parameters
+  result = _fit(tmp_path / "stage", config)
+  line = (tmp_path / "stage" / "log.txt").read_text().splitlines()[-1]
+  logged = float(line.split(" val_psnr ")[1].split()[0])
+  _, params, _ = checkpoints.load_params(tmp_path / "stage")
+  model, psnrs = tiny_model(), []
+  for batch, weight in Batches(synthetic_source(3, seed=2), config.train.batch_size).evaluation():
+    image = np.asarray(models.apply(model, params, batch)[0])
+    for target, prediction, w in zip(batch["target"], image, weight):
+      if w:
+        psnrs.append(10 * np.log10(target.max() ** 2 / np.mean((target - prediction) ** 2)))
+  assert result.best_step == 3 and len(psnrs) == 3
+  assert logged == pytest.approx(np.mean(psnrs), abs=0.006)  # logged with 2 decimals
+
+
 class _NaNAfter:
   """A source whose targets turn NaN after `reads` examples were read (data is read in order)."""
 
