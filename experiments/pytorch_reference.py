@@ -130,7 +130,7 @@ def jax_to_torch_state_dict(model_name: str, params: Mapping[str, Any]) -> dict[
     value = params
     for name in names:
       value = value[name]
-    array = np.asarray(value, dtype=np.float32)
+    array = np.array(value, dtype=np.float32)  # a writable copy: torch shares its memory
     if names[-1] == "kernel":
       array = array.transpose(3, 2, 0, 1)  # HWIO -> OIHW
     state[key] = torch.from_numpy(np.ascontiguousarray(array))

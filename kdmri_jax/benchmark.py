@@ -1,7 +1,7 @@
 """Side-by-side speed of kdmri_jax and the PyTorch reference: inference and a full training step.
 
     python -m kdmri_jax.benchmark --models teacher student --shapes 240x240 640x368 --batch 1 \
-        --modes inference train --repeats 5 --json speed.json
+        --modes inference train --precision float32 bfloat16 --repeats 5 --json speed.json
 
 For each (model, mode, shape, batch) every available implementation is built with the same weights (random
 init through JAX, converted with `experiments.pytorch_reference.jax_to_torch_state_dict`), compiled and
@@ -20,11 +20,22 @@ forward, input gradient, weight gradient); the DFTs are not counted. `% peak` re
 measured convolution peak: the best GFLOP/s of one 32→32 conv3x3 + ReLU (256×256, batch 1) over JAX,
 PyTorch (both layouts) and ONNX Runtime (32 images on a GPU) — a roofline for this layer shape, not the
 datasheet peak. Peak device memory is reported on GPU (PyTorch's allocator, JAX's `memory_stats`).
+
+`--precision` (one or more; all timed in the same interleaved rounds) applies to every implementation alike:
+`float32` is full fp32 (JAX `default_matmul_precision("highest")`, PyTorch's `allow_tf32` flags off; XLA and
+cuDNN would otherwise use TF32 on Ampere/Hopper GPUs); `tf32` allows TensorFloat-32 convolutions and products
+(NVIDIA GPUs only: skipped on CPU, where it would be float32 again); `bfloat16` computes the convolutions in
+bf16 with float32 parameters and Adam state (the Flax models with `dtype=bfloat16`, which run `model.apply`:
+the `export.fast_forward` rewrites are float32-only; PyTorch under `torch.autocast`; no ONNX graph). The
+PyTorch flags are restored after every call. Each inference row reports `max_abs_diff_vs_fp32`, the max
+|difference| of its output from the float32 JAX model's on the same batch (float32 rows: the rounding floor).
+The roofline is measured in float32; `× torch_eager` compares with PyTorch eager at the same precision.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -47,6 +58,8 @@ from kdmri_jax.errors import require, run_cli
 IMPLS = ("jax_jit", "jax_export", "onnxruntime", "torch_eager", "torch_eager_cl", "torch_compile")
 TRAIN_IMPLS = ("jax_jit", "torch_eager", "torch_eager_cl", "torch_compile")
 MODES = ("inference", "train")
+PRECISIONS = ("float32", "tf32", "bfloat16")
+TF32_ONLY_GPU = "tf32 applies to NVIDIA GPUs only (on CPU it would time float32 again)"
 LEARNING_RATE = 1e-3
 
 
@@ -99,13 +112,58 @@ class Impl:
     self.memory = memory or (lambda: None)
 
 
+# ---------------------------------------------------------------------------------------------- precision
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str):
+  """JAX's default matmul/conv precision and PyTorch's TF32 flags for `precision`; restores the flags."""
+  import torch
+
+  flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+  tf32 = precision == "tf32"
+  torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+  try:
+    with jax.default_matmul_precision("tensorfloat32" if tf32 else "highest"):
+      yield
+  finally:
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def _scoped(function: Callable[[], Any], precision: str) -> Callable[[], Any]:
+  """`function` called inside `precision_scope(precision)` (about 2 µs per call)."""
+  def call():
+    with precision_scope(precision):
+      return function()
+  return call
+
+
+def usable_precisions(requested: Sequence[str], device: str) -> tuple[list[str], list[str]]:
+  """(the precisions to time on `device`, notes on those skipped): tf32 only on a GPU."""
+  requested = list(dict.fromkeys(requested))
+  if device == "gpu" or "tf32" not in requested:
+    return requested, []
+  return [p for p in requested if p != "tf32"], [f"tf32 skipped: {TF32_ONLY_GPU}."]
+
+
+def _model_inputs(model, batch: dict) -> list[np.ndarray]:
+  """The model's positional inputs from a batch: image (and k-space, mask for a DC-CNN)."""
+  keys = ("input", "kspace", "mask") if models.is_reconstruction(model) else ("input",)
+  return [batch[key] for key in keys]
+
+
+def max_abs_diff(output: Any, reference: np.ndarray) -> float:
+  """Max |output − reference| for a JAX/NumPy array or a torch tensor of the same elements."""
+  if hasattr(output, "detach"):  # torch: (B, 1, H, W), possibly bf16 or on the GPU
+    output = output.detach().float().cpu().numpy()
+  return export_lib.max_abs_error(np.reshape(output, reference.shape), reference)
+
+
 # ---------------------------------------------------------------------------------------------- JAX
 
 
 def _jax_inference(model, params, batch, kind: str, device) -> Callable[[], Any]:
-  args = [jax.device_put(batch["input"], device)]
-  if models.is_reconstruction(model):
-    args += [jax.device_put(batch["kspace"], device), jax.device_put(batch["mask"], device)]
+  args = [jax.device_put(array, device) for array in _model_inputs(model, batch)]
   b, h, w = batch["input"].shape
   if kind == "jax_jit":
     function = jax.jit(export_lib.inference_function(model, params))
@@ -175,13 +233,18 @@ def _torch_sync(torch, device: str) -> None:
     torch.cuda.synchronize()
 
 
-def _torch_inference(model_name, params, batch, device, channels_last=False, compiled=False):
+def _autocast(torch, device: str, precision: str):
+  """bf16 autocast for `bfloat16` (float32 parameters and optimizer state), else a no-op."""
+  return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16")
+
+
+def _torch_inference(model_name, params, batch, device, precision, channels_last=False, compiled=False):
   torch, net, args, _ = _torch_setup(model_name, params, batch, device, channels_last)
   net.eval()
   forward = torch.compile(net, dynamic=False) if compiled else net
 
   def run():
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(torch, device, precision):
       out = forward(*args)[0]
     _torch_sync(torch, device)
     return out
@@ -189,7 +252,7 @@ def _torch_inference(model_name, params, batch, device, channels_last=False, com
   return run
 
 
-def _torch_train(model_name, params, batch, device, channels_last=False, compiled=False):
+def _torch_train(model_name, params, batch, device, precision, channels_last=False, compiled=False):
   torch, net, args, target = _torch_setup(model_name, params, batch, device, channels_last)
   net.train()
   forward = torch.compile(net, dynamic=False) if compiled else net
@@ -197,7 +260,8 @@ def _torch_train(model_name, params, batch, device, channels_last=False, compile
 
   def run():
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.l1_loss(forward(*args)[0], target)
+    with _autocast(torch, device, precision):
+      loss = torch.nn.functional.l1_loss(forward(*args)[0], target)
     loss.backward()
     optimizer.step()
     _torch_sync(torch, device)
@@ -229,20 +293,34 @@ def _onnx_inference(model, params, batch, threads: int, spin: bool) -> Callable[
 
 
 def build_impl(name: str, mode: str, model_name: str, model: Any, params: Any, batch: dict,
-               device: str, ort_threads: int, spin: bool = True) -> Impl:
-  """The implementation `name` of one case; raises if it cannot be built on this machine."""
+               device: str, ort_threads: int, spin: bool = True, precision: str = "float32") -> Impl:
+  """The implementation `name` of one case at `precision`; raises if it cannot be built on this machine.
+
+  Building (tracing, export) and every call of `run` happen inside `precision_scope(precision)`.
+  """
+  with precision_scope(precision):
+    impl = _build_impl(name, mode, model_name, model, params, batch, device, ort_threads, spin, precision)
+  impl.run = _scoped(impl.run, precision)
+  return impl
+
+
+def _build_impl(name, mode, model_name, model, params, batch, device, ort_threads, spin, precision) -> Impl:
   jax_device = jax.devices("gpu")[0] if device == "gpu" else jax.devices("cpu")[0]
   torch_device = "cuda" if device == "gpu" else "cpu"
   if name in ("jax_jit", "jax_export"):
+    if precision == "bfloat16":
+      model = model.clone(dtype=jnp.bfloat16)  # bf16 compute, float32 parameters
     run = (_jax_inference(model, params, batch, name, jax_device) if mode == "inference"
            else _jax_train(model, params, batch, jax_device))
     return Impl(name, run, device, _jax_memory(jax_device))
   if name == "onnxruntime":
     require(device == "cpu", "onnxruntime is benchmarked on CPU only.")
+    if precision == "bfloat16":
+      raise NotImplementedError("no bfloat16 ONNX graph (onnx_export builds float32 only).")
     return Impl(name, _onnx_inference(model, params, batch, ort_threads, spin), device)
   if name.startswith("torch"):
     builder = _torch_inference if mode == "inference" else _torch_train
-    run = builder(model_name, params, batch, torch_device, channels_last=name == "torch_eager_cl",
+    run = builder(model_name, params, batch, torch_device, precision, channels_last=name == "torch_eager_cl",
                   compiled=name == "torch_compile")
     return Impl(name, run, device, _torch_memory(torch_device))
   raise ValueError(f"unknown implementation {name!r}")
@@ -349,46 +427,54 @@ def _onnx_conv(kernel, bias, size, channels, threads, spin):
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Student/teacher speed-up (teacher ms / student ms) per implementation, mode, shape and batch."""
-  by_key = {(r["model"], r["mode"], r["impl"], r["batch"], r["height"], r["width"]): r for r in rows
-            if r.get("median_ms")}
+  """Student/teacher speed-up (teacher ms / student ms) per implementation, precision, mode, shape, batch."""
+  by_key = {(r["model"], r["mode"], r["impl"], r["precision"], r["batch"], r["height"], r["width"]): r
+            for r in rows if r.get("median_ms")}
   out = []
-  for (model, mode, impl, b, h, w), row in by_key.items():
+  for (model, mode, impl, precision, b, h, w), row in by_key.items():
     if model != "teacher":
       continue
-    student = by_key.get(("student", mode, impl, b, h, w))
+    student = by_key.get(("student", mode, impl, precision, b, h, w))
     if student:
-      out.append({"mode": mode, "impl": impl, "batch": b, "height": h, "width": w,
+      out.append({"mode": mode, "impl": impl, "precision": precision, "batch": b, "height": h, "width": w,
                   "teacher_ms": row["median_ms"], "student_ms": student["median_ms"],
                   "student_speedup": row["median_ms"] / student["median_ms"]})
   return out
 
 
-def markdown(rows: list[dict[str, Any]], speedups: list[dict[str, Any]], peak: dict[str, float]) -> str:
-  lines = ["| model | mode | H×W | B | impl | median ms | GFLOP/s | % peak | compile s | × torch_eager |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
-  eager = {(r["model"], r["mode"], r["batch"], r["height"], r["width"]): r["median_ms"] for r in rows
-           if r["impl"] == "torch_eager" and r.get("median_ms")}
+def markdown(rows: list[dict[str, Any]], speedups: list[dict[str, Any]], peak: dict[str, float],
+             notes: Sequence[str] = ()) -> str:
+  lines = ["| model | mode | H×W | B | impl | precision | median ms | GFLOP/s | % peak | compile s | × torch_eager "
+           "| max abs diff vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+  eager = {_case(r): r["median_ms"] for r in rows if r["impl"] == "torch_eager" and r.get("median_ms")}
   for r in rows:
+    case = (f"| {r['model']} | {r['mode']} | {r['height']}×{r['width']} | {r['batch']} | {r['impl']} | "
+            f"{r['precision']} |")
     if not r.get("median_ms"):
-      lines.append(f"| {r['model']} | {r['mode']} | {r['height']}×{r['width']} | {r['batch']} | {r['impl']} | "
-                   f"{r['status']} | | | | |")
+      lines.append(f"{case} {r['status']} | | | | | |")
       continue
-    base = eager.get((r["model"], r["mode"], r["batch"], r["height"], r["width"]))
+    base = eager.get(_case(r))
     ratio = f"{base / r['median_ms']:.2f}" if base else ""
-    lines.append(f"| {r['model']} | {r['mode']} | {r['height']}×{r['width']} | {r['batch']} | {r['impl']} | "
-                 f"{r['median_ms']:.1f} | {r['gflops_per_s']:.1f} | {_fmt(r['pct_of_peak'], '.0f')} | "
-                 f"{r['compile_s']:.2f} | {ratio} |")
+    lines.append(f"{case} {r['median_ms']:.1f} | {r['gflops_per_s']:.1f} | {_fmt(r['pct_of_peak'], '.0f')} | "
+                 f"{r['compile_s']:.2f} | {ratio} | {_fmt(r.get('max_abs_diff_vs_fp32'), '.1e')} |")
   if speedups:
-    lines += ["", "| mode | H×W | B | impl | teacher ms | student ms | student speed-up |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| mode | H×W | B | impl | precision | teacher ms | student ms | student speed-up |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in speedups:
-      lines.append(f"| {s['mode']} | {s['height']}×{s['width']} | {s['batch']} | {s['impl']} | "
+      lines.append(f"| {s['mode']} | {s['height']}×{s['width']} | {s['batch']} | {s['impl']} | {s['precision']} | "
                    f"{s['teacher_ms']:.1f} | {s['student_ms']:.1f} | {s['student_speedup']:.2f} |")
   if peak:
     best = max(peak, key=peak.get)
-    lines += ["", "Roofline (32→32 conv3x3 + ReLU, 256×256): " +
+    lines += ["", "Roofline (32→32 conv3x3 + ReLU, 256×256, float32): " +
               ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + f" GFLOP/s; peak = {peak[best]:.1f} ({best})."]
+  if notes:
+    lines += ["", *notes]
   return "\n".join(lines)
+
+
+def _case(row: dict[str, Any]) -> tuple:
+  """The key of the PyTorch eager row a row is compared with: same model, mode, precision, batch, shape."""
+  return row["model"], row["mode"], row["precision"], row["batch"], row["height"], row["width"]
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -414,6 +500,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--batch", nargs="+", type=int, default=[1])
   parser.add_argument("--modes", nargs="+", default=list(MODES))
   parser.add_argument("--impls", nargs="+", default=list(IMPLS))
+  parser.add_argument("--precision", nargs="+", default=["float32"],
+                      help=f"one or more of {', '.join(PRECISIONS)} (tf32: NVIDIA GPUs only), timed side by side")
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (compile) call")
   parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
@@ -435,8 +523,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   device = args.device
   if device == "auto":
     device = "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+  precisions, notes = usable_precisions(args.precision, device)
+  require(precisions, f"--precision: {TF32_ONLY_GPU}; choose float32 or bfloat16 on the CPU.")
+  for note in notes:
+    print(note, file=sys.stderr)
   load_before = os.getloadavg()
-  peak = {} if args.no_peak else measure_peak(device, max(args.repeats, 3), args.ort_threads, args.busy_wait)
+  with precision_scope("float32"):
+    peak = {} if args.no_peak else measure_peak(device, max(args.repeats, 3), args.ort_threads, args.busy_wait)
   best_peak = max(peak.values()) if peak else None
   built = {}
   for model_name in args.models:
@@ -447,42 +540,41 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   for mode in args.modes:
     for height, width in (parse_shape(s) for s in args.shapes):
       for batch_size in args.batch:
-        # All models of one (mode, shape, batch) are timed in the same interleaved rounds, so the
-        # student/teacher ratio compares calls made under the same machine load.
-        impls, skipped = [], {}
-        for model_name, (model, params) in built.items():
-          batch = make_batch(model, batch_size, height, width, args.seed)
-          for name in args.impls:
-            if applicable(name, mode):
-              continue
-            try:
-              impl = build_impl(name, mode, model_name, model, params, batch, device, args.ort_threads,
-                                args.busy_wait)
-              impl.name = (model_name, name)
-              impls.append(impl)
-            except Exception as error:
-              skipped[(model_name, name)] = f"unavailable: {_reason(error)}"
-        stats = time_case(impls, args.repeats, args.warmup)
-        stats.update({key: {"status": status} for key, status in skipped.items()})
-        for model_name, (model, _) in built.items():
-          flops = conv_flops(model, batch_size, height, width, mode)
-          for name in args.impls:
-            if (model_name, name) not in stats:
-              continue
-            s = stats[(model_name, name)]
-            row = {"model": model_name, "mode": mode, "impl": name, "device": device, "batch": batch_size,
-                   "height": height, "width": width, "median_ms": None, "gflops_per_s": None,
-                   "status": s["status"], "params": param_counts[model_name], "gflop": flops / 1e9}
-            if s["status"] == "ok":
-              median = statistics.median(s["times"])
-              row.update(median_ms=median * 1e3, gflops_per_s=flops / median / 1e9,
-                         min_ms=min(s["times"]) * 1e3, compile_s=s["compile_s"], repeats=len(s["times"]),
-                         peak_memory_bytes=s.get("peak_memory_bytes"))
-              row["pct_of_peak"] = 100.0 * row["gflops_per_s"] / best_peak if best_peak else None
-            rows.append(row)
-            print(f"{model_name} {mode} {height}x{width} b{batch_size} {name}: "
-                  f"{row['median_ms'] and round(row['median_ms'], 1)} ms {'' if s['status'] == 'ok' else s['status']}",
-                  file=sys.stderr, flush=True)
+        # All models and precisions of one (mode, shape, batch) are timed in the same interleaved rounds,
+        # so the student/teacher and bf16/fp32 ratios compare calls made under the same machine load.
+        batches = {name: make_batch(model, batch_size, height, width, args.seed)
+                   for name, (model, _) in built.items()}
+        cases = [(m, p, n) for m in built for p in precisions for n in args.impls if not applicable(n, mode)]
+        impls, stats = [], {}
+        for model_name, precision, name in cases:
+          model, params = built[model_name]
+          try:
+            impl = build_impl(name, mode, model_name, model, params, batches[model_name], device,
+                              args.ort_threads, args.busy_wait, precision)
+            impl.name = (model_name, precision, name)
+            impls.append(impl)
+          except Exception as error:
+            stats[(model_name, precision, name)] = {"status": f"unavailable: {_reason(error)}"}
+        stats.update(time_case(impls, args.repeats, args.warmup))
+        if mode == "inference":
+          _add_diffs(stats, impls, built, batches)
+        for model_name, precision, name in cases:
+          s = stats[(model_name, precision, name)]
+          flops = conv_flops(built[model_name][0], batch_size, height, width, mode)
+          row = {"model": model_name, "mode": mode, "impl": name, "precision": precision, "device": device,
+                 "batch": batch_size, "height": height, "width": width, "median_ms": None, "gflops_per_s": None,
+                 "status": s["status"], "params": param_counts[model_name], "gflop": flops / 1e9,
+                 "max_abs_diff_vs_fp32": s.get("max_abs_diff_vs_fp32")}
+          if s["status"] == "ok":
+            median = statistics.median(s["times"])
+            row.update(median_ms=median * 1e3, gflops_per_s=flops / median / 1e9,
+                       min_ms=min(s["times"]) * 1e3, compile_s=s["compile_s"], repeats=len(s["times"]),
+                       peak_memory_bytes=s.get("peak_memory_bytes"))
+            row["pct_of_peak"] = 100.0 * row["gflops_per_s"] / best_peak if best_peak else None
+          rows.append(row)
+          print(f"{model_name} {mode} {height}x{width} b{batch_size} {name} {precision}: "
+                f"{row['median_ms'] and round(row['median_ms'], 1)} ms {'' if s['status'] == 'ok' else s['status']}",
+                file=sys.stderr, flush=True)
   speedups = summarize(rows)
   import torch
   report = {"machine": machine_line() if device == "cpu" else str(jax.devices()[0].device_kind),
@@ -492,11 +584,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "threads": {"torch": torch.get_num_threads(), "onnxruntime": args.ort_threads or "per core",
                         "busy_wait": args.busy_wait, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
             "load_average_1m": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+            "precisions": precisions, "notes": notes,
             "peak_gflops_per_s": peak, "params": param_counts, "rows": rows, "student_speedups": speedups}
-  print(markdown(rows, speedups, peak))
+  print(markdown(rows, speedups, peak, notes))
   print(f"\n{report['machine']}; {report['date']}; 1-min load average {report['load_average_1m']['start']} at "
         f"start, {report['load_average_1m']['end']} at end.")
   return report
+
+
+def _add_diffs(stats: dict, impls: list[Impl], built: dict, batches: dict) -> None:
+  """Adds `max_abs_diff_vs_fp32` to the stats of every timed inference impl (one extra, untimed call)."""
+  references = {}
+  for model_name, (model, params) in built.items():
+    with precision_scope("float32"):
+      references[model_name] = export_lib.reference_output(model, params, _model_inputs(model, batches[model_name]))
+  for impl in impls:
+    if stats[impl.name]["status"] == "ok":
+      stats[impl.name]["max_abs_diff_vs_fp32"] = max_abs_diff(impl.run(), references[impl.name[0]])
 
 
 def _ort_version() -> str | None:
@@ -516,6 +620,8 @@ def main(argv: Sequence[str]) -> int:
     require(name in IMPLS, f"--impls {name!r} is not one of {list(IMPLS)}.")
   for mode in args.modes:
     require(mode in MODES, f"--modes {mode!r} is not one of {list(MODES)}.")
+  for precision in args.precision:
+    require(precision in PRECISIONS, f"--precision {precision!r} is not one of {list(PRECISIONS)}.")
   require(args.repeats >= 1 and all(b >= 1 for b in args.batch), "--repeats and --batch must be >= 1.")
   for shape in args.shapes:
     parse_shape(shape)
