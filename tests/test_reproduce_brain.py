@@ -86,7 +86,7 @@ def test_table_stats_over_seeds_and_volumes(tmp_path):
   gaps = rb.gap_table(stats, ["4x", "5x", "8x"])
   assert "38 %" in gaps and "6/6" in gaps and "| 8x | none | not run" in gaps
   text = rb.verdict(stats, ["4x", "5x", "8x"], "cpu")
-  assert "closes 38 %" in text and "Not run: 5x, 8x" in text and "reduced CPU setting" in text
+  assert "closes 38 %" in text and "Not run: 5x, 8x" in text and "reduced setting `cpu`" in text
 
 
 def test_verdict_when_teacher_is_not_better(tmp_path):
@@ -95,6 +95,8 @@ def test_verdict_when_teacher_is_not_better(tmp_path):
   assert stats["8x"]["gap"] is None
   assert "T ≤ S: undefined" in rb.gap_table(stats, ["8x"])
   assert "not better than the student" in rb.verdict(stats, ["8x"], "cpu")
+  assert "the 40-epoch schedule is too short" in rb.verdict(stats, ["8x"], "cpu_long")
+  assert "--config.train.num_epochs=40" in " ".join(rb.run_command("cpu_long", "8x", 42, "w"))
 
 
 def test_collect_only_writes_partial_table(tmp_path):
