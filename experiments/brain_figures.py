@@ -26,6 +26,13 @@ def read_curve(log_path: str) -> list[tuple[int, float]]:
   return sorted(points.items())
 
 
+def late_gain(curve: list[tuple[int, float]], epochs: int = 3) -> float | None:
+  """Validation PSNR gained over the last `epochs` epochs of a curve (None when it is shorter)."""
+  if len(curve) <= epochs:
+    return None
+  return curve[-1][1] - curve[-1 - epochs][1]
+
+
 def copy_qualitative(run_workdir: str, out_path: str) -> bool:
   """Copies the run's report figure (ZF, target, teacher, student, KD and error maps) to `out_path`."""
   source = os.path.join(run_workdir, "report", "figure.png")

@@ -288,6 +288,21 @@ def verdict(stats: dict, accs: Sequence[str], setting: str) -> str:
   return text
 
 
+def curves_sentence(runs: dict) -> str:
+  """How much each model's validation PSNR still rose over its last 3 epochs, per acc."""
+  parts = []
+  for stage, label in brain_figures.CURVE_STAGES:
+    gains = {acc: brain_figures.late_gain(brain_figures.read_curve(os.path.join(w, stage, "log.txt")))
+             for acc, w in runs.items()}
+    shown = [f"{g:+.2f} dB ({acc})" for acc, g in gains.items() if g is not None]
+    if shown:
+      parts.append(f"{label.split(' (')[0]} {', '.join(shown)}")
+  if not parts:
+    return ""
+  return ("Validation PSNR gained over the last 3 epochs of each stage: " + "; ".join(parts) +
+          ". A positive gain at the end of a stage means it stopped before converging.")
+
+
 def figures_section(args, runs_root: str, results_dir: str) -> str:
   """Writes results_dir/brain_figures/ (each acc's qualitative figure from its first finished seed, and the
   training curves of the first seed from --curves-workdir) and returns the markdown that shows them."""
@@ -305,6 +320,8 @@ def figures_section(args, runs_root: str, results_dir: str) -> str:
   if brain_figures.plot_curves(runs, os.path.join(folder, "brain_curves.png"), title):
     lines.append(f"Training curves (validation PSNR per epoch; seed {seed}, runs in "
                  f"`{common.show([curves_root])}`):\n\n![training curves](brain_figures/brain_curves.png)")
+    lines.append(curves_sentence(runs))
+  lines = [line for line in lines if line]
   if not lines:
     return ""
   return "\n\n".join(["## Figures", "Each acceleration's validation slice as the report stage draws it (ZF, "

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 
 import brain_figures as bf  # noqa: E402
@@ -47,3 +49,9 @@ def test_copy_qualitative(tmp_path):
   (tmp_path / "report" / "figure.png").write_bytes(b"png")
   assert bf.copy_qualitative(str(tmp_path), str(tmp_path / "f" / "out.png"))
   assert (tmp_path / "f" / "out.png").read_bytes() == b"png"
+
+
+def test_late_gain():
+  curve = [(1, 20.0), (2, 21.0), (3, 21.5), (4, 21.6), (5, 21.9)]
+  assert bf.late_gain(curve) == pytest.approx(0.9) and bf.late_gain(curve, 4) == pytest.approx(1.9)
+  assert bf.late_gain(curve[:3]) is None
