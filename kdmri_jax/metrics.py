@@ -255,7 +255,10 @@ def batch_ssim(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None,
   """
   target = jnp.asarray(target, jnp.float32)
   prediction = jnp.asarray(prediction, jnp.float32)
+  # SSIM is unchanged when x, y and R are scaled alike: dividing by R first keeps the products of
+  # squared statistics and constants (~R⁴) from underflowing float32 to 0/0 for a tiny range (R ~ 1e-12).
   data_range = _data_range(target, data_range)[:, None, None]
+  target, prediction = target / data_range, prediction / data_range
   # (Co)variances are shift invariant: subtracting each image's own slice mean first keeps float32
   # E[x²] − E[x]² precise for both (one shared shift loses precision when the means differ, and makes
   # SSIM(a, b) ≠ SSIM(b, a)).
@@ -269,8 +272,7 @@ def batch_ssim(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None,
   vy = cov_norm * (_box_mean(y * y, win_size) - my * my)
   vxy = cov_norm * (_box_mean(x * y, win_size) - mx * my)
   ux, uy = mx + shift_x, my + shift_y
-  c1 = jnp.square(k1 * data_range)
-  c2 = jnp.square(k2 * data_range)
+  c1, c2 = k1 * k1, k2 * k2  # (K·R)² with R = 1 after the scaling
   s = ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
   return jnp.mean(s, axis=(1, 2))
 

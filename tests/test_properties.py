@@ -205,6 +205,16 @@ def test_nmse_and_default_range_psnr_are_not_symmetric_as_documented():
   assert metrics.psnr(a, b) != metrics.psnr(b, a)  # R = the first argument's (the target's) max
 
 
+def test_ssim_of_identical_slices_with_a_tiny_range_is_one():
+  """Found by hypothesis: a slice whose max is 1e-12 made the SSIM products underflow float32 to 0/0."""
+  a = np.zeros((3, 12, 10), np.float32)
+  a[0, 0, 0], a[1, 0, 0] = 1.0, 1e-12
+  np.testing.assert_allclose(metrics.batch_ssim(a[:2], a[:2].copy()), 1.0, atol=1e-5)
+  b = a[:2] + np.float32(0.1) * np.arange(120, dtype=np.float32).reshape(12, 10) / 120 * a[:2].max(axis=(1, 2),
+                                                                                                 keepdims=True)
+  np.testing.assert_allclose(metrics.batch_ssim(a[:2] * 1e6, b * 1e6), metrics.batch_ssim(a[:2], b), rtol=1e-4)
+
+
 @given(image_pairs())
 def test_identical_images_give_infinite_psnr_unit_ssim_and_zero_errors(pair):
   a, _ = pair
