@@ -171,7 +171,10 @@ def sections(run_dirs: dict, acc: str, methods: Sequence[str], commands: Sequenc
       "from the student alone (α = 0.5, no AT). AT only: the AT stage, then fine-tuned with α = 1 "
       "(reconstruction loss, no imitation: the AT stage trains only the layers up to the distilled conv). "
       "Δ PSNR and the paired test are against the student alone over (seed, validation volume) pairs. Train "
-      "time: mean over seeds of the row's training epochs (the AT rows include the shared AT stage).", "",
+      "time: mean over seeds of the row's training epochs (the AT rows include the shared AT stage). Budgets "
+      "differ as in the paper: imitation only continues the trained student for another stage and the AT "
+      "rows train two stages, while the student alone trains one, so a gain over the student alone can come "
+      "from the longer training as well as from the teacher.", "",
       stats_table(ablation_rows(), run_dirs, ["AT", "Imitation"]), "",
       f"## Feature-distillation methods at {acc}", "",
       "Each method replaces attention transfer in the feature stage (same layer pairs: teacher conv 3 → "
@@ -201,4 +204,8 @@ def verdict(run_dirs: dict, acc: str, methods: Sequence[str]) -> str:
                 f"student alone on mean PSNR ({len(significant)} significantly: "
                 f"{', '.join(significant) or 'none'}); the best is {best_label} at "
                 f"{best['PSNR'][0] - student[0]:+.2f} dB (p = {best['test']['wilcoxon_p'] or float('nan'):.3g}).")
+    teacher = row_stats(run_dirs, "teacher")["PSNR"]
+    if better and teacher is not None and teacher[0] <= student[0]:
+      said.append("As the teacher is no better than the student alone, such a gain more likely comes from the "
+                  "extra stage of training those rows get than from anything the teacher transfers.")
   return " ".join(said)

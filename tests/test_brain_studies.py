@@ -72,6 +72,15 @@ def test_tables_and_verdict(tmp_path):
   assert "(2 significantly: Imitation only, AT + imitation (paper))" in verdict
   assert "the best is Imitation only at +1.00 dB" in verdict
   assert "1 of 2 distilled students" in verdict.split("method comparison")[1]
+  assert "extra stage of training" not in verdict  # the made-up teacher is 1 dB better than the student
+  for workdir in run_dirs.values():  # now a teacher 1 dB worse than the student
+    with open(os.path.join(workdir, "results", "teacher", "metrics.json")) as f:
+      document = json.load(f)
+    for volume in document["volumes"]:
+      volume["PSNR"] -= 2.0
+    with open(os.path.join(workdir, "results", "teacher", "metrics.json"), "w") as f:
+      json.dump(document, f)
+  assert "extra stage of training" in bs.verdict(run_dirs, "8x", ["attention", "fitnet"])
 
 
 def test_run_studies_links_the_shared_stages_and_runs_each_row(tmp_path, monkeypatch):
