@@ -68,6 +68,7 @@ PAPER_BRAIN = {
     "kd": {"4x": (39.8, 0.977), "5x": (38.78, 0.9688), "8x": (34.83, 0.9337)},
 }
 PAPER_GAP = "44–68 %"
+PLATEAU_DB = 0.1  # a teacher gaining less over its last 3 epochs has levelled off
 
 
 def run_dir(root: str, setting: str, acc: str, seed: int) -> str:
@@ -231,8 +232,10 @@ def wall_table(root: str, setting: str, accs: Sequence[str], seeds: Sequence[int
   return "\n".join(lines)
 
 
-def verdict(stats: dict, accs: Sequence[str], setting: str) -> str:
-  """A plain paragraph from the numbers: where the paper's ordering (T > KD > S) and gap hold."""
+def verdict(stats: dict, accs: Sequence[str], setting: str, teacher_gains: dict | None = None) -> str:
+  """A plain paragraph from the numbers: where the paper's ordering (T > KD > S) and gap hold.
+  `teacher_gains` ({acc: validation PSNR gained over the teacher's last 3 epochs}) tells an unconverged
+  teacher from one that has levelled off."""
   said, missing = [], [a for a in accs if not stats.get(a, {}).get("seeds")]
   for acc in accs:
     entry = stats.get(acc)
@@ -277,15 +280,39 @@ def verdict(stats: dict, accs: Sequence[str], setting: str) -> str:
   if missing:
     text += f" Not run: {', '.join(missing)} — no claim is made there."
   if setting != "paper":
-    if any(stats[a][("teacher", "PSNR")][0] <= stats[a][("student", "PSNR")][0] for a in ran):
-      text += (f" A teacher no better than its student means the {SETTINGS[setting].epochs}-epoch schedule "
-               "is too short for the deeper "
-               "D5C5 teacher to pull ahead (see each run's teacher/log.txt), so KD has nothing to transfer; "
-               "this tests the pipeline, not the paper's claim.")
+    tied = [a for a in ran if stats[a][("teacher", "PSNR")][0] <= stats[a][("student", "PSNR")][0]]
+    if tied:
+      gains = {a: g for a, g in (teacher_gains or {}).items() if a in tied and g is not None}
+      rising = [a for a, g in gains.items() if g > PLATEAU_DB]
+      flat = [a for a, g in gains.items() if g <= PLATEAU_DB]
+      text += (" Where the teacher is no better than its student, KD has nothing to transfer, so this tests the "
+               "pipeline, not the paper's claim.")
+      if rising:
+        text += (f" At {', '.join(rising)} the teacher's validation PSNR was still rising at the end "
+                 f"({', '.join(f'{gains[a]:+.2f} dB' for a in rising)} over its last 3 epochs): the "
+                 f"{SETTINGS[setting].epochs}-epoch schedule is too short for the deeper D5C5 teacher.")
+      if flat:
+        text += (f" At {', '.join(flat)} the teacher had levelled off ({', '.join(f'{gains[a]:+.2f} dB' for a in flat)} "
+                 f"over its last 3 epochs, after the learning-rate step), so more epochs alone are unlikely to open a "
+                 f"gap: this suggests that at this image size the student's capacity already suffices.")
+      if not gains:
+        text += " (No training curves were found to tell an unconverged teacher from a converged one.)"
     text += (f" All of this is the reduced setting `{setting}`, not the paper's 150-epoch 240×240 schedule: the paper's "
              "claim is neither confirmed nor refuted by it; with at most 3 volumes per seed the paired test has "
              "little power. The paper's setting (`--setting paper`) needs a GPU and has not been run here.")
   return text
+
+
+def curve_runs(args) -> dict:
+  """{acc: the run whose logs give the training curves} (first seed, under --curves-workdir)."""
+  root = os.path.abspath(args.curves_workdir or args.workdir)
+  return {acc: run_dir(root, args.setting, acc, args.seeds[0]) for acc in args.accs}
+
+
+def teacher_gains(args) -> dict:
+  """{acc: the teacher's validation PSNR gain over its last 3 epochs, or None without a curve}."""
+  return {acc: brain_figures.late_gain(brain_figures.read_curve(os.path.join(w, "teacher", "log.txt")))
+          for acc, w in curve_runs(args).items()}
 
 
 def curves_sentence(runs: dict) -> str:
@@ -305,21 +332,22 @@ def curves_sentence(runs: dict) -> str:
 
 def figures_section(args, runs_root: str, results_dir: str) -> str:
   """Writes results_dir/brain_figures/ (each acc's qualitative figure from its first finished seed, and the
-  training curves of the first seed from --curves-workdir) and returns the markdown that shows them."""
+  training curves of the first seed from --curves-workdir), named by setting so settings never overwrite
+  each other's figures, and returns the markdown that shows them."""
   lines, folder = [], os.path.join(results_dir, "brain_figures")
   for acc in args.accs:
     for seed in args.seeds:
-      path = os.path.join(folder, f"brain_{acc}.png")
+      path = os.path.join(folder, f"{args.setting}_{acc}.png")
       if brain_figures.copy_qualitative(run_dir(runs_root, args.setting, acc, seed), path):
-        lines.append(f"![{acc}, seed {seed}](brain_figures/brain_{acc}.png)")
+        lines.append(f"![{acc}, seed {seed}](brain_figures/{args.setting}_{acc}.png)")
         break
   curves_root = os.path.abspath(args.curves_workdir or args.workdir)
   seed = args.seeds[0]
-  runs = {acc: run_dir(curves_root, args.setting, acc, seed) for acc in args.accs}
+  runs = curve_runs(args)
   title = f"validation PSNR per epoch, setting {args.setting}, seed {seed}"
-  if brain_figures.plot_curves(runs, os.path.join(folder, "brain_curves.png"), title):
+  if brain_figures.plot_curves(runs, os.path.join(folder, f"{args.setting}_curves.png"), title):
     lines.append(f"Training curves (validation PSNR per epoch; seed {seed}, runs in "
-                 f"`{common.show([curves_root])}`):\n\n![training curves](brain_figures/brain_curves.png)")
+                 f"`{common.show([curves_root])}`):\n\n![training curves](brain_figures/{args.setting}_curves.png)")
     lines.append(curves_sentence(runs))
   lines = [line for line in lines if line]
   if not lines:
@@ -370,7 +398,7 @@ def collect(args, argv: Sequence[str], runs_root: str) -> str:
       "checked; the paired t-test p is shown for comparison. The smallest Wilcoxon p attainable with n pairs "
       "is 2/2^n (shown as `min`), so one seed (3 pairs) can never reach 0.05. Pairs from different seeds "
       "share volumes, so they are not fully independent.", "",
-      "## Verdict", "", verdict(stats, args.accs, args.setting) + studies_verdict, "",
+      "## Verdict", "", verdict(stats, args.accs, args.setting, teacher_gains(args)) + studies_verdict, "",
       *([studies, ""] if studies else []),
       *([figures, ""] if figures else []),
       "## Runs and wall time", "", wall_table(runs_root, args.setting, args.accs, args.seeds), "",

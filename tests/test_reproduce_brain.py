@@ -95,7 +95,10 @@ def test_verdict_when_teacher_is_not_better(tmp_path):
   assert stats["8x"]["gap"] is None
   assert "T ≤ S: undefined" in rb.gap_table(stats, ["8x"])
   assert "not better than the student" in rb.verdict(stats, ["8x"], "cpu")
-  assert "the 40-epoch schedule is too short" in rb.verdict(stats, ["8x"], "cpu_long")
+  assert "No training curves" in rb.verdict(stats, ["8x"], "cpu")
+  assert "the 40-epoch schedule is too short" in rb.verdict(stats, ["8x"], "cpu_long", {"8x": 0.3})
+  levelled = rb.verdict(stats, ["8x"], "cpu_long", {"8x": 0.02})
+  assert "levelled off (+0.02 dB" in levelled and "too short" not in levelled
   assert "--config.train.num_epochs=40" in " ".join(rb.run_command("cpu_long", "8x", 42, "w"))
 
 
@@ -112,3 +115,21 @@ def test_collect_only_writes_partial_table(tmp_path):
     rb.main(argv)  # an existing table is kept unless --overwrite
   with pytest.raises(rb.common.InputError, match="--seeds"):
     rb.main(["--collect-only", "--seeds", "4a", "--out", str(tmp_path / "x.md")])
+
+
+def test_figures_are_named_by_setting_so_settings_do_not_overwrite_each_other(tmp_path):
+  for setting in ("cpu", "cpu_long"):
+    fake_run(tmp_path / setting, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29, 30, 31]))
+    if setting != "cpu":  # fake_run writes the cpu layout
+      os.rename(tmp_path / setting / "cpu", tmp_path / setting / setting)
+    workdir = rb.run_dir(str(tmp_path / setting), setting, "4x", 42)
+    os.makedirs(os.path.join(workdir, "report"))
+    with open(os.path.join(workdir, "report", "figure.png"), "wb") as f:
+      f.write(setting.encode())
+  for setting in ("cpu", "cpu_long"):
+    out = tmp_path / "results" / f"{setting}.md"
+    assert rb.main(["--collect-only", "--setting", setting, "--accs", "4x", "--seeds", "42",
+                    "--workdir", str(tmp_path / setting), "--out", str(out)]) == 0
+    assert f"(brain_figures/{setting}_4x.png)" in out.read_text()
+  for setting in ("cpu", "cpu_long"):
+    assert (tmp_path / "results" / "brain_figures" / f"{setting}_4x.png").read_bytes() == setting.encode()
