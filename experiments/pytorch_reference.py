@@ -40,7 +40,8 @@ def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tens
 
   Returns Re(IFFT2(m·k0 + (1−m)·FFT2(x))) as (B, 1, H, W), orthonormal unshifted FFTs.
   """
-  predicted = torch.fft.fft2(image[:, 0], norm="ortho")
+  # In float32 whatever the CNN computed in (cuFFT has no bfloat16 transform; JAX's DC is float32 too).
+  predicted = torch.fft.fft2(image[:, 0].float(), norm="ortho")
   # A select on the real/imag view rather than m·k0 + (1−m)·k: exact at sampled points, and real-valued,
   # which torch.compile's inductor can fuse (it has no code generation for complex operators).
   merged = torch.where((mask > 0)[..., None], torch.view_as_real(kspace), torch.view_as_real(predicted))

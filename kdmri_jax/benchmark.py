@@ -11,7 +11,8 @@ Reported: the median over repetitions.
 
 Implementations: `jax_jit` (the jitted inference function / train step), `jax_export` (the deserialized
 `jax.export` artifact), `onnxruntime` (the ONNX graph of `kdmri_jax.onnx_export`, inference only),
-`torch_eager` (the reference as written, NCHW, `torch.inference_mode`), `torch_eager_cl` (the same in
+`torch_eager` (the reference as written, NCHW, `torch.inference_mode`; on a GPU with
+`cudnn.benchmark` on, as PyTorch advises for fixed shapes), `torch_eager_cl` (the same in
 channels_last memory format, oneDNN's fast CPU layout) and `torch_compile` (inductor; "unavailable: reason"
 if it fails). A training step is forward, L1 loss to the target, backward and an Adam update (lr 1e-3).
 
@@ -212,6 +213,9 @@ def _torch_setup(model_name: str, params: Any, batch: dict, device: str, channel
   import torch
   from experiments import pytorch_reference
 
+  if device == "cuda":
+    # PyTorch's advice for fixed input shapes: let cuDNN time its algorithms and keep the fastest.
+    torch.backends.cudnn.benchmark = True
   net = pytorch_reference.build(model_name)
   # Writable NumPy copies: torch.from_numpy warns on JAX's read-only buffers.
   params = jax.tree.map(np.array, params)

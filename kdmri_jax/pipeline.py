@@ -225,14 +225,25 @@ def run_report(config: Any, workdir: str, command: str | None = None) -> str:
   figure = os.path.join(out, "figure.png")
   slices = np.load(os.path.join(results, "figure_slice.npz"))
   images = {DISPLAY_NAMES.get(m, m): slices[m] for m in summary["methods"]}
+  setting = experiment_setting(config)
   report.qualitative_figure(figure, images, slices["target"],
-                            title=f"{config.dataset} {config.acc}, validation slice")
+                            title=f"{config.dataset} {setting}, validation slice")
   written = report.write_report(os.path.join(out, "report.md"), report.results_table(rows), {
-      "title": f"KD-MRI: {config.dataset} {config.acc}", "dataset": config.dataset, "acc": config.acc,
+      "title": f"KD-MRI: {config.dataset} {setting}", "dataset": config.dataset,
+      "acc": "none (super-resolution)" if config.task == "super_resolution" else config.acc,
       "command": command, "figure": figure})
   with open(os.path.join(out, train.DONE), "w") as f:
     f.write("reported\n")
   return str(written)
+
+
+def experiment_setting(config: Any) -> str:
+  """'4x' for reconstruction; for super-resolution, which ignores config.acc, the k-space window kept."""
+  if config.task == "super_resolution":
+    from kdmri_jax.data import sr
+    keep = sr.keep_from_config(config)
+    return f"super-resolution (central {keep}×{keep} k-space)"
+  return config.acc
 
 
 def prerequisites(config: Any, stage: str) -> list[str]:

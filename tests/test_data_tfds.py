@@ -1,5 +1,6 @@
 """Tests of the TFDS array_record builder (kdmri_jax.data.tfds_builder), without TensorFlow."""
 
+import pathlib
 import sys
 
 import numpy as np
@@ -37,3 +38,33 @@ def test_source_matches_the_h5_files(root, tmp_path):
     assert source.locate(index) == reference.locate(index)
   assert source.volume_ranges() == reference.volume_ranges()
   assert source[0]["kspace"].dtype == np.complex64
+
+
+@pytest.mark.parametrize("embedded", [False, True])
+def test_load_split_reads_tfds_like_h5(root, tmp_path, embedded):
+  """The training entry point (`load_split`) gives the same examples from TFDS as from the h5 files, both
+  for a prepared root and for the embedded brain default (built at 32×32 here to stay fast)."""
+  from configs import default
+  from kdmri_jax import data
+
+  def config(source):
+    c = default.get_config()
+    if embedded:
+      c.dataset, c.data.cache_dir, c.data.image_size = "brain", str(tmp_path / "cache"), 32
+    else:
+      c.dataset, c.data.root = "cardiac", root
+    c.data.source = source
+    return c
+
+  for split in ("train", "validation"):
+    h5, tfds_source = data.load_split(config("h5"), split), data.load_split(config("tfds"), split)
+    assert isinstance(tfds_source, tfds_builder.TfdsSource) and len(tfds_source) == len(h5) > 0
+    np.testing.assert_array_equal(tfds_source.mask, h5.mask)
+    for index in sorted({0, len(h5) // 2, len(h5) - 1}):
+      for key in ("input", "target", "kspace", "mask"):
+        np.testing.assert_array_equal(tfds_source[index][key], h5[index][key])
+  batches = [data.train_batches(s, 2, seed=1, epoch=0) for s in (h5, tfds_source)]
+  for a, b in zip(*batches):
+    np.testing.assert_array_equal(a["target"], b["target"])
+  built_under = tmp_path / "cache" if embedded else pathlib.Path(root)
+  assert list(built_under.rglob("embedded_4x" if embedded else "cardiac_4x"))  # read by its TFDS name

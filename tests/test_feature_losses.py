@@ -343,3 +343,33 @@ def test_parameter_counts(name, count):
   model = build_model(name)
   shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), 8, 8))
   assert sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes)) == count
+
+
+def test_a_new_method_is_one_function_and_one_registry_entry(monkeypatch):
+  """The extension point the module docstring promises: register `my_loss` and select it by name, in the
+  registry, in `configs/methods.py` and in a training stage's objective."""
+  from configs import default, methods
+  from kdmri_jax import train
+
+  def mean_channel_gap(teacher_map, student_map):  # the whole new method
+    return jnp.mean(jnp.abs(jnp.mean(teacher_map, -1) - jnp.mean(student_map, -1)))
+
+  monkeypatch.setitem(fl.FEATURE_LOSSES, "mean_channel_gap", mean_channel_gap)
+  teacher, student = _dccnn_like(5), _dccnn_like(3, seed=100)
+  pairs = fl.PAPER_LAYER_PAIRS["dccnn"]
+  expected = np.mean([float(mean_channel_gap(teacher[c][2], student[c][1])) for c in range(5)])
+  assert float(fl.feature_distillation("mean_channel_gap", teacher, student, pairs)) == pytest.approx(expected)
+  assert methods.get_config("demo,mean_channel_gap").kd.feature_loss == "mean_channel_gap"
+
+  config = default.get_config()
+  config.kd.feature_loss = "mean_channel_gap"
+  t_model, s_model = (build_model(n, num_cascades=1, features=4) for n in ("teacher", "student"))
+  objective = train.make_objective("feature", config, s_model, t_model)
+  train.check_objective(objective)
+  rng = np.random.default_rng(0)
+  batch = {"input": rng.random((2, 8, 8), np.float32), "target": rng.random((2, 8, 8), np.float32),
+           "kspace": np.zeros((2, 8, 8), np.complex64), "mask": np.ones((2, 8, 8), np.float32)}
+  t_params, s_params = (init_params(m, jax.random.PRNGKey(i), 8, 8) for i, m in enumerate((t_model, s_model)))
+  t_feats, s_feats = apply(t_model, t_params, batch)[1], apply(s_model, s_params, batch)[1]
+  want = float(mean_channel_gap(t_feats[0][2], s_feats[0][1]))
+  assert float(objective.loss(s_params, t_params, batch)[0]) == pytest.approx(want, rel=1e-5)

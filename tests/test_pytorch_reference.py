@@ -65,3 +65,14 @@ def test_jax_to_torch_is_the_inverse_of_the_converter(model_name):
 def test_unknown_model_is_refused():
   with pytest.raises(ValueError, match="unknown model"):
     ref.build("unet")
+
+
+def test_data_consistency_of_a_bfloat16_image_runs_in_float32():
+  """Under bf16 autocast the CNN hands DC a bfloat16 image; FFTs have no bf16 kernels, so DC upcasts."""
+  rng = np.random.default_rng(0)
+  image = torch.from_numpy(rng.random((2, 1, 8, 8), dtype=np.float32)).to(torch.bfloat16)
+  mask = torch.from_numpy((rng.random((8, 8)) < 0.5).astype(np.float32))
+  kspace = torch.fft.fft2(torch.from_numpy(rng.random((2, 8, 8), dtype=np.float32)), norm="ortho") * mask
+  out = ref.data_consistency(image, kspace, mask)
+  assert out.dtype == torch.float32
+  assert torch.equal(out, ref.data_consistency(image.float(), kspace, mask))

@@ -133,3 +133,62 @@ def test_figures_are_named_by_setting_so_settings_do_not_overwrite_each_other(tm
     assert f"(brain_figures/{setting}_4x.png)" in out.read_text()
   for setting in ("cpu", "cpu_long"):
     assert (tmp_path / "results" / "brain_figures" / f"{setting}_4x.png").read_bytes() == setting.encode()
+
+
+def test_setting_epochs_follow_overrides():
+  assert rb.setting_epochs("cpu") == 10
+  assert rb.setting_epochs("gpu") == 30
+  assert rb.setting_epochs("gpu", ["train.num_epochs=25", "kd.alpha=0.3"]) == 25
+
+
+def test_run_all_runs_every_job_in_parallel_and_reports_a_failure_after_the_rest(monkeypatch):
+  import datetime
+  import threading
+  import time
+
+  monkeypatch.delenv("XLA_PYTHON_CLIENT_MEM_FRACTION", raising=False)
+  started, barrier = [], threading.Barrier(3, timeout=10)
+
+  def run_one(acc, seed):
+    started.append((acc, seed))
+    barrier.wait()  # only passes if three runs are alive at the same time
+    time.sleep(0.01)
+
+  jobs = [("4x", 42), ("5x", 42), ("8x", 42)]
+  rb.run_all(jobs, run_one, parallel=3, stop=None, stop_after=None)
+  assert sorted(started) == sorted(jobs)
+  assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.30"
+
+  done = []
+
+  def failing(acc, seed):
+    if acc == "4x":
+      raise rb.common.InputError("the 4x seed 42 run failed")
+    time.sleep(0.05)
+    done.append(acc)
+
+  with pytest.raises(rb.common.InputError, match="4x"):
+    rb.run_all(jobs, failing, parallel=3, stop=None, stop_after=None)
+  assert sorted(done) == ["5x", "8x"]  # the others finished before the error was raised
+
+  past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=1)
+  skipped = []
+  rb.run_all(jobs, lambda a, s: skipped.append(a), parallel=1, stop=past, stop_after="00:00")
+  assert skipped == []
+
+
+def test_verdict_says_when_the_finding_reproduces_at_every_acc(tmp_path):
+  for acc in ("4x", "8x"):
+    for seed in (42, 43):
+      fake_run(tmp_path, acc, seed, metrics([20, 21, 22], [32, 33, 34], [30, 31, 32], [31, 32, 33]))
+  stats = rb.table_stats({(a, s): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", a, s))
+                          for a in ("4x", "8x") for s in (42, 43)})
+  text = rb.verdict(stats, ["4x", "8x"], "gpu", epochs=30)
+  assert "reproduces at every acceleration run" in text and "recovers 50 %, 50 % of the difference" in text
+  assert "12 of 12 (seed, volume) pairs favour KD" in text and "(30 epochs per stage)" in text
+  assert "SSIM" in text and "neither confirmed nor refuted" not in text
+  assert "more GPU time than was lent" in text
+  # One acc where KD does not beat the student: no claim of reproduction.
+  fake_run(tmp_path, "5x", 42, metrics([20, 21, 22], [32, 33, 34], [30, 31, 32], [29, 30, 31]))
+  stats["5x"] = rb.table_stats({("5x", 42): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "5x", 42))})["5x"]
+  assert "reproduces at every" not in rb.verdict(stats, ["4x", "5x", "8x"], "gpu")
