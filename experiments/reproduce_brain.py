@@ -46,12 +46,13 @@ class Setting(NamedTuple):
   overrides: tuple[str, ...]  # added to every run's command
   epochs: int  # per stage
   description: str  # for the table
+  device: str = "CPU"  # what it is sized for: "CPU" or "GPU" (the verdict's and wall-time notes)
 
 
 SETTINGS = {
     "paper": Setting(lambda acc: f"configs/brain_{acc}.py", (), 150,
                      "the paper's settings (configs/brain_{acc}.py: 240×240, all slices, 150 epochs per stage, "
-                     "lr 1e-3 ×0.1 every 40 epochs)"),
+                     "lr 1e-3 ×0.1 every 40 epochs)", "GPU"),
     "cpu": Setting(lambda acc: "configs/demo.py", (), 10,
                    "a reduced CPU setting (configs/demo.py with `acc` overridden: 64×64 images, 200 of the 300 "
                    "training slices, all 30 validation slices in 3 volumes, 10 epochs per stage, lr 1e-3 ×0.1 "
@@ -66,9 +67,9 @@ SETTINGS = {
                    "a reduced GPU setting (configs/brain_{acc}.py — the paper's 240×240 images, all 300 training and "
                    "30 validation slices, batch 4, Adam 1e-3 — with 30 instead of 150 epochs per stage, lr ×0.1 "
                    "after epoch 22; the paper's models, AT layer pairs and α = 0.5; about 4 minutes per run on an "
-                   "H200, three runs side by side)"),
+                   "H200, three runs side by side)", "GPU"),
 }
-# Paper, Table 1 (brain, DC-CNN, MRBrainS 240×240): PSNR / SSIM per acc (../shared/PAPER.md).
+# Paper, Table 1 (brain, DC-CNN, MRBrainS 240×240): PSNR / SSIM per acc (Murugesan et al. 2020, arXiv 2004.05319).
 PAPER_BRAIN = {
     "zf": {"4x": (31.38, 0.6651), "5x": (29.93, 0.6304), "8x": (29.37, 0.6065)},
     "teacher": {"4x": (40.03, 0.9781), "5x": (39.03, 0.971), "8x": (35.04, 0.9374)},
@@ -254,7 +255,8 @@ def verdict(stats: dict, accs: Sequence[str], setting: str, teacher_gains: dict 
             epochs: int | None = None) -> str:
   """A plain paragraph from the numbers: where the paper's ordering (T > KD > S) and gap hold.
   `teacher_gains` ({acc: validation PSNR gained over the teacher's last 3 epochs}) tells an unconverged
-  teacher from one that has levelled off."""
+  teacher from one that has levelled off. `epochs`: per stage as run (default: the setting's)."""
+  epochs = epochs or setting_epochs(setting)
   said, missing = [], [a for a in accs if not stats.get(a, {}).get("seeds")]
   for acc in accs:
     entry = stats.get(acc)
@@ -309,7 +311,7 @@ def verdict(stats: dict, accs: Sequence[str], setting: str, teacher_gains: dict 
       if rising:
         text += (f" At {', '.join(rising)} the teacher's validation PSNR was still rising at the end "
                  f"({', '.join(f'{gains[a]:+.2f} dB' for a in rising)} over its last 3 epochs): the "
-                 f"{epochs or SETTINGS[setting].epochs}-epoch schedule is too short for the deeper D5C5 teacher.")
+                 f"{epochs}-epoch schedule is too short for the deeper D5C5 teacher.")
       if flat:
         text += (f" At {', '.join(flat)} the teacher had levelled off ({', '.join(f'{gains[a]:+.2f} dB' for a in flat)} "
                  f"over its last 3 epochs, after the learning-rate step), so more epochs alone are unlikely to open a "
@@ -332,14 +334,14 @@ def verdict(stats: dict, accs: Sequence[str], setting: str, teacher_gains: dict 
         text += (f" The PSNR gains are not matched in SSIM (KD − student {min(ssim):+.4f} to {max(ssim):+.4f}), "
                  f"where the paper reports {min(paper_ssim):+.4f} to {max(paper_ssim):+.4f}.")
       text += (f" This is {seeds} seed{'s' * (seeds > 1)} of the reduced setting `{setting}` "
-               f"({epochs or SETTINGS[setting].epochs} epochs per stage), not the paper's 150-epoch schedule; "
+               f"({epochs} epochs per stage), not the paper's 150-epoch schedule; "
                f"with at most 3 volumes per seed the paired test has little power.")
     else:
       text += (f" All of this is the reduced setting `{setting}`, not the paper's 150-epoch 240×240 schedule: the "
                "paper's claim is neither confirmed nor refuted by it; with at most 3 volumes per seed the paired test "
                "has little power.")
     text += (" The paper's full schedule (`--setting paper`, 4 stages × 150 epochs per run) has not been run: it "
-             "needs more GPU time than was lent." if setting == "gpu" else
+             "needs more GPU time than was lent." if SETTINGS[setting].device == "GPU" else
              " The paper's setting (`--setting paper`) needs a GPU and has not been run here.")
   return text
 
@@ -446,8 +448,8 @@ def collect(args, argv: Sequence[str], runs_root: str) -> str:
       "## Runs and wall time", "", wall_table(runs_root, args.setting, args.accs, args.seeds), "",
       "Training epochs: the sum of the per-epoch times in each stage's log.txt (no compilation, validation or "
       "evaluation). Run wall: the whole `main` command as timed by this script. " + (
-          "The runs of a GPU setting shared one GPU (`--parallel`), so their times are not single-run times."
-          if args.setting == "gpu" else "The CPU was shared with other jobs, so times are only indicative."), "",
+          "The runs of a GPU setting may have shared one GPU (`--parallel`), so their times are not single-run "
+          "times." if SETTINGS[args.setting].device == "GPU" else "The CPU was shared with other jobs, so times are only indicative."), "",
       "## Commands", "", "```", common.script_command(argv, "reproduce_brain.py"), *commands, "```", "",
       f"Machine: {common.machine()}. Written {now}.", ""]
   return "\n".join(text)
@@ -514,6 +516,7 @@ def main(argv: Sequence[str]) -> int:
   except ValueError:
     require(False, f"--seeds {args.seeds!r} is not a comma-separated list of integers, e.g. 42,43,44.")
   require(bool(args.seeds), "--seeds is empty; give e.g. 42,43,44.")
+  require(args.parallel >= 1, f"--parallel {args.parallel} must be at least 1.")
   if args.studies_acc:
     parse_acceleration(args.studies_acc)
     require(args.studies_acc in args.accs, f"--studies-acc {args.studies_acc} is not one of --accs "
@@ -534,15 +537,16 @@ def main(argv: Sequence[str]) -> int:
       require(False, f"--stop-after {args.stop_after!r} is not a UTC time HH:MM, e.g. 05:50.")
   root = os.path.abspath(args.workdir)
 
-  require(args.parallel >= 1, f"--parallel {args.parallel} must be at least 1.")
+
+  def run_one(acc: str, seed: int) -> None:
+    workdir = run_dir(root, args.setting, acc, seed)
+    command = run_command(args.setting, acc, seed, workdir, args.overrides)
+    common.timed_run(command, workdir, f"{acc} seed {seed}", TRAINED, args.dry_run)
 
   if not args.collect_only:
     # Order: the first seed at every acc, then the next seed, so partial results cover every acc early.
-    jobs = [(acc, seed) for seed in args.seeds for acc in args.accs]
-    run_all(jobs, lambda acc, seed: common.timed_run(
-        run_command(args.setting, acc, seed, run_dir(root, args.setting, acc, seed), args.overrides),
-        run_dir(root, args.setting, acc, seed), f"{acc} seed {seed}", TRAINED, args.dry_run),
-        args.parallel, stop, args.stop_after)
+    run_all([(acc, seed) for seed in args.seeds for acc in args.accs], run_one, args.parallel, stop,
+            args.stop_after)
     if args.studies_acc:
       for seed in args.seeds:
         workdir = run_dir(root, args.setting, args.studies_acc, seed)

@@ -213,9 +213,6 @@ def _torch_setup(model_name: str, params: Any, batch: dict, device: str, channel
   import torch
   from experiments import pytorch_reference
 
-  if device == "cuda":
-    # PyTorch's advice for fixed input shapes: let cuDNN time its algorithms and keep the fastest.
-    torch.backends.cudnn.benchmark = True
   net = pytorch_reference.build(model_name)
   # Writable NumPy copies: torch.from_numpy warns on JAX's read-only buffers.
   params = jax.tree.map(np.array, params)
@@ -527,6 +524,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   device = args.device
   if device == "auto":
     device = "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+  if device == "gpu":
+    import torch
+    # PyTorch's advice for fixed input shapes: cuDNN times its algorithms and keeps the fastest (for the
+    # roofline and every PyTorch case alike).
+    torch.backends.cudnn.benchmark = True
   precisions, notes = usable_precisions(args.precision, device)
   require(precisions, f"--precision: {TF32_ONLY_GPU}; choose float32 or bfloat16 on the CPU.")
   for note in notes:
