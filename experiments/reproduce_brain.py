@@ -451,7 +451,9 @@ def collect(args, argv: Sequence[str], runs_root: str) -> str:
           "The runs of a GPU setting may have shared one GPU (`--parallel`), so their times are not single-run "
           "times." if SETTINGS[args.setting].device == "GPU" else "The CPU was shared with other jobs, so times are only indicative."), "",
       "## Commands", "", "```", common.script_command(argv, "reproduce_brain.py"), *commands, "```", "",
-      f"Machine: {common.machine()}. Written {now}.", ""]
+      f"Machine: {common.machine()}"
+      f"{' (where the table was collected; the runs ran where the introduction says)' if args.collect_only else ''}. "
+      f"Written {now}.", ""]
   return "\n".join(text)
 
 

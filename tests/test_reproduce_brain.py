@@ -192,3 +192,10 @@ def test_verdict_says_when_the_finding_reproduces_at_every_acc(tmp_path):
   fake_run(tmp_path, "5x", 42, metrics([20, 21, 22], [32, 33, 34], [30, 31, 32], [29, 30, 31]))
   stats["5x"] = rb.table_stats({("5x", 42): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "5x", 42))})["5x"]
   assert "reproduces at every" not in rb.verdict(stats, ["4x", "5x", "8x"], "gpu")
+
+
+def test_collect_only_says_the_machine_line_is_where_the_table_was_collected(tmp_path):
+  fake_run(tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5]))
+  out = tmp_path / "brain.md"
+  assert rb.main(["--collect-only", "--workdir", str(tmp_path), "--accs", "4x", "--seeds", "42", "--out", str(out)]) == 0
+  assert "(where the table was collected; the runs ran where the introduction says)" in out.read_text()
