@@ -9,8 +9,12 @@ workdir's `teacher/done` exists, so one teacher serves every variant) and evalua
 |-----------------------|--------------------------|---------------------------------------------------|
 | `student`             | student                  | none: the student alone, L1(x_S, y)               |
 | `imitation_only`      | student, kd              | from the student baseline, α = 0.5, no AT         |
-| `feature_only`        | feature, kd              | from the AT student, α = 1: fine-tune on L1(x_S, y)|
+| `feature_only`        | feature, kd              | from the AT student, α = 1: L1(x_S, y) alone      |
 | `attention_imitation` | feature, kd              | from the AT student, α = 0.5 (the paper)          |
+
+The imitation rows use the base config's `config.kd.imitation` (the paper's α-weighted sum unless
+changed, e.g. to the authors' code's `authors_code`); `feature_only` sets the paper's objective with
+α = 1, L1(x_S, y) alone, which is also what the authors' shipped script trains (`authors_script`).
 
 `feature_only` fine-tunes with the reconstruction loss alone because the AT stage trains only the layers
 up to the distilled conv: its student does not reconstruct until the remaining layers are trained, and
@@ -23,12 +27,13 @@ from __future__ import annotations
 from configs.methods import base_config, split_arg
 from kdmri_jax.errors import InputError
 
-# variant -> (stages after the teacher, stages evaluated, kd.init_from, kd.alpha)
+# variant -> (stages after the teacher, stages evaluated, kd.init_from, kd.alpha,
+#             kd.imitation or None for the base config's)
 VARIANTS = {
-    "student": ("student", "teacher,student", "student", None),
-    "imitation_only": ("student,kd", "kd", "student", 0.5),
-    "feature_only": ("feature,kd", "kd", "feature", 1.0),
-    "attention_imitation": ("feature,kd", "kd", "feature", 0.5),
+    "student": ("student", "teacher,student", "student", None, None),
+    "imitation_only": ("student,kd", "kd", "student", 0.5, None),
+    "feature_only": ("feature,kd", "kd", "feature", 1.0, "paper"),
+    "attention_imitation": ("feature,kd", "kd", "feature", 0.5, None),
 }
 
 
@@ -36,7 +41,7 @@ def get_config(arg: str | None = None):
   base, variant = split_arg(arg, "brain_4x", "VARIANT", "configs/ablation.py:brain_4x,imitation_only")
   if variant not in VARIANTS:
     raise InputError(f"unknown ablation variant {variant!r}; choose one of {list(VARIANTS)}.")
-  stages, evaluated, init_from, alpha = VARIANTS[variant]
+  stages, evaluated, init_from, alpha, imitation = VARIANTS[variant]
   config = base_config(base)
   config.stages = f"teacher,{stages},evaluate"
   config.evaluate.stages = evaluated
@@ -45,4 +50,6 @@ def get_config(arg: str | None = None):
   config.kd.layer_pairs = "paper"
   if alpha is not None:
     config.kd.alpha = alpha
+  if imitation is not None:
+    config.kd.imitation = imitation
   return config

@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   data.image_size = 240  # embedded brain / super-resolution target size
   data.num_workers = 2  # reader threads that prefetch batches; 0 reads synchronously (debugging)
   data.seed = 0  # seed of the embedded data and any generated mask
+  # Generated masks (embedded brain): seeded draws of the family; 22 gives the authors' statistics.
+  data.mask_seed = 22  # kdmri_jax.masks.DEFAULT_MASK_SEED
+  data.mask_family = "dccnn"  # generated masks: "dccnn" (the authors' kind) | "gaussian" (before)
   data.max_slices = placeholder(int)  # None -> every slice; an int keeps that many per split (demos, tests)
 
   config.models = models = ml_collections.ConfigDict()
@@ -42,12 +45,21 @@ def get_config() -> ml_collections.ConfigDict:
   models.student_features = placeholder(int)
 
   config.kd = kd = ml_collections.ConfigDict()
-  kd.alpha = 0.5  # KD loss: α·L1(x_S, target) + (1 − α)·L1(x_S, x_T)
+  # KD loss (kdmri_jax.losses.IMITATION_OBJECTIVES): 'paper' α·L1(x_S, y) + (1 − α)·L1(x_S, x_T);
+  # the authors' code: 'authors_code' L1(x_S, y) + L1(x_S, x_T)/numel (reconstruction train_kd.py),
+  # 'authors_script' L1(x_S, y) from the feature stage (their train_kd.sh, imitation off),
+  # 'authors_sr' L1(x_S, y) + L1(x_S, x_T) (super-resolution train_sr_kd.py).
+  kd.imitation = "paper"
+  kd.alpha = 0.5  # α of 'paper' (the other objectives have none)
   kd.feature_loss = "attention"  # kdmri_jax.feature_losses.FEATURE_LOSSES name
   # 'paper' -> feature_losses.PAPER_LAYER_PAIRS (teacher conv 3 : student conv 2 in every cascade), or
   # explicit 0-based paths 'teacher:student,...', e.g. '0.2:0.1,4.2:4.1' (DC-CNN) or '5:3' (VDSR).
   kd.layer_pairs = "paper"
   kd.feature_weight = 1.0  # weight of the feature loss in the `feature` stage
+  # The feature stage's best checkpoint: 'attention_mse' (the authors' code: lowest validation MSE
+  # of the teacher/student attention maps on the layer pairs) | 'objective' (lowest validation
+  # feature loss).
+  kd.feature_best = "attention_mse"
   kd.kd_feature_weight = 0.0  # feature loss added to the `kd` stage's loss (0 in the paper)
   kd.init_from = "feature"  # student init for `kd`: 'feature' | 'student' (imitation-only ablation) | 'scratch'
 

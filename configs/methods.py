@@ -6,7 +6,9 @@ plain `get_config()` (brain_4x, knee_8x, demo, sr_vdsr, ...); METHOD is a
 `kdmri_jax.feature_losses.FEATURE_LOSSES` name. The run trains the teacher (skipped when its `done` marker
 exists in the workdir), the feature stage with METHOD on the paper's layer pairs
 (`config.kd.layer_pairs='paper'`; `fsp` reads each pair as the section from the cascade's first conv),
-then the KD stage from it (α·L1(x_S, y) + (1 − α)·L1(x_S, x_T)) and evaluates ZF and the KD student.
+then the KD stage from it (`config.kd.imitation`: the paper's α·L1(x_S, y) + (1 − α)·L1(x_S, x_T)
+by default) and evaluates ZF and the KD student. The feature stage keeps its best checkpoint by
+`config.kd.feature_best` (default: the attention-map MSE on the same layers, whatever the method).
 
 The same thing as an override of any config: `--config configs/brain_4x.py --config.kd.feature_loss=fitnet`.
 """

@@ -44,6 +44,7 @@ STUDY_ROWS = {
 RUN_ROWS = {"student": ("student", ("student",)), "attention_imitation": ("kd", ("feature", "kd")),
             "teacher": ("teacher", ("teacher",))}
 PAPER_METHOD = "attention"
+ALPHA = 0.05  # the paired test's level wherever a verdict uses one
 
 
 def study_rows(methods: Sequence[str]) -> dict:
@@ -186,26 +187,58 @@ def sections(run_dirs: dict, acc: str, methods: Sequence[str], commands: Sequenc
   return "\n".join(text)
 
 
+def step(lower: tuple[float, float], upper: tuple[float, float], seeds: int,
+         p: float | None = None) -> str:
+  """Whether `upper` (mean, std over seeds) is resolvably above `lower`: 'above' when its mean
+  exceeds lower's by more than the larger of their two seed stds (and p < ALPHA when a paired test
+  is given), 'below' for the mirror image, else 'inside' (always with under 2 seeds: no spread).
+  The one rule of every verdict of brain.md (reproduce_brain's ordering too)."""
+  diff, spread = upper[0] - lower[0], max(lower[1], upper[1])
+  if seeds < 2 or abs(diff) <= spread or (p is not None and not p < ALPHA):
+    return "inside"
+  return "above" if diff > 0 else "below"
+
+
 def verdict(run_dirs: dict, acc: str, methods: Sequence[str]) -> str:
-  """Sentences on the ablation and the methods: which rows beat the student alone, and how surely."""
+  """Sentences on the ablation and the methods from the runs: which rows beat the student alone."""
+  titled = (("ablation", ablation_rows()[1:]), ("method comparison", method_rows(methods)[2:]))
+  groups = {title: [(label, row_stats(run_dirs, key)) for key, label, _ in rows]
+            for title, rows in titled}
+  return rows_verdict(acc, groups, row_stats(run_dirs, "student"), row_stats(run_dirs, "teacher"))
+
+
+def rows_verdict(acc: str, groups: dict, student: dict, teacher: dict) -> str:
+  """verdict from row statistics ({title: [(label, row)]}; a row has 'PSNR' (mean, std), 'seeds'
+  and 'test' with 'wilcoxon_p'): a row beats the student alone when `step` resolves it above."""
   said = []
-  for title, rows in (("ablation", ablation_rows()[1:]), ("method comparison", method_rows(methods)[2:])):
-    results = [(label, row_stats(run_dirs, key)) for key, label, _ in rows]
-    results = [(label, r) for label, r in results if r["PSNR"] is not None and r["test"] is not None]
-    student = row_stats(run_dirs, "student")["PSNR"]
-    if not results or student is None:
+  for title, rows in groups.items():
+    results = [(label, r) for label, r in rows if r["PSNR"] is not None and r["test"] is not None]
+    if not results or student["PSNR"] is None:
       said.append(f"The {title} at {acc} has not been run.")
       continue
-    better = [(label, r) for label, r in results if r["PSNR"][0] > student[0]]
-    significant = [label for label, r in better if r["test"]["wilcoxon_p"] is not None
-                   and r["test"]["wilcoxon_p"] < 0.05]
+    seeds = {label: min(len(r["seeds"]), len(student["seeds"])) for label, r in results}
+    p = {label: 1.0 if r["test"]["wilcoxon_p"] is None else r["test"]["wilcoxon_p"]
+         for label, r in results}
+    beat = [label for label, r in results
+            if step(student["PSNR"], r["PSNR"], seeds[label], p[label]) == "above"]
+    higher = [(label, r) for label, r in results
+              if r["PSNR"][0] > student["PSNR"][0] and label not in beat]
     best_label, best = max(results, key=lambda x: x[1]["PSNR"][0])
-    said.append(f"In the {title} at {acc}, {len(better)} of {len(results)} distilled students beat the "
-                f"student alone on mean PSNR ({len(significant)} significantly: "
-                f"{', '.join(significant) or 'none'}); the best is {best_label} at "
-                f"{best['PSNR'][0] - student[0]:+.2f} dB (p = {best['test']['wilcoxon_p'] or float('nan'):.3g}).")
-    teacher = row_stats(run_dirs, "teacher")["PSNR"]
-    if better and teacher is not None and teacher[0] <= student[0]:
+    text = (f"In the {title} at {acc}, {len(beat)} of {len(results)} distilled students beat the "
+            f"student alone in PSNR by more than the larger seed std with paired p < {ALPHA} "
+            f"({', '.join(beat) or 'none'})")
+    if higher:
+      text += ("; above it on mean PSNR but not resolved: " +
+               ", ".join(f"{label} ({r['PSNR'][0] - student['PSNR'][0]:+.2f} dB, p = "
+                         f"{_p(r['test']['wilcoxon_p'])})" for label, r in higher))
+    best_gain = best["PSNR"][0] - student["PSNR"][0]
+    said.append(f"{text}; the best is {best_label} at {best_gain:+.2f} dB.")
+    teacher_worse = teacher["PSNR"] is not None and teacher["PSNR"][0] <= student["PSNR"][0]
+    if (beat or higher) and teacher_worse:
       said.append("As the teacher is no better than the student alone, such a gain more likely comes from the "
                   "extra stage of training those rows get than from anything the teacher transfers.")
   return " ".join(said)
+
+
+def _p(value: float | None) -> str:
+  return "—" if value is None else f"{value:.3g}"

@@ -5,13 +5,17 @@ and 8x with several seeds, and writes experiments/results/brain.md.
   python experiments/reproduce_brain.py --setting paper            # configs/brain_{acc}.py, for a GPU
   python experiments/reproduce_brain.py --setting gpu --seeds 42,43 --parallel 3   # 240×240, 30 epochs, one GPU
   python experiments/reproduce_brain.py --setting cpu --collect-only --overwrite
+  python experiments/reproduce_brain.py --reverdict experiments/results/brain.md   # no runs needed
 
 Each (acc, seed) is one `python -m kdmri_jax.main` run (stages teacher, student, feature, kd, evaluate,
 report) in WORKDIR/<setting>/acc_<acc>/seed_<seed>/, with `--config.train.seed=SEED` (parameter init and
 data order). Rerunning resumes: main skips finished stages. The table collects the evaluate stage's
 per-volume PSNR/SSIM of ZF, teacher, student and KD from every finished run; missing runs are marked
 "not run". Statistics (gap closed, paired test) are in `table_stats` so tests can check them without
-training. Nothing here is tuned on validation: the checkpoints are the pipeline's best by validation loss,
+training. The verdict applies one rule (`ordering_verdict`) per acc and metric: the paper's ordering
+ZF < student < KD < teacher, each step beyond the seed spread. `--reverdict FILE` re-derives a written
+table's verdict from its own numbers when the run folders are gone. The setting line names each run's
+`config.data.mask_family` and `config.kd.imitation` (from its config.json). Nothing here is tuned on validation: the checkpoints are the pipeline's best by validation loss,
 as in the paper.
 """
 
@@ -22,8 +26,10 @@ import concurrent.futures
 import datetime
 import json
 import os
+import re
+import shlex
 import sys
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -32,6 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import brain_figures  # noqa: E402  (the qualitative figures and training curves)
 import brain_studies  # noqa: E402  (the ablation and methods at one acc)
 import compare_methods as common  # noqa: E402  (the shared run/collect helpers)
+from brain_studies import ALPHA, step  # noqa: E402  (the rule for one difference of seed means)
 from seed_stats import mean_std, paired_test  # noqa: E402
 from kdmri_jax.errors import require, run_cli  # noqa: E402
 
@@ -251,98 +258,377 @@ def setting_epochs(setting: str, overrides: Sequence[str] = ()) -> int:
   return epochs
 
 
+# --- the verdict rule ---------------------------------------------------------------------------
+
+ORDERING = ("zf", "student", "kd", "teacher")  # the paper's ordering per metric, worst to best
+REPRODUCES = "reproduces"
+NO_GAP = "no resolvable teacher–student gap"
+NOT_RESOLVED = "not resolved"
+FAILS = "fails"
+RULE = (
+    "Rule (`ordering_verdict`): a step of the paper's ordering ZF < student < KD < teacher holds "
+    "when the higher model's seed-mean exceeds the lower one's by more than the larger of their "
+    "two stds over seeds (so at least 2 seeds are needed), and for KD − student also when the "
+    f"paired Wilcoxon test over (seed, volume) pairs gives p < {ALPHA}. \"Reproduces\" needs every "
+    "step; a teacher − student difference inside that spread, or KD above the teacher (gap closed "
+    "over 100 %), is \"no resolvable teacher–student gap\"; a step inside the spread is \"not "
+    "resolved\"; ZF not below the student, or KD below the student by more than the spread, "
+    "\"fails\". PSNR and SSIM are judged separately.")
+
+
+class Ordering(NamedTuple):
+  status: str  # REPRODUCES, NO_GAP, NOT_RESOLVED or FAILS
+  sentence: str  # the numbers and every step that does not hold
+
+
+def ordering_verdict(per_seed: Mapping[str, Sequence[float]], metric: str = "PSNR",
+                     kd_student_p: float | None = None) -> Ordering:
+  """The paper's ordering at one acc from each model's per-seed means ({'zf', 'student', 'kd',
+  'teacher'}: one value per seed) of `metric`; `kd_student_p`: the paired test of KD vs student
+  (None: judge by the spread alone)."""
+  summary = {m: mean_std([float(v) for v in per_seed[m]]) for m in ORDERING}
+  seeds = min(len(per_seed[m]) for m in ORDERING)
+  return summary_verdict(summary, seeds, metric, kd_student_p)
+
+
+def summary_verdict(summary: Mapping[str, tuple[float, float]], seeds: int,
+                    metric: str = "PSNR", kd_student_p: float | None = None) -> Ordering:
+  """ordering_verdict from each model's (mean, std) over `seeds` seeds: what a table holds."""
+  digits, unit = (2, " dB") if metric == "PSNR" else (4, "")
+  num = lambda x: f"{x:.{digits}f}"  # noqa: E731
+  signed = lambda x: f"{x:+.{digits}f}{unit}"  # noqa: E731
+  z, s, k, t = (summary[m] for m in ORDERING)
+
+  def unresolved(name, lower, upper, p=None):
+    """'NAME (+d) is ...': why `step` did not find upper resolvably above lower."""
+    diff, spread = upper[0] - lower[0], max(lower[1], upper[1])
+    if seeds < 2:
+      why = "not resolvable: one seed gives no seed spread"
+    elif abs(diff) <= spread:
+      why = f"inside the larger seed std ({num(spread)}{unit})"
+    elif p is not None and not p < ALPHA:
+      why = f"outside the seed spread but not significant (p ≥ {ALPHA})"
+    else:
+      side = "below" if diff < 0 else "above"
+      why = f"{side} zero by more than the seed spread ({num(spread)}{unit})"
+    shown_p = "" if p is None else f", paired p = {p:.3g}"
+    return f"{name} ({signed(diff)}{shown_p}) is {why}"
+
+  zf_fails, no_gap, fails, inside = [], [], [], []
+  if z[0] >= s[0]:
+    zf_fails.append(f"zero-filling ({num(z[0])}) is {'above' if z[0] > s[0] else 'level with'} the "
+                    f"student ({num(s[0])})")
+  elif step(z, s, seeds) != "above":
+    inside.append(unresolved("student − ZF", z, s))
+  if step(s, t, seeds) != "above":
+    no_gap.append(unresolved("teacher − student", s, t))
+  if k[0] > t[0]:
+    no_gap.append(f"KD is above the teacher ({signed(k[0] - t[0])}), so the gap closed would be "
+                  "over 100 %")
+  kd_step = step(s, k, seeds, kd_student_p)
+  if kd_step != "above":
+    (fails if kd_step == "below" else inside).append(unresolved("KD − student", s, k, kd_student_p))
+  if k[0] <= t[0] and step(k, t, seeds) != "above":
+    inside.append(unresolved("teacher − KD", k, t))
+  if zf_fails or (fails and not no_gap):
+    status = FAILS
+  else:
+    status = NO_GAP if no_gap else NOT_RESOLVED if inside else REPRODUCES
+  shown = (f"{metric} ZF {num(z[0])}, student {num(s[0])} ± {num(s[1])}, KD {num(k[0])} ± "
+           f"{num(k[1])}, teacher {num(t[0])} ± {num(t[1])}{unit}")
+  if status == REPRODUCES:
+    return Ordering(status, f"{shown}: {status} — every step exceeds the seed spread (teacher − "
+                            f"student {signed(t[0] - s[0])}).")
+  reasons = "; ".join(zf_fails + no_gap + fails + inside)
+  return Ordering(status, f"{shown}: {status} — {reasons}.")
+
+
+def acc_orderings(entry: dict) -> dict[str, Ordering]:
+  """{'PSNR': Ordering, 'SSIM': Ordering} of one acc of table_stats (a paired test without any
+  difference counts as p = 1)."""
+  out = {}
+  for metric, test in (("PSNR", "test"), ("SSIM", "test_ssim")):
+    p = entry[test]["wilcoxon_p"]
+    summary = {m: entry[(m, metric)] for m in ORDERING}
+    out[metric] = summary_verdict(summary, len(entry["seeds"]), metric, 1.0 if p is None else p)
+  return out
+
+
+def ordering_summary(orderings: dict, stats: dict, metric: str) -> str:
+  """One sentence per metric: where the whole ordering reproduces (the gap closed there only)."""
+  good = [a for a in orderings if orderings[a][metric].status == REPRODUCES]
+  others = ", ".join(f"{a}: {o[metric].status}" for a, o in orderings.items() if a not in good)
+  if not good:
+    return f"The paper's whole {metric} ordering reproduces at no acceleration run ({others})."
+  where = f"every acceleration run ({', '.join(good)})" if not others else ", ".join(good)
+  text = f"The paper's whole {metric} ordering reproduces at {where}"
+  if metric == "PSNR":
+    closed = ", ".join(f"{100 * stats[a]['gap']:.0f} %" for a in good)
+    text += f", where KD closes {closed} of the teacher–student gap (paper: {PAPER_GAP})"
+  return text + (f"; not at {others}." if others else ".")
+
+
+def no_gap_text(no_gap: Sequence[str], teacher_gains: dict | None, epochs: int) -> str:
+  """Why a teacher–student gap may be missing: an unconverged teacher or a levelled-off one."""
+  gains = {a: g for a, g in (teacher_gains or {}).items() if a in no_gap and g is not None}
+  rising = [a for a, g in gains.items() if g > PLATEAU_DB]
+  flat = [a for a, g in gains.items() if g <= PLATEAU_DB]
+  shown = lambda accs: ", ".join(f"{gains[a]:+.2f} dB" for a in accs)  # noqa: E731
+  text = (f" Where no teacher–student gap is resolvable in PSNR ({', '.join(no_gap)}), KD has "
+          "nothing measurable to transfer, so the gap closed there says nothing about the paper's "
+          "claim.")
+  if rising:
+    text += (f" At {', '.join(rising)} the teacher's validation PSNR was still rising at the end "
+             f"({shown(rising)} over its last 3 epochs): the {epochs}-epoch schedule is too short "
+             "for the deeper D5C5 teacher.")
+  if flat:
+    text += (f" At {', '.join(flat)} the teacher had levelled off ({shown(flat)} over its last 3 "
+             "epochs), so more epochs of this schedule alone are unlikely to open a gap.")
+  if not gains:
+    text += " (No training curves were found to tell an unconverged teacher from a converged one.)"
+  return text
+
+
+def caveat(stats: dict, ran: Sequence[str], setting: str, epochs: int, reproduced: bool) -> str:
+  """What the reduced setting can and cannot say."""
+  seeds = min(len(stats[a]["seeds"]) for a in ran)
+  runs = f"{seeds} seed{'s' * (seeds > 1)}"
+  if reproduced:
+    text = (f" This is {runs} of the reduced setting `{setting}` ({epochs} epochs per stage), not "
+            "the paper's 150-epoch schedule; with at most 3 volumes per seed the paired test has "
+            "little power.")
+  else:
+    text = (f" All of this is the reduced setting `{setting}` ({runs}, {epochs} epochs per stage), "
+            "not the paper's 150-epoch schedule: the paper's claim is neither confirmed nor "
+            "refuted by it; with at most 3 volumes per seed the paired test has little power.")
+  if SETTINGS[setting].device == "GPU":
+    return text + (" The paper's full schedule (`--setting paper`, 4 stages × 150 epochs per run) "
+                   "has not been run: it needs more GPU time than was lent.")
+  return text + " The paper's setting (`--setting paper`) needs a GPU and has not been run here."
+
+
 def verdict(stats: dict, accs: Sequence[str], setting: str, teacher_gains: dict | None = None,
             epochs: int | None = None) -> str:
-  """A plain paragraph from the numbers: where the paper's ordering (T > KD > S) and gap hold.
-  `teacher_gains` ({acc: validation PSNR gained over the teacher's last 3 epochs}) tells an unconverged
-  teacher from one that has levelled off. `epochs`: per stage as run (default: the setting's)."""
+  """The verdict section from the numbers: per acc and metric the status of the paper's ordering
+  (`ordering_verdict`'s rule). `teacher_gains` ({acc: validation PSNR gained over the teacher's
+  last 3 epochs}) tells an unconverged teacher from a levelled-off one. `epochs`: per stage."""
   epochs = epochs or setting_epochs(setting)
-  said, missing = [], [a for a in accs if not stats.get(a, {}).get("seeds")]
-  for acc in accs:
-    entry = stats.get(acc)
-    if not entry or not entry["seeds"]:
-      continue
-    t, s, k = (entry[(m, "PSNR")][0] for m in ("teacher", "student", "kd"))
-    n = len(entry["seeds"])
-    test = entry["test"]
-    sig = (test["wilcoxon_p"] is not None and test["wilcoxon_p"] < 0.05)
-    if t <= s:
-      said.append(f"at {acc} ({n} seed{'s' * (n > 1)}) the teacher ({t:.2f} dB) is not better than the "
-                  f"student alone ({s:.2f} dB), so there is no gap to close and the paper's premise does not "
-                  f"hold at this scale; KD is {k - s:+.2f} dB vs the student "
-                  f"({test['wins']}/{test['n']} pairs better, p = {_p(test['wilcoxon_p'])})")
-    elif k > s:
-      said.append(f"at {acc} ({n} seed{'s' * (n > 1)}) KD beats the student by {k - s:.2f} dB and closes "
-                  f"{100 * entry['gap']:.0f} % of the {t - s:.2f} dB teacher–student gap (paper: {PAPER_GAP}); "
-                  f"{'significant' if sig else 'not significant'} by the paired test "
-                  f"({test['wins']}/{test['n']} pairs better, p = {_p(test['wilcoxon_p'])})")
-    else:
-      said.append(f"at {acc} ({n} seed{'s' * (n > 1)}) KD is {k - s:+.2f} dB vs the student "
-                  f"(gap closed {100 * entry['gap']:.0f} %), so KD does not reproduce "
-                  f"({test['wins']}/{test['n']} pairs better, p = {_p(test['wilcoxon_p'])})")
-  text = "; ".join(said) + "." if said else "No run has finished, so nothing can be said yet."
-  text = text[0].upper() + text[1:]
   ran = [a for a in accs if stats.get(a, {}).get("seeds")]
-  if ran:
-    # What does reproduce at any scale: learning beats zero-filling, and harder undersampling costs dB.
-    gains = [stats[a][(m, "PSNR")][0] - stats[a][("zf", "PSNR")][0] for a in ran
-             for m in ("teacher", "student", "kd")]
-    text = (f"Every trained model improves on zero-filling by {min(gains):.1f}–{max(gains):.1f} dB PSNR"
-            f"{' at every acceleration run' if len(ran) > 1 else ''}, as in the paper. ") + text
-    ssim = [f"{a} {stats[a][('kd', 'SSIM')][0] - stats[a][('student', 'SSIM')][0]:+.4f} "
-            f"(p = {_p(stats[a]['test_ssim']['wilcoxon_p'])})" for a in ran]
-    text += f" KD − student SSIM: {', '.join(ssim)} (Wilcoxon over (seed, volume) pairs)."
-    by_acc = sorted(ran, key=lambda a: float(a.rstrip("x")))
-    if len(by_acc) > 1:
-      ordered = all(stats[a][("student", "PSNR")][0] > stats[b][("student", "PSNR")][0]
-                    for a, b in zip(by_acc, by_acc[1:]))
-      text += (f" The student's PSNR {'falls' if ordered else 'does not fall monotonically'} with "
-               f"acceleration ({', '.join(by_acc)}){', as in the paper' if ordered else ''}.")
+  missing = [a for a in accs if a not in ran]
+  if not ran:
+    return "No run has finished, so nothing can be said yet."
+  orderings = {a: acc_orderings(stats[a]) for a in ran}
+  lines = []
+  for a in ran:
+    n = len(stats[a]["seeds"])
+    lines.append(f"- At {a} ({n} seed{'s' * (n > 1)}): {orderings[a]['PSNR'].sentence} "
+                 f"{orderings[a]['SSIM'].sentence}")
+  # What holds at any scale: learning beats zero-filling, and harder undersampling costs dB.
+  gains = [stats[a][(m, "PSNR")][0] - stats[a][("zf", "PSNR")][0]
+           for a in ran for m in ("teacher", "student", "kd")]
+  summaries = [ordering_summary(orderings, stats, metric) for metric in ("PSNR", "SSIM")]
+  text = (f"{' '.join(summaries)} Every trained model improves on zero-filling by "
+          f"{min(gains):.1f}–{max(gains):.1f} dB PSNR"
+          f"{' at every acceleration run' if len(ran) > 1 else ''}, as in the paper.")
+  by_acc = sorted(ran, key=lambda a: float(a.rstrip("x")))
+  if len(by_acc) > 1:
+    falls = all(stats[a][("student", "PSNR")][0] > stats[b][("student", "PSNR")][0]
+                for a, b in zip(by_acc, by_acc[1:]))
+    text += (f" The student's PSNR {'falls' if falls else 'does not fall monotonically'} with "
+             f"acceleration ({', '.join(by_acc)}){', as in the paper' if falls else ''}.")
   if missing:
     text += f" Not run: {', '.join(missing)} — no claim is made there."
   if setting != "paper":
-    tied = [a for a in ran if stats[a][("teacher", "PSNR")][0] <= stats[a][("student", "PSNR")][0]]
-    if tied:
-      gains = {a: g for a, g in (teacher_gains or {}).items() if a in tied and g is not None}
-      rising = [a for a, g in gains.items() if g > PLATEAU_DB]
-      flat = [a for a, g in gains.items() if g <= PLATEAU_DB]
-      text += (" Where the teacher is no better than its student, KD has nothing to transfer, so this tests the "
-               "pipeline, not the paper's claim.")
-      if rising:
-        text += (f" At {', '.join(rising)} the teacher's validation PSNR was still rising at the end "
-                 f"({', '.join(f'{gains[a]:+.2f} dB' for a in rising)} over its last 3 epochs): the "
-                 f"{epochs}-epoch schedule is too short for the deeper D5C5 teacher.")
-      if flat:
-        text += (f" At {', '.join(flat)} the teacher had levelled off ({', '.join(f'{gains[a]:+.2f} dB' for a in flat)} "
-                 f"over its last 3 epochs, after the learning-rate step), so more epochs alone are unlikely to open a "
-                 f"gap: this suggests that at this image size the student's capacity already suffices.")
-      if not gains:
-        text += " (No training curves were found to tell an unconverged teacher from a converged one.)"
-    reproduced = [a for a in ran if stats[a][("teacher", "PSNR")][0] > stats[a][("student", "PSNR")][0]
-                  < stats[a][("kd", "PSNR")][0]]
-    if ran and reproduced == ran:
-      wins = sum(stats[a]["test"]["wins"] for a in ran)
-      pairs = sum(stats[a]["test"]["n"] for a in ran)
-      ssim = [stats[a][("kd", "SSIM")][0] - stats[a][("student", "SSIM")][0] for a in ran]
-      closed = ", ".join(f"{100 * stats[a]['gap']:.0f} %" for a in ran)
-      paper_ssim = [PAPER_BRAIN["kd"][a][1] - PAPER_BRAIN["student"][a][1] for a in ran if a in PAPER_BRAIN["kd"]]
-      seeds = min(len(stats[a]["seeds"]) for a in ran)
-      text += (f" In this reduced setting the paper's finding reproduces at every acceleration run: the teacher beats "
-               f"the student alone and the KD student recovers {closed} of the difference ({', '.join(ran)}); "
-               f"{wins} of {pairs} (seed, volume) pairs favour KD over the student alone.")
-      if max(ssim) <= 0 and paper_ssim:
-        text += (f" The PSNR gains are not matched in SSIM (KD − student {min(ssim):+.4f} to {max(ssim):+.4f}), "
-                 f"where the paper reports {min(paper_ssim):+.4f} to {max(paper_ssim):+.4f}.")
-      text += (f" This is {seeds} seed{'s' * (seeds > 1)} of the reduced setting `{setting}` "
-               f"({epochs} epochs per stage), not the paper's 150-epoch schedule; "
-               f"with at most 3 volumes per seed the paired test has little power.")
-    else:
-      text += (f" All of this is the reduced setting `{setting}`, not the paper's 150-epoch 240×240 schedule: the "
-               "paper's claim is neither confirmed nor refuted by it; with at most 3 volumes per seed the paired test "
-               "has little power.")
-    text += (" The paper's full schedule (`--setting paper`, 4 stages × 150 epochs per run) has not been run: it "
-             "needs more GPU time than was lent." if SETTINGS[setting].device == "GPU" else
-             " The paper's setting (`--setting paper`) needs a GPU and has not been run here.")
+    no_gap = [a for a in ran if orderings[a]["PSNR"].status == NO_GAP]
+    if no_gap:
+      text += no_gap_text(no_gap, teacher_gains, epochs)
+    reproduced = all(orderings[a]["PSNR"].status == REPRODUCES for a in ran)
+    text += caveat(stats, ran, setting, epochs, reproduced)
+  return "\n\n".join([RULE, "\n".join(lines), text])
+
+
+# --- what produced the runs: fields recorded in each run's config.json --------------------------
+
+# (config field, its value in runs that predate the field, what it is)
+RECORDED = (("data.mask_family", "gaussian", "masks"),
+            ("kd.imitation", "paper", "imitation objective"))
+PREDATING = {"gaussian": "kdmri_jax's earlier generated masks",
+             "paper": "the paper's α-weighted imitation objective"}
+
+
+def run_record(workdir: str) -> dict:
+  """{field: value} of RECORDED from the run's config.json (and the config_<n>.json of reruns with
+  a changed config: values joined by '/'); None where no record has the field (it predates it)."""
+  values = {field: [] for field, _, _ in RECORDED}
+  names = os.listdir(workdir) if os.path.isdir(workdir) else []
+  records = sorted((n for n in names if n.startswith("config") and n.endswith(".json")),
+                   key=lambda n: (len(n), n))
+  for name in records:
+    with open(os.path.join(workdir, name)) as f:
+      config = json.load(f)
+    for field, found in values.items():
+      value = config
+      for key in field.split("."):
+        value = value.get(key) if isinstance(value, dict) else None
+      if value is not None and str(value) not in found:
+        found.append(str(value))
+  return {field: "/".join(found) or None for field, found in values.items()}
+
+
+def fields_sentence(records: Mapping[str, Mapping[str, str | None]]) -> str:
+  """The masks and imitation objective of the runs ({run label: run_record}), for the setting."""
+  parts = []
+  for field, default, what in RECORDED:
+    by_value: dict[str, list[str]] = {}
+    for label, record in records.items():
+      by_value.setdefault(record.get(field) or default, []).append(label)
+    alike = len(by_value) == 1
+    shown = ", ".join(f"`{value}`" + ("" if alike else f" ({', '.join(labels)})")
+                      for value, labels in by_value.items())
+    predating = [label for label, record in records.items() if record.get(field) is None]
+    note = ""
+    if predating:
+      who = ("every run predates" if len(predating) == len(records) else
+             f"{', '.join(predating)} predate")
+      note = f" ({who} the field, so `{default}`: {PREDATING[default]})"
+    parts.append(f"{what} `config.{field}` = {shown}{' in every run' if alike else ''}{note}")
+  text = "; ".join(parts) + "."
+  return text[0].upper() + text[1:]
+
+
+# --- re-deriving the verdict of a committed brain.md --------------------------------------------
+
+GAP_HEADING = "## KD vs student: gap closed and paired test"
+
+
+def markdown_table(text: str, heading: str) -> list[list[str]]:
+  """The rows (cells, header first, no separator) of the first table after the line `heading`."""
+  lines = text.split("\n")
+  start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
+  require(start is not None, f"the markdown has no line {heading!r}; is it a brain.md of this "
+                             "script?")
+  rows = []
+  for line in lines[start + 1:]:
+    if line.startswith("|"):
+      if not set(line) <= set("|-: "):
+        rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    elif rows:
+      break
+  return rows
+
+
+def _mean_std(cell: str) -> tuple[float, float] | None:
+  """'41.07 ± 0.14' -> (41.07, 0.14); 'not run' -> None."""
+  if cell == "not run":
+    return None
+  mean, _, std = cell.partition("±")
+  return float(mean), float(std)
+
+
+def _p_cell(cell: str) -> float | None:
+  """'0.0938 (min 0.031)' -> 0.0938; '—' -> None."""
+  word = cell.split()[0] if cell else "—"
+  return None if word == "—" else float(word)
+
+
+def _seeds(cell: str) -> list[int]:
+  return [int(s) for s in cell.split(",") if s.strip().isdigit()]
+
+
+def stats_from_markdown(text: str) -> tuple[str, list[str], dict]:
+  """(setting, accs, table_stats-like {acc: entry}) from a brain.md's main and gap tables: the
+  seed means ± stds as rounded there, the seeds, and the paired tests' p."""
+  match = re.search(r"^Setting \*\*(\w+)\*\*", text, re.M)
+  require(match is not None and match.group(1) in SETTINGS, "the markdown names no known setting "
+          "('Setting **NAME**'); is it a brain.md of this script?")
+  table = markdown_table(text, f"## Table (setting: {match.group(1)})")
+  accs = [head.split()[0] for head in table[0][1::2]]
+  rows = {row[0]: row[1:] for row in table[1:]}
+  gap_table = markdown_table(text, GAP_HEADING)
+  gaps = {row[0]: dict(zip(gap_table[0], row)) for row in gap_table[1:]}
+  stats = {}
+  for i, acc in enumerate(accs):
+    entry = {"seeds": _seeds(rows["Seeds"][2 * i]), "missing": []}
+    for method, label in METHODS:
+      entry[(method, "PSNR")] = _mean_std(rows[label][2 * i])
+      entry[(method, "SSIM")] = _mean_std(rows[label][2 * i + 1])
+    if entry["seeds"]:
+      gap = gaps[acc]
+      wins, n = (int(x) for x in gap["KD > S (pairs)"].split("/"))
+      entry["test"] = {"wins": wins, "n": n, "wilcoxon_p": _p_cell(gap["Wilcoxon p (PSNR)"]),
+                       "t_p": _p_cell(gap["paired t p (PSNR)"]), "min_p": 2.0 / 2 ** n}
+      entry["test_ssim"] = {"wilcoxon_p": _p_cell(gap["Wilcoxon p (SSIM)"])}
+      entry["gap"] = gap_closed(*(entry[(m, "PSNR")][0] for m in ("teacher", "student", "kd")))
+    stats[acc] = entry
+  return match.group(1), accs, stats
+
+
+def gains_from_markdown(text: str) -> dict:
+  """{acc: the teacher's last-3-epoch validation PSNR gain} from the curves sentence, if any."""
+  match = re.search(r"last 3 epochs of each stage: Teacher (.*?)(?:;|\. )", text)
+  if not match:
+    return {}
+  found = re.findall(r"([+-]?\d+\.\d+) dB \((\w+)\)", match.group(1))
+  return {acc: float(gain) for gain, acc in found}
+
+
+def overrides_from_markdown(text: str) -> list[str]:
+  """The `--set` overrides of the reproduce_brain command in the Commands block (epochs)."""
+  block = text.split("## Commands", 1)[-1]
+  line = next((ln for ln in block.split("\n") if "reproduce_brain.py" in ln), "")
+  words = shlex.split(line) if line else []
+  return [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--set"]
+
+
+def studies_from_markdown(text: str) -> str:
+  """brain_studies.rows_verdict from a brain.md's ablation and methods tables ('' without)."""
+  match = re.search(r"^## Ablation at (\w+):.*$", text, re.M)
+  if not match:
+    return ""
+
+  def rows(heading):
+    table = markdown_table(text, heading)
+    column = {name: i for i, name in enumerate(table[0])}
+    return [(row[0], {"PSNR": _mean_std(row[column["PSNR (dB)"]]),
+                      "seeds": _seeds(row[column["Seeds"]]),
+                      "test": {"wilcoxon_p": _p_cell(row[column["Wilcoxon p"]])}})
+            for row in table[1:]]
+
+  acc = match.group(1)
+  ablation, methods = rows(match.group(0)), rows(f"## Feature-distillation methods at {acc}")
+  groups = {"ablation": ablation[1:], "method comparison": methods[2:]}  # no student, teacher
+  return brain_studies.rows_verdict(acc, groups, ablation[0][1], methods[0][1])
+
+
+def section(text: str, heading: str) -> tuple[int, int]:
+  """(start, end) of the body of section `heading` (after its heading line, to the next '## ')."""
+  start = text.index(f"\n{heading}\n") + len(heading) + 2
+  end = text.find("\n## ", start)
+  return start, len(text) if end < 0 else end + 1
+
+
+def reverdict(text: str, path: str) -> str:
+  """`text` (a brain.md) with its verdict re-derived by `verdict` and brain_studies.rows_verdict
+  from its own tables, a note on how, and the masks/imitation sentence added to the setting line
+  when missing (such a file comes from runs that predate both fields). No table changes."""
+  setting, accs, stats = stats_from_markdown(text)
+  studies = studies_from_markdown(text)
+  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  note = (f"This verdict was re-derived on {now} from this file's own tables — the seed means ± "
+          "stds and the paired tests' p as rounded there (so a difference of means can differ by "
+          "one unit in the last digit from the gap table's), and the teacher's last-3-epoch gains "
+          "of the curves sentence — with `python experiments/reproduce_brain.py --reverdict "
+          f"{common.show([path])}` on {common.machine()}, as the run folders were not on that "
+          "machine. No measured number was changed.")
+  body = verdict(stats, accs, setting, gains_from_markdown(text),
+                 setting_epochs(setting, overrides_from_markdown(text)))
+  body += f" {studies}" if studies else ""
+  start, end = section(text, "## Verdict")
+  text = f"{text[:start]}\n{body}\n\n{note}\n\n{text[end:]}"
+  if "`config.data.mask_family`" not in text:
+    records = {f"{acc} seed {seed}": {} for acc in accs for seed in stats[acc]["seeds"]}
+    text = text.replace(" Data: the embedded MNI brain",
+                        f" {fields_sentence(records)} Data: the embedded MNI brain", 1)
   return text
 
 
@@ -406,8 +692,11 @@ def collect(args, argv: Sequence[str], runs_root: str) -> str:
   stats = table_stats(runs)
   finished = sum(r is not None for r in runs.values())
   description = SETTINGS[args.setting].description
+  records = {f"{acc} seed {seed}": run_record(run_dir(runs_root, args.setting, acc, seed))
+             for (acc, seed), run in runs.items() if run is not None}
   intro = (f"Setting **{args.setting}**: {description}"
            f"{' with ' + ', '.join(f'`{o}`' for o in args.overrides) if args.overrides else ''}. "
+           f"{fields_sentence(records) + ' ' if records else ''}"
            f"Data: the embedded MNI brain (no download). {finished} of {len(runs)} (acc, seed) runs finished; "
            f"cells of runs that did not finish say \"not run\". PSNR/SSIM: for each run the mean over the "
            f"validation volumes, then mean ± sample std over the seeds shown in the last row (± 0 for one "
@@ -476,6 +765,17 @@ def run_all(jobs: Sequence[tuple[str, int]], run_one: Callable[[str, int], objec
       future.result()  # the first failed run's one-sentence error, after the others have finished
 
 
+def rewrite_verdict(path: str) -> int:
+  """--reverdict: rewrites `path` in place with `reverdict`."""
+  require(os.path.isfile(path), f"--reverdict {path}: no such file.")
+  with open(path) as f:
+    text = f.read()
+  with open(path, "w") as f:
+    f.write(reverdict(text, path))
+  print(f"rewrote the verdict of {path}")
+  return 0
+
+
 def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -506,7 +806,13 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--out", default=os.path.join(common.RESULTS, "brain.md"), help="markdown output")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
   parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+  parser.add_argument("--reverdict", default=None, metavar="FILE",
+                      help="only rewrite FILE's verdict (a brain.md of this script) from its own "
+                           "tables, for when its run folders are gone; nothing runs, no number "
+                           "changes")
   args = parser.parse_args(argv)
+  if args.reverdict:
+    return rewrite_verdict(args.reverdict)
   args.overrides = common.check_overrides(args.overrides)
   from kdmri_jax.masks import parse_acceleration
   args.accs = [a.strip() for a in args.accs.split(",") if a.strip()]

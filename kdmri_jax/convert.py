@@ -9,7 +9,10 @@ with DataParallel's `module.` prefix) is accepted too. Key names map one to one:
   VDSR    `conv{j}.{weight,bias}`             ->  params['conv_{j-1}']['kernel'|'bias']
 
 with PyTorch's OIHW weights transposed to Flax's HWIO kernels. Convolution is cross-correlation in both
-frameworks, so no kernel flip is needed. torch is needed for this command only (`pip install torch`).
+frameworks, so no kernel flip is needed. Files are read with `torch.load(weights_only=True)`,
+allowing just the types the authors' dict holds (`authors_pickle_globals`), in both torch.save
+formats, pickled by numpy 1 or 2; any other object is refused unless --trust-pickle. torch is
+needed for this command only.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -144,43 +148,100 @@ def _import_torch():
   return torch
 
 
-def load_torch_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
-  """Reads a `.pt` file and returns its state_dict: the `model` entry of the authors' dict, or the file
-  itself when it is a bare state_dict. Loads with `weights_only=True` unless `trust_pickle`."""
+def authors_pickle_globals() -> list[tuple[Any, str]]:
+  """(object, name in the pickle) for each Python type the authors' checkpoints hold but tensors.
+
+  `args` is an argparse.Namespace whose `exp_dir`, like the top-level `exp_dir`, is a pathlib
+  path; `best_dev_loss` comes from `np.mean`, a numpy float64 pickled as
+  `multiarray.scalar(dtype, bytes)` under `numpy.core` (numpy 1) or `numpy._core` (numpy 2). The
+  weights-only unpickler looks a GLOBAL up by the name written in the file and never imports it,
+  so each object is listed under every name a pickle may use for it. None of them can run code:
+  each builds a plain value from strings and bytes.
+  """
+  try:
+    from numpy._core.multiarray import scalar
+  except ImportError:  # older numpy 1 has no numpy._core alias
+    from numpy.core.multiarray import scalar
+  pairs = [(argparse.Namespace, "argparse.Namespace"), (np.dtype, "numpy.dtype")]
+  pairs += [(scalar, f"{package}.multiarray.scalar") for package in ("numpy.core", "numpy._core")]
+  for dtype in (np.float64, np.float32, np.int64):  # restoring a dtype's state needs its class
+    dtype_class = type(np.dtype(dtype))
+    pairs.append((dtype_class, f"{dtype_class.__module__}.{dtype_class.__qualname__}"))
+  for name in ("Path", "PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"):
+    path_class = _loadable_path_class(name)
+    # Python 3.13 moved the classes to pathlib._local, so newer pickles may name that module.
+    pairs += [(path_class, f"pathlib.{name}"), (path_class, f"pathlib._local.{name}")]
+  return pairs
+
+
+def _loadable_path_class(name: str) -> type:
+  """pathlib's class `name`, or its pure flavour where this OS cannot create it, so that an
+  `exp_dir` saved on Windows still loads on Linux (and the reverse)."""
+  import pathlib
+
+  foreign = "PosixPath" if os.name == "nt" else "WindowsPath"
+  return getattr(pathlib, f"Pure{name}" if name == foreign else name)
+
+
+def _refusal(path: str, message: str) -> InputError:
+  """One sentence for a weights-only load that failed with `message`."""
+  refused = re.search(r"GLOBAL (\S+)", message)
+  if refused is None and not re.search(r"Can only|unrecognized function", message):
+    return InputError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it).")
+  what = f"a {refused[1]} object" if refused else "Python objects"
+  return InputError(f"PyTorch checkpoint {path} holds {what}, which is none of the types the "
+                    f"authors' checkpoints hold (tensors, argparse.Namespace, pathlib paths, "
+                    f"numpy scalars), and unpickling other objects can run code, so it was not "
+                    f"loaded; if you trust the file, add --trust-pickle.")
+
+
+def read_torch_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
+  """The object a `.pt` file holds, loaded with `weights_only=True` and `authors_pickle_globals()`
+  allowed, or with `weights_only=False` when `trust_pickle`. Reads both torch.save formats."""
   path = os.fspath(path)
   require(os.path.isfile(path), f"PyTorch checkpoint {path} does not exist.")
   torch = _import_torch()
-  import argparse as _argparse
-  import pathlib
   import pickle
 
-  # The authors' dict carries `args` (argparse.Namespace) and `exp_dir` (a Path): allow just those.
-  allowed = [_argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, pathlib.WindowsPath,
-             pathlib.PureWindowsPath]
   try:
     if trust_pickle:
-      checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    else:
-      with torch.serialization.safe_globals(allowed):
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+      return torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(authors_pickle_globals()):
+      return torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as error:
-    if "Unsupported global" in str(error):
-      raise InputError(f"PyTorch checkpoint {path} stores Python objects other than tensors, which are not "
-                       f"loaded by default for safety; if you trust the file, add --trust-pickle.") from None
-    raise InputError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it).") from None
-  except Exception as error:  # torch raises many types (EOFError, KeyError, RuntimeError) for non-checkpoints
-    raise InputError(f"{path} is not a PyTorch checkpoint (torch.load failed: {type(error).__name__}).") from None
+    raise _refusal(path, str(error)) from None
+  except Exception as error:  # torch raises EOFError, KeyError, ... for non-checkpoints
+    raise InputError(f"{path} is not a PyTorch checkpoint (torch.load failed: "
+                     f"{type(error).__name__}).") from None
 
-  if isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("model"), Mapping):
-    state_dict = checkpoint["model"]
-  elif isinstance(checkpoint, Mapping) and isinstance(checkpoint.get("state_dict"), Mapping):
-    state_dict = checkpoint["state_dict"]
-  else:
-    state_dict = checkpoint
+
+def state_dict_of(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
+  """The state_dict in a loaded checkpoint: the authors' `model` entry, a `state_dict` entry, or the
+  checkpoint itself when it is a bare state_dict."""
+  state_dict = checkpoint
+  if isinstance(checkpoint, Mapping):
+    state_dict = next((checkpoint[key] for key in ("model", "state_dict")
+                       if isinstance(checkpoint.get(key), Mapping)), checkpoint)
   require(isinstance(state_dict, Mapping) and len(state_dict) > 0
           and all(hasattr(v, "shape") for v in state_dict.values()),
-          f"PyTorch checkpoint {path} holds neither a state_dict nor a dict with a 'model' state_dict.")
+          f"PyTorch checkpoint {os.fspath(path)} holds neither a state_dict nor a dict with a "
+          f"'model' state_dict.")
   return dict(state_dict)
+
+
+def load_torch_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> dict[str, Any]:
+  """The state_dict in a `.pt` file (see `read_torch_checkpoint` and `state_dict_of`)."""
+  return state_dict_of(read_torch_checkpoint(path, trust_pickle), path)
+
+
+def training_record(checkpoint: Any) -> dict[str, Any]:
+  """The authors' `epoch` and `best_dev_loss` as JSON numbers, for the converted meta."""
+  record = {}
+  for meta_key, key in (("torch_epoch", "epoch"), ("torch_best_dev_loss", "best_dev_loss")):
+    value = checkpoint.get(key) if isinstance(checkpoint, Mapping) else None
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+      record[meta_key] = value.item() if isinstance(value, np.generic) else value
+  return record
 
 
 def convert(torch_checkpoint: str | os.PathLike, model_name: str, out: str | os.PathLike,
@@ -196,11 +257,13 @@ def convert(torch_checkpoint: str | os.PathLike, model_name: str, out: str | os.
   require(overwrite or not (os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out))),
           f"output {out} already exists; choose a new --out or pass --overwrite.")
   require(not os.path.isfile(out), f"output {out} is a file; --out must be a directory.")
-  state_dict = load_torch_checkpoint(torch_checkpoint, trust_pickle)
+  checkpoint = read_torch_checkpoint(torch_checkpoint, trust_pickle)
+  state_dict = state_dict_of(checkpoint, torch_checkpoint)
   params = torch_state_dict_to_params(model_name, state_dict, source=f"PyTorch checkpoint {torch_checkpoint}")
   model = models.build_model(model_name)
   meta = checkpoints.make_meta(model_name, model, source="pytorch",
-                               torch_checkpoint=os.path.abspath(torch_checkpoint))
+                               torch_checkpoint=os.path.abspath(torch_checkpoint),
+                               **training_record(checkpoint))
   return checkpoints.save_params(out, params, meta, overwrite=overwrite)
 
 

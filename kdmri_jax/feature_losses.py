@@ -14,13 +14,23 @@ student conv 2 of every cascade). The methods, by registry name:
 | `cc`              | correlation congruence (Peng et al. 2019)          | batch × batch RBF kernel     |
 | `local_affinity`, `pairwise` | structured KD pair-wise (Liu et al. 2019) | node × node cosine affinity |
 | `feature_l1`, `feature_l2` | imitation of the maps themselves          | maps, element-wise           |
+| `vid`             | variational information distill. (Ahn et al. 2019) | Gaussian likelihood of F_T   |
+| `rkd`             | relational KD: distance, angle (Park et al. 2019)  | batch distances, angles      |
+| `pkt`             | probabilistic transfer (Passalis & Tefas 2018)     | batch cosine-kernel KL       |
+| `ab`              | activation boundaries (Heo et al. 2019)            | teacher on/off, margin       |
+| `ft`              | factor transfer (Kim et al. 2018)                  | paraphrased factors          |
+| `nst`             | neuron selectivity transfer (Huang & Wang 2017)    | MMD of channel maps          |
 
-Adding a method is one function `(teacher_map, student_map) -> scalar` and one entry in `FEATURE_LOSSES`
-(and, if it needs different layers by default, one entry in `METHOD_LAYER_PAIRS`). Two methods go beyond a
-single map per side: `fsp` takes a *pair of layers* per side — a layer path there may be a pair of paths
-(start, end), and a single path `end` means the section from the first conv of the same block to `end`
-(see `SECTION_METHODS`), so the paper's pairs work for it unchanged — and `fitnet` takes trainable regressor
-parameters when the channel counts differ (see `init_feature_params`).
+Adding a method is one function `(teacher_map, student_map) -> scalar` and one entry in
+`FEATURE_LOSSES` (and, if it needs different layers by default, one entry in `METHOD_LAYER_PAIRS`).
+Two methods go beyond a single map per side: `fsp` takes a *pair of layers* per side — a layer path
+there may be a pair of paths (start, end), and a single path `end` means the section from the first
+conv of the same block to `end` (see `SECTION_METHODS`), so the paper's pairs work for it unchanged
+— and some take trainable parameters (`FEATURE_PARAM_INITS`, see `init_feature_params`), which the
+feature stage trains with the student and then drops: `fitnet`'s and `ab`'s 1×1 regressor when the
+channel counts differ, `vid`'s mean regressor and variances, `ft`'s paraphraser and translator.
+Called without them, `vid` and `ft` use the identity in place of their networks (σ² = 1 for `vid`),
+so every registered loss also works as a plain function.
 """
 
 from __future__ import annotations
@@ -268,6 +278,286 @@ def local_affinity(teacher: jnp.ndarray, student: jnp.ndarray, scale: float | No
   return jnp.mean(jnp.square(diff))
 
 
+# --- shared helpers of the methods below ----------------------------------------------------------
+
+
+def _norm_or_one(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+  """‖x‖₂ along `axis` (kept), and 1 where x = 0: dividing by it leaves zero vectors at zero with
+  finite gradients (a plain norm has a NaN gradient at 0, which RKD's self-differences hit)."""
+  squared = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 1.0)
+
+
+def _embeddings(feature: jnp.ndarray) -> jnp.ndarray:
+  """A map (B, H, W, C) as one vector per sample, (B, H·W·C), for the batch-relational methods."""
+  return _f32(feature).reshape(feature.shape[0], -1)
+
+
+def _off_diagonal(size: int) -> jnp.ndarray:
+  return 1.0 - jnp.eye(size, dtype=jnp.float32)
+
+
+class ConvStack(nn.Module):
+  """Convolutions of `widths` output channels (kernel k×k, 'SAME', with bias), an activation between
+  them and none after the last: VID's mean regressor (1×1, ReLU) and FT's paraphraser and translator
+  (3×3, leaky ReLU 0.1)."""
+
+  widths: Sequence[int]
+  kernel: int = 1
+  leaky: bool = False
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
+    x = _f32(x)
+    for i, width in enumerate(self.widths):
+      if i:
+        x = nn.leaky_relu(x, 0.1) if self.leaky else nn.relu(x)
+      x = nn.Conv(width, (self.kernel, self.kernel), padding="SAME", name=f"conv_{i}")(x)
+    return x
+
+
+def _init_stack(stack: ConvStack, channels: int, rng: jax.Array) -> Any:
+  return stack.init(rng, jnp.zeros((1, stack.kernel, stack.kernel, channels)))["params"]
+
+
+# --- VID ------------------------------------------------------------------------------------------
+
+VID_EPS = 1e-5  # ε of σ² = softplus(α) + ε: keeps the variance away from 0
+
+
+def vid_variance(alpha: jnp.ndarray) -> jnp.ndarray:
+  """σ_c² = log(1 + e^{α_c}) + ε (Ahn et al.'s parametrisation of the per-channel variance)."""
+  return jax.nn.softplus(_f32(alpha)) + VID_EPS
+
+
+def vid_regressor(teacher_channels: int) -> ConvStack:
+  """VID's mean μ(·): three 1×1 convolutions (ReLU between) from the student's channels to C_T."""
+  return ConvStack((teacher_channels,) * 3)
+
+
+def variational_information(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None
+                            ) -> jnp.ndarray:
+  """VID (Ahn et al., CVPR 2019): the negative log-likelihood of the teacher's map under a Gaussian
+  predicted from the student's, a variational lower bound on their mutual information:
+
+    L = mean over (b, h, w, c) of [ ½ log σ_c² + (t_{bhwc} − μ(s)_{bhwc})² / (2 σ_c²) ]
+
+  (the paper's −log q(t | s) without its constant ½ log 2π, averaged instead of summed), with the
+  heteroscedastic mean μ = `vid_regressor` and σ_c² = `vid_variance(α_c)`, both trained with the
+  student (`params = {'regressor': ..., 'alpha': (C_T,)}` from `init_vid`; α starts at σ² = 1). The
+  loss may be negative once σ² < 1. Without `params`, μ is the identity (equal channel counts) and
+  σ² = 1, so L = ½ mean (t − s)².
+  """
+  _check_maps("vid", teacher, student, same_channels=params is None)
+  t = _f32(teacher)
+  if params is None:
+    return 0.5 * jnp.mean(jnp.square(t - _f32(student)))
+  mean = vid_regressor(teacher.shape[-1]).apply({"params": params["regressor"]}, student)
+  variance = vid_variance(params["alpha"])
+  return jnp.mean(0.5 * jnp.log(variance) + jnp.square(t - mean) / (2 * variance))
+
+
+def init_vid(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
+  """VID's trainable parts for one layer pair: the mean regressor and α with σ² = 1 at the start."""
+  c_t = teacher.shape[-1]
+  alpha = jnp.full((c_t,), math.log(math.expm1(1.0 - VID_EPS)), jnp.float32)  # softplus⁻¹(1 − ε)
+  return {"regressor": _init_stack(vid_regressor(c_t), student.shape[-1], rng), "alpha": alpha}
+
+
+# --- RKD ------------------------------------------------------------------------------------------
+
+
+def _huber(x: jnp.ndarray) -> jnp.ndarray:
+  """Huber loss with δ = 1 (PyTorch's smooth L1): ½x² for |x| ≤ 1, |x| − ½ beyond."""
+  a = jnp.abs(x)
+  return jnp.where(a <= 1.0, 0.5 * jnp.square(x), a - 0.5)
+
+
+def rkd_distances(embedding: jnp.ndarray) -> jnp.ndarray:
+  """ψ_D(i, j) = ‖e_i − e_j‖₂ / μ with μ the mean distance over pairs i ≠ j, (B, B); 0 on the
+  diagonal, and everywhere when all samples coincide (or B = 1)."""
+  b = embedding.shape[0]
+  gaps = embedding[None, :, :] - embedding[:, None, :]
+  distance = _norm_or_one(gaps)[..., 0] * _off_diagonal(b)
+  mean = jnp.sum(distance) / max(b * (b - 1), 1)
+  return distance / jnp.maximum(mean, _EPS)
+
+
+def rkd_angles(embedding: jnp.ndarray) -> jnp.ndarray:
+  """ψ_A(i, j, k) = ⟨(e_i − e_j)/‖e_i − e_j‖, (e_k − e_j)/‖e_k − e_j‖⟩, the cosine of the angle at
+  vertex j, as an array [j, i, k] of shape (B, B, B); 0 where i = j or k = j."""
+  gaps = embedding[None, :, :] - embedding[:, None, :]  # [j, i] = e_i − e_j
+  unit = gaps / _norm_or_one(gaps)
+  return jnp.einsum("jid,jkd->jik", unit, unit)
+
+
+def relational(teacher: jnp.ndarray, student: jnp.ndarray, distance_weight: float = 1.0,
+               angle_weight: float = 2.0) -> jnp.ndarray:
+  """RKD (Park et al., CVPR 2019): L = λ_D · mean_{i,j} l_δ(ψ_D^T − ψ_D^S) + λ_A · mean_{i,j,k}
+  l_δ(ψ_A^T − ψ_A^S), l_δ the Huber loss (δ = 1), over every pair and triplet of the batch.
+
+  Embeddings are the flattened maps (`_embeddings`); ψ_D are distances normalised by their mean
+  (`rkd_distances`), ψ_A cosines of the angles the triplets form (`rkd_angles`); λ_D = 1, λ_A = 2
+  are the paper's metric-learning weights. Channel counts may differ. With batch size 1 the loss is
+  0.
+  """
+  _check_maps("rkd", teacher, student, same_channels=False)
+  et, es = _embeddings(teacher), _embeddings(student)
+  distance = jnp.mean(_huber(rkd_distances(et) - rkd_distances(es)))
+  angle = jnp.mean(_huber(rkd_angles(et) - rkd_angles(es)))
+  return distance_weight * distance + angle_weight * angle
+
+
+# --- PKT ------------------------------------------------------------------------------------------
+
+
+def pkt_probabilities(embedding: jnp.ndarray) -> jnp.ndarray:
+  """p_{j|i} = K(e_i, e_j) / Σ_{k≠i} K(e_i, e_k) for j ≠ i (0 for j = i), (B, B), with the cosine
+  kernel K(a, b) = ½(aᵀb / (‖a‖‖b‖) + 1) ∈ [0, 1]."""
+  b = embedding.shape[0]
+  unit = embedding / _norm_or_one(embedding)
+  kernel = 0.5 * (unit @ unit.T + 1.0) * _off_diagonal(b)
+  return kernel / jnp.maximum(jnp.sum(kernel, axis=1, keepdims=True), _EPS)
+
+
+PKT_EPS = 1e-7  # in the logarithm: a student probability of exactly 0 would make the KL infinite
+
+
+def probabilistic_transfer(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
+  """PKT (Passalis & Tefas, ECCV 2018): the KL divergence from the teacher's conditional
+  probabilities of its samples' neighbours to the student's, averaged over the batch:
+
+    L = (1/B) Σ_i Σ_{j≠i} p_{j|i} log(p_{j|i} / q_{j|i}),   p from the teacher, q from the student
+
+  with `pkt_probabilities` of the flattened maps (the paper's cosine-similarity kernel). Channel
+  counts may differ. Each sample's neighbours are the other B − 1, so with B ≤ 2 every p = q and L =
+  0; the paper's batch of 4 gives 3 neighbours.
+  """
+  _check_maps("pkt", teacher, student, same_channels=False)
+  p = pkt_probabilities(_embeddings(teacher))
+  q = pkt_probabilities(_embeddings(student))
+  # log((p + ε)/(q + ε)) as log1p of the relative gap: p ≈ q, where a log difference loses digits
+  kl = jnp.sum(p * jnp.log1p((p - q) / (q + PKT_EPS))) / teacher.shape[0]
+  return jnp.maximum(kl, 0.0)  # a KL divergence is ≥ 0; this removes rounding below it
+
+
+# --- AB -------------------------------------------------------------------------------------------
+
+
+def activation_boundary(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None,
+                        margin: float = 1.0) -> jnp.ndarray:
+  """AB (Heo et al., AAAI 2019), the piecewise-differentiable activation transfer loss:
+
+    L = mean over (b, h, w, c) of  ρ(t) · max(0, μ − r(s))² + (1 − ρ(t)) · max(0, μ + r(s))²
+
+  with ρ(t) = 1[t > 0] the teacher neuron's activation (a post-ReLU map is > 0 exactly where the
+  pre-activation is), μ the margin (1 by default) and r the connector: the identity when the channel
+  counts match, a 1×1 `HintRegressor` trained with the student otherwise (`params`, as `fitnet`; Heo
+  et al.'s connector also has batch normalisation, left out here). The paper averages nothing: its
+  loss is the squared norm; the mean keeps the scale independent of the map size. L = 0 exactly when
+  r(s) ≥ μ wherever the teacher is on and r(s) ≤ −μ wherever it is off, so AB is not 0 at s = t: it
+  is a margin, not a distance. Here s is the student's post-ReLU map (the paper uses its
+  pre-activation): with the identity connector an off teacher neuron then costs at least μ² (at
+  s = 0), a floor a post-ReLU student cannot go below.
+  """
+  _check_maps("ab", teacher, student, same_channels=params is None)
+  response = _f32(student)
+  if params is not None:
+    response = HintRegressor(teacher.shape[-1]).apply({"params": params}, response)
+  on = (_f32(teacher) > 0).astype(jnp.float32)
+  hinge = on * jnp.square(jax.nn.relu(margin - response)) + (1 - on) * jnp.square(
+      jax.nn.relu(margin + response))
+  return jnp.mean(hinge)
+
+
+# --- FT -------------------------------------------------------------------------------------------
+
+FT_RATE = 0.5  # the paraphrase rate k: a factor has k·C_T channels (the paper's experiments)
+
+
+def ft_networks(teacher_channels: int, student_channels: int) -> dict[str, ConvStack]:
+  """FT's three 3×3, three-layer networks (leaky ReLU 0.1; the paper's also use batch
+  normalisation): the paraphraser's encoder C_T → C_T → m → m and decoder m → m → C_T → C_T, m =
+  ⌈k·C_T⌉, and the translator C_S → C_S → m → m."""
+  m = max(1, math.ceil(FT_RATE * teacher_channels))
+  return {"encoder": ConvStack((teacher_channels, m, m), 3, leaky=True),
+          "decoder": ConvStack((m, teacher_channels, teacher_channels), 3, leaky=True),
+          "translator": ConvStack((student_channels, m, m), 3, leaky=True)}
+
+
+def _unit_per_sample(factor: jnp.ndarray) -> jnp.ndarray:
+  flat = _embeddings(factor)
+  return flat / _norm_or_one(flat)
+
+
+def factor_transfer(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None) -> jnp.ndarray:
+  """FT (Kim et al., NeurIPS 2018): L = mean over (b, d) of |F_T/‖F_T‖₂ − F_S/‖F_S‖₂| (p = 1, the
+  paper's choice; factors vectorised per sample, norms per sample; the mean instead of the paper's
+  sum keeps the scale independent of the map size) + the paraphraser's reconstruction loss mean (t −
+  P(t))².
+
+  F_T = the paraphraser's encoding of the teacher's map, F_S = the translator's output on the
+  student's (`ft_networks`; `params = {'encoder', 'decoder', 'translator'}` from `init_ft`). The
+  paper trains the paraphraser first, on the reconstruction loss alone, and then freezes it; here it
+  trains alongside the student in the same stage — F_T enters the factor term as a constant
+  (`stop_gradient`), so the paraphraser learns from its reconstruction loss only and the translator
+  and student from the factor term only, as in the paper, but against a paraphraser that is still
+  converging. Without `params`, both factors are the maps themselves (equal channel counts) and
+  there is no reconstruction term.
+  """
+  _check_maps("ft", teacher, student, same_channels=params is None)
+  t, s = _f32(teacher), _f32(student)
+  if params is None:
+    return jnp.mean(jnp.abs(_unit_per_sample(t) - _unit_per_sample(s)))
+  nets = ft_networks(teacher.shape[-1], student.shape[-1])
+  encoded = nets["encoder"].apply({"params": params["encoder"]}, t)
+  reconstruction = jnp.mean(jnp.square(t - nets["decoder"].apply({"params": params["decoder"]},
+                                                                   encoded)))
+  factor_s = nets["translator"].apply({"params": params["translator"]}, s)
+  factor_t = jax.lax.stop_gradient(encoded)
+  return jnp.mean(jnp.abs(_unit_per_sample(factor_t) - _unit_per_sample(factor_s))) + reconstruction
+
+
+def init_ft(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
+  """FT's paraphraser (encoder, decoder) and translator for one layer pair."""
+  c_t, c_s = teacher.shape[-1], student.shape[-1]
+  nets = ft_networks(c_t, c_s)
+  inputs = {"encoder": c_t, "decoder": nets["encoder"].widths[-1], "translator": c_s}
+  keys = dict(zip(nets, jax.random.split(rng, len(nets))))
+  return {name: _init_stack(net, inputs[name], keys[name]) for name, net in nets.items()}
+
+
+# --- NST ------------------------------------------------------------------------------------------
+
+
+def _channel_maps(feature: jnp.ndarray) -> jnp.ndarray:
+  """Each channel's spatial map as an L2-normalised vector: (B, H, W, C) -> (B, C, H·W)."""
+  b, h, w, c = feature.shape
+  maps = jnp.swapaxes(_f32(feature).reshape(b, h * w, c), 1, 2)
+  return maps / _norm_or_one(maps)
+
+
+def _mean_poly_kernel(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+  """mean over (i, j) of k(x_i, y_j) = (x_iᵀ y_j)² per sample, (B,)."""
+  return jnp.mean(jnp.square(jnp.einsum("bip,bjp->bij", x, y)), axis=(1, 2))
+
+
+def neuron_selectivity(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
+  """NST (Huang & Wang, arXiv 1707.01219, 2017): the squared maximum mean discrepancy between the
+  teacher's and the student's channels, each channel's H·W map a sample (`_channel_maps`):
+
+    MMD² = (1/C_T²) Σ_{i,i'} k(f_T^i, f_T^i') + (1/C_S²) Σ_{j,j'} k(f_S^j, f_S^j')
+           − (2/(C_T C_S)) Σ_{i,j} k(f_T^i, f_S^j),   k(x, y) = (xᵀy)²
+
+  (the paper's polynomial kernel, d = 2, c = 0), averaged over the batch. Channel counts may differ.
+  """
+  _check_maps("nst", teacher, student, same_channels=False)
+  ft, fs = _channel_maps(teacher), _channel_maps(student)
+  mmd = _mean_poly_kernel(ft, ft) + _mean_poly_kernel(fs, fs) - 2 * _mean_poly_kernel(ft, fs)
+  return jnp.maximum(jnp.mean(mmd), 0.0)  # MMD² ≥ 0 for a positive-definite kernel; rounding aside
+
+
 # --- registry -------------------------------------------------------------------------------------------
 
 FeatureLoss = Callable[[Any, Any], jnp.ndarray]
@@ -283,12 +573,21 @@ FEATURE_LOSSES: dict[str, FeatureLoss] = {
     "pairwise": local_affinity,
     "feature_l1": feature_l1,
     "feature_l2": feature_l2,
+    "vid": variational_information,
+    "rkd": relational,
+    "pkt": probabilistic_transfer,
+    "ab": activation_boundary,
+    "ft": factor_transfer,
+    "nst": neuron_selectivity,
 }
 
 # Methods with trainable parameters: name -> init(teacher_map, student_map, rng) -> params or None. The
 # loss then takes them as `params=`.
 FEATURE_PARAM_INITS: dict[str, Callable[[Any, Any, jax.Array], Any]] = {
     "fitnet": init_hint_regressor,
+    "ab": init_hint_regressor,
+    "vid": init_vid,
+    "ft": init_ft,
 }
 
 # A layer path indexes a model's features: (cascade, layer) for DC-CNN, (layer,) for VDSR; 0-based. For
@@ -387,9 +686,10 @@ def init_feature_params(name: str, teacher_features: Any, student_features: Any,
                         pairs: Sequence[tuple[Any, Any]], rng: jax.Array) -> dict[str, Any]:
   """Trainable parameters method `name` needs, keyed by pair index ('0', '1', ...); {} for most methods.
 
-  Only `fitnet` between maps with different channel counts has any (a `HintRegressor` per pair). The
-  feature stage optimises them together with the student, e.g. as `{'student': ..., 'feature': ...}`,
-  and passes them to `feature_distillation(..., params=...)`. Feature shapes suffice (`jax.eval_shape`).
+  `FEATURE_PARAM_INITS` says which have any: `fitnet` and `ab` between maps with different channel
+  counts (a `HintRegressor` per pair), `vid` and `ft` always. The feature stage optimises them
+  together with the student, e.g. as `{'student': ..., 'feature': ...}`, and passes them to
+  `feature_distillation(..., params=...)`. Feature shapes suffice (`jax.eval_shape`).
   """
   get_feature_loss(name)
   init = FEATURE_PARAM_INITS.get(name)
@@ -409,8 +709,8 @@ def feature_distillation(name: str, teacher_features: Any, student_features: Any
                          params: Mapping[str, Any] | None = None) -> jnp.ndarray:
   """Mean of loss `name` over the (teacher path, student path) pairs.
 
-  `params` are the method's trainable parameters from `init_feature_params` (only `fitnet` with differing
-  channel counts has any).
+  `params` are the method's trainable parameters from `init_feature_params` (see there which have
+  any).
   """
   fn = get_feature_loss(name)
   if not pairs:

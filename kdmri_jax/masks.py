@@ -2,7 +2,9 @@
 
 A mask is an (H, W) float32 array of 0/1, **unshifted** (the k-space centre at index [0, 0]), as the
 reference code stores them in `us_masks/{dataset}/mask_{acc}.npy`. "rows" masks sample whole rows
-(phase encoding along H: cardiac and brain), "columns" masks whole columns (knee).
+(phase encoding along H: cardiac and brain), "columns" masks whole columns (knee). Generated masks
+come in two families (`MASK_FAMILIES`): "dccnn", the authors' kind and the default, and "gaussian", the
+one used before. `python -m kdmri_jax.masks --mask PATH [...]` prints a mask's statistics.
 """
 
 from __future__ import annotations
@@ -62,40 +64,117 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
 
 def gaussian_line_mask(num_lines: int, acc: float, seed: int = 0, center_fraction: float | None = None,
                        std_fraction: float = 0.25) -> np.ndarray:
-  """A 1-D variable-density line selection, *centred* (the k-space centre at num_lines // 2).
+  """The "gaussian" family: 1-D variable-density lines, *centred* (the k-space centre at n // 2).
 
   Samples exactly round(num_lines / acc) lines: a fully sampled centre of round(center_fraction·num_lines)
   lines (default 0.32/acc: 8% at 4x, 4% at 8x, as fastMRI) plus lines drawn without replacement with
   probability ∝ exp(−d²/2σ²), d the distance to the centre and σ = std_fraction·num_lines.
   """
-  total = int(round(num_lines / acc))
-  require(1 <= total <= num_lines, f"acceleration {acc} leaves no line of {num_lines} to sample.")
+  total = _lines_to_sample(num_lines, acc)
   center_fraction = 0.32 / acc if center_fraction is None else center_fraction
   num_center = min(total, max(1, int(round(center_fraction * num_lines))))
+  density = np.exp(-0.5 * (_distance(num_lines) / (std_fraction * num_lines)) ** 2)
+  return _draw_lines(num_lines, total, num_center, density, np.random.default_rng(seed))
+
+
+# The "dccnn" family's fit to the authors' brain masks (240 rows): acceleration -> (fully sampled
+# centre lines at 240, Gaussian σ / number of lines, uniform floor as a part of Schlemper's 1/(2·acc)).
+DCCNN_FIT = {4.0: (8, 0.07, 1.0), 5.0: (8, 0.12, 0.5), 8.0: (10, 0.10, 0.5)}
+DCCNN_FIT_LINES = 240
+
+
+def dccnn_parameters(num_lines: int, acc: float) -> tuple[int, float, float]:
+  """(fixed centre lines, σ / number of lines, floor) of the "dccnn" family: `DCCNN_FIT`, interpolated
+  linearly in acc (clamped outside 4x–8x); the centre scales with the line count."""
+  accs = sorted(DCCNN_FIT)
+  center, std_fraction, floor_scale = (float(np.interp(acc, accs, [DCCNN_FIT[a][i] for a in accs]))
+                                       for i in range(3))
+  num_center = max(1, int(round(center * num_lines / DCCNN_FIT_LINES)))
+  return num_center, std_fraction, floor_scale / (2.0 * acc)
+
+
+def dccnn_line_mask(num_lines: int, acc: float, seed: int = 0, center_fraction: float | None = None
+                    ) -> np.ndarray:
+  """The "dccnn" family (the authors' masks): DC-CNN-style 1-D variable density, *centred*.
+
+  As Schlemper et al.'s `cartesian_mask`, which made the KD-MRI repository's `us_masks/`: c fully
+  sampled centre lines (ky = −c//2 … c − c//2 − 1), and the other round(n/acc) − c lines drawn
+  without replacement with probability ∝ exp(−ky²/2σ²) + floor. c, σ and the floor are fitted per
+  acceleration to the authors' 240×240 brain masks (`DCCNN_FIT`): Schlemper's defaults (c = 10,
+  σ = n/10, floor 1/(2·acc)) give mean |ky| 34.7 / 31.8 / 23.5 on average at 4x/5x/8x, and with
+  that floor no σ brings 5x and 8x below 31 and 23. At 240 lines (mean ± std over seeds 0–199, the
+  authors' mask in brackets; zero-filled PSNR of the embedded validation brain over seeds 0–19):
+
+    acc  lines  c   σ/n   floor      centre run       mean |ky|          zero-filled PSNR
+    4x   60     8   0.07  1/(2·4)    11.8 ± 3.2 (12)  37.1 ± 3.8 (37.0)  25.18 ± 1.39 (25.39) dB
+    5x   48     8   0.12  0.5/(2·5)  9.8 ± 1.8  (9)   28.7 ± 3.6 (28.3)  23.63 ± 0.94 (23.27) dB
+    8x   30     10  0.10  0.5/(2·8)  10.9 ± 1.1 (11)  20.5 ± 3.5 (20.5)  23.39 ± 0.50 (23.34) dB
+
+  ("centre run": contiguous centre lines.) One draw's mean |ky| varies by ±3–4 between seeds. Other
+  sizes keep c/n (64 rows: 2 / 2 / 3 centre lines; 150: 5 / 5 / 6); `center_fraction` sets c = f·n.
+  """
+  total = _lines_to_sample(num_lines, acc)
+  num_center, std_fraction, floor = dccnn_parameters(num_lines, acc)
+  if center_fraction is not None:
+    num_center = max(1, int(round(center_fraction * num_lines)))
+  density = np.exp(-0.5 * (_distance(num_lines) / (std_fraction * num_lines)) ** 2) + floor
+  return _draw_lines(num_lines, total, min(total, num_center), density, np.random.default_rng(seed))
+
+
+LINE_GENERATORS = {"dccnn": dccnn_line_mask, "gaussian": gaussian_line_mask}
+# The seed of generated masks unless one is given (config.data.mask_seed, prepare --mask-seed): the
+# first seed whose 240×240 "dccnn" masks at 4x, 5x and 8x all fall within ±2 of the authors' brain
+# masks in contiguous centre lines and mean |ky| (12/8/12 lines, 35.8/27.8/18.6 against 12/9/11 and
+# 37.0/28.3/20.5). Seed 0, for one, gives 9 centre lines at 4x and mean |ky| 26.3 at 8x.
+DEFAULT_MASK_SEED = 22
+MASK_FAMILIES = tuple(LINE_GENERATORS)
+DEFAULT_FAMILY = "dccnn"
+
+
+def check_family(family: str, name: str = "mask family") -> str:
+  require(family in LINE_GENERATORS, f"{name} {family!r} is not one of {MASK_FAMILIES}.")
+  return family
+
+
+def _lines_to_sample(num_lines: int, acc: float) -> int:
+  total = int(round(num_lines / acc))
+  require(1 <= total <= num_lines, f"acceleration {acc} leaves no line of {num_lines} to sample.")
+  return total
+
+
+def _distance(num_lines: int) -> np.ndarray:
+  """Signed distance of each centred line index to the k-space centre at num_lines // 2."""
+  return (np.arange(num_lines) - num_lines // 2).astype(np.float64)
+
+
+def _draw_lines(num_lines: int, total: int, num_center: int, density: np.ndarray,
+                rng: np.random.Generator) -> np.ndarray:
+  """Centred boolean lines: the `num_center` centre block plus lines drawn ∝ `density`."""
   lines = np.zeros(num_lines, dtype=bool)
   start = num_lines // 2 - num_center // 2
   lines[start:start + num_center] = True
-  distance = np.arange(num_lines) - num_lines // 2
-  density = np.exp(-0.5 * (distance / (std_fraction * num_lines)) ** 2)
-  density[lines] = 0.0
-  rng = np.random.default_rng(seed)
-  extra = rng.choice(num_lines, size=total - num_center, replace=False, p=density / density.sum())
-  lines[extra] = True
+  if total > num_center:
+    density = np.where(lines, 0.0, density)
+    extra = rng.choice(num_lines, size=total - num_center, replace=False, p=density / density.sum())
+    lines[extra] = True
   return lines
 
 
 def cartesian_mask(shape: tuple[int, int], acc: float | str, seed: int = 0, direction: str = "rows",
-                   center_fraction: float | None = None) -> np.ndarray:
-  """A 1-D Cartesian variable-density mask of `shape`, unshifted, float32 0/1.
+                   center_fraction: float | None = None, family: str = DEFAULT_FAMILY
+                   ) -> np.ndarray:
+  """A 1-D Cartesian variable-density mask of `shape`, unshifted, float32 0/1, of a family in
+  `MASK_FAMILIES` ("dccnn": the authors' kind, `dccnn_line_mask`; "gaussian": `gaussian_line_mask`).
 
   The achieved acceleration is H·W / sampled = n / round(n / acc) for n lines: within 2% of `acc`
   whenever n / acc ≥ 25 (e.g. 240 rows at 8x give exactly 8.0).
   """
   acc = parse_acceleration(acc)
+  check_family(family)
   require(direction in DIRECTIONS, f"mask direction {direction!r} is not one of {DIRECTIONS}.")
   height, width = shape
   num_lines = height if direction == "rows" else width
-  lines = np.fft.ifftshift(gaussian_line_mask(num_lines, acc, seed, center_fraction))
+  lines = np.fft.ifftshift(LINE_GENERATORS[family](num_lines, acc, seed, center_fraction))
   mask = np.zeros(shape, dtype=np.float32)
   if direction == "rows":
     mask[lines, :] = 1.0
@@ -126,3 +205,81 @@ def save_mask_png(mask: np.ndarray, path: str | os.PathLike, title: str | None =
   ax.axis("off")
   fig.savefig(path, bbox_inches="tight", dpi=100)
   plt.close(fig)
+
+
+def sampled_lines(mask: np.ndarray) -> tuple[str, np.ndarray] | None:
+  """(direction, unshifted boolean lines) when `mask` samples whole rows or columns, else None."""
+  mask = np.asarray(mask) > 0
+  for direction, axis in (("rows", 1), ("columns", 0)):
+    full, touched = mask.all(axis=axis), mask.any(axis=axis)
+    if np.array_equal(full, touched):
+      return direction, full
+  return None
+
+
+def contiguous_centre_lines(lines: np.ndarray) -> int:
+  """Length of the run of sampled lines through ky = 0 (unshifted: the run wraps around index 0)."""
+  lines = np.asarray(lines, dtype=bool)
+  if lines.all() or not lines[0]:
+    return int(lines.sum())
+  after = int(np.argmin(lines))  # first unsampled line at or after 0
+  before = int(np.argmin(lines[::-1]))  # unsampled lines counted backwards from the end
+  return after + before
+
+
+def mask_statistics(mask: np.ndarray) -> dict:
+  """Sampled points, achieved acceleration and, for a line mask, its direction, sampled lines,
+  contiguous centre lines and the mean |ky| (distance to the k-space centre) of the sampled lines."""
+  mask = np.asarray(mask)
+  stats = {"shape": tuple(mask.shape), "sampled_points": int((mask > 0).sum()),
+           "acceleration": acceleration(mask > 0)}
+  found = sampled_lines(mask)
+  if found is not None:
+    direction, lines = found
+    ky = np.fft.fftfreq(len(lines), 1.0 / len(lines))
+    stats.update(direction=direction, lines=int(lines.sum()), num_lines=len(lines),
+                 centre_lines=contiguous_centre_lines(lines),
+                 mean_abs_ky=float(np.abs(ky[lines]).mean()))
+  return stats
+
+
+def describe(mask: np.ndarray) -> str:
+  """`mask_statistics` in one line: '240×240: 60/240 rows, 4.00x, 12 contiguous centre lines, ...'."""
+  stats = mask_statistics(mask)
+  size = "×".join(str(n) for n in stats["shape"])
+  if "lines" not in stats:
+    return f"{size}: {stats['sampled_points']} points (not whole lines), {stats['acceleration']:.2f}x"
+  return (f"{size}: {stats['lines']}/{stats['num_lines']} {stats['direction']}, "
+          f"{stats['acceleration']:.2f}x, {stats['centre_lines']} contiguous centre lines, "
+          f"mean |ky| {stats['mean_abs_ky']:.1f}")
+
+
+def main(argv=None) -> int:
+  """`python -m kdmri_jax.masks --mask PATH [...]` or `--generate H W --acc 4x 8x [--family F]`."""
+  import argparse
+  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.masks",
+                                   description="Print the statistics of undersampling masks.")
+  parser.add_argument("--mask", nargs="+", default=[], help="mask .npy files (H×W, 0/1, unshifted)")
+  parser.add_argument("--generate", type=int, nargs=2, metavar=("H", "W"), help="generate H×W masks")
+  parser.add_argument("--acc", nargs="+", default=["4x", "5x", "8x"], help="generated accelerations")
+  parser.add_argument("--family", default=DEFAULT_FAMILY,
+                      help=f"generated family: {' | '.join(MASK_FAMILIES)}")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the generated masks (0)")
+  parser.add_argument("--direction", default="rows", help="generated lines: rows | columns")
+  args = parser.parse_args(argv)
+  require(bool(args.mask) or args.generate is not None,
+          "nothing to inspect: pass --mask PATH or --generate H W.")
+  for path in args.mask:
+    print(f"{path}: {describe(load_mask(path))}")
+  if args.generate is not None:
+    for acc in args.acc:
+      mask = cartesian_mask(tuple(args.generate), acc, args.seed, args.direction, None, args.family)
+      print(f"{args.family} {acc} seed {args.seed}: {describe(mask)}")
+  return 0
+
+
+if __name__ == "__main__":
+  import sys
+
+  from kdmri_jax.errors import run_cli
+  sys.exit(run_cli(main))

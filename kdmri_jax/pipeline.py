@@ -3,10 +3,12 @@
   teacher   train the teacher on L1(x_T, target)
   student   train the student baseline on L1(x_S, target)
   feature   train a fresh student by attention transfer from the frozen teacher
-  kd        from `feature`'s best parameters (config.kd.init_from), α·L1(x_S, y) + (1 − α)·L1(x_S, x_T)
+  kd        from `feature`'s best parameters (config.kd.init_from), config.kd.imitation: the paper's
+            α·L1(x_S, y) + (1 − α)·L1(x_S, x_T) or one of the authors' code's objectives
   evaluate  ZF, teacher, student and KD on the validation set: per-volume and per-slice metrics, and the
             reconstructions as `results/<model>/<volume>.h5` (key 'reconstruction', S×H×W)
-  report    report/report.md with the paper's table and report/figure.png
+  report    report/report.md with the paper's table and the objective behind each row, and
+            report/figure.png
 
 Each stage has its own folder in the workdir (`teacher/{checkpoints,best,tensorboard,log.txt,done}`, ...,
 `results/`, `report/`); a stage whose `done` marker exists is skipped, so rerunning the same command
@@ -23,7 +25,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from kdmri_jax import checkpoints, models, sharding, train
+from kdmri_jax import checkpoints, losses, models, sharding, train
 from kdmri_jax.errors import require, require_writable_dir
 
 STAGES = ("teacher", "student", "feature", "kd", "evaluate", "report")
@@ -120,14 +122,16 @@ def run_training_stage(stage: str, config: Any, workdir: str, mesh, train_source
     teacher_params, _ = load_stage_params(workdir, "teacher", teacher_name, stage)
   height, width = np.shape(train_source[0]["target"])
   init = models.init_params(model, stage_key(config.train.seed, stage), height, width)
+  described = train.describe_objective(stage, config)
   if stage == "kd" and config.kd.init_from != "scratch":
-    init, _ = load_stage_params(workdir, config.kd.init_from, name, stage)
+    init, init_meta = load_stage_params(workdir, config.kd.init_from, name, stage)
+    described["init"] = init_meta.get("objective")  # how the starting point was trained and chosen
     _say(f"kd: student initialised from the best {config.kd.init_from} checkpoint")
   objective = train.make_objective(stage, config, model, teacher)
   batches = train.Batches(train_source, config.train.batch_size, config.train.seed, config.data.num_workers)
   val_batches = train.Batches(val_source, config.train.batch_size, config.train.seed, config.data.num_workers)
   meta = checkpoints.make_meta(name, model, stage=stage, dataset=config.dataset, acc=config.acc,
-                               task=config.task)
+                               task=config.task, objective=described)
   if teacher_params is not None:
     teacher_params = sharding.replicate(teacher_params, mesh)
   return train.fit(os.path.join(workdir, stage), objective, init, batches, val_batches, config, mesh,
@@ -170,12 +174,13 @@ def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
   stages = [s.strip() for s in config.evaluate.stages.split(",") if s.strip()]
   inputs = np.stack([np.asarray(val_source[i]["input"], np.float32) for i in range(len(val_source))])
   targets = np.stack([np.asarray(val_source[i]["target"], np.float32) for i in range(len(val_source))])
-  methods = {"zf": (inputs, None)}
+  methods, objectives = {"zf": (inputs, None)}, {}
   for stage in stages:
     role = "teacher" if stage == "teacher" else "student"
     name, model = build_model(config, role)
-    params, _ = load_stage_params(workdir, stage, name, "evaluate")
+    params, meta = load_stage_params(workdir, stage, name, "evaluate")
     methods[stage] = (predict_all(model, params, val_source, batch_size, mesh), models.count_params(params))
+    objectives[stage] = meta.get("objective")
   summary = {"dataset": config.dataset, "acc": config.acc, "task": config.task, "methods": {}}
   ranges = volume_ranges(val_source)
   for method, (images, num_params) in methods.items():
@@ -191,7 +196,7 @@ def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
             f.create_dataset("reconstruction", data=images[r.start:r.stop])
     summary["methods"][method] = {
         "name": DISPLAY_NAMES.get(method, method), "params": num_params,
-        "volumes": result["volumes"]}
+        "objective": objectives.get(method), "volumes": result["volumes"]}
   if sharding.is_primary():
     # The report's figure needs one slice of each method: the middle slice of the first volume.
     name, r = ranges[0]
@@ -228,13 +233,26 @@ def run_report(config: Any, workdir: str, command: str | None = None) -> str:
   setting = experiment_setting(config)
   report.qualitative_figure(figure, images, slices["target"],
                             title=f"{config.dataset} {setting}, validation slice")
+  objectives = {method["name"]: recorded_objective(config, key, method.get("objective"))
+                for key, method in summary["methods"].items() if key != "zf"}
   written = report.write_report(os.path.join(out, "report.md"), report.results_table(rows), {
       "title": f"KD-MRI: {config.dataset} {setting}", "dataset": config.dataset,
       "acc": "none (super-resolution)" if config.task == "super_resolution" else config.acc,
-      "command": command, "figure": figure})
+      "command": command, "figure": figure, "objectives": report.objectives_section(objectives)})
   with open(os.path.join(out, train.DONE), "w") as f:
     f.write("reported\n")
   return str(written)
+
+
+def recorded_objective(config: Any, stage: str, recorded: dict | None) -> dict:
+  """A stage's objective as its checkpoint recorded it; for a checkpoint from before that record,
+  the config's, marked as such."""
+  if recorded is not None:
+    return recorded
+  described = {**train.describe_objective(stage, config), "from_config": True}
+  if stage == "kd" and config.kd.init_from != "scratch":
+    described["init"] = train.describe_objective(config.kd.init_from, config)
+  return described
 
 
 def experiment_setting(config: Any) -> str:
@@ -263,6 +281,11 @@ def check_prerequisites(config: Any, workdir: str, todo: Sequence[str]) -> None:
   """Fails in one sentence before any work when a stage needs a checkpoint no stage will produce."""
   require(config.kd.init_from in ("feature", "student", "scratch"),
           f"config.kd.init_from={config.kd.init_from!r} is not one of 'feature', 'student', 'scratch'.")
+  needs_init = losses.IMITATION_INIT_FROM.get(config.kd.imitation)
+  require("kd" not in todo or needs_init in (None, config.kd.init_from),
+          f"config.kd.imitation={config.kd.imitation!r} is the authors' script, which starts from "
+          f"the {needs_init} stage; set config.kd.init_from={needs_init} "
+          f"(not {config.kd.init_from!r}).")
   for i, stage in enumerate(todo):
     for needed in prerequisites(config, stage):
       require(needed in STAGES, f"config.evaluate.stages names unknown stage {needed!r}; choose from "

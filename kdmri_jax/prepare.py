@@ -1,7 +1,7 @@
 """Prepare a dataset in the KD-MRI reference layout from fully-sampled volumes.
 
   python -m kdmri_jax.prepare --input VOLUMES --dataset brain --acc 4x 5x 8x --out ROOT \
-      [--mask-dir DIR] [--split 0.8] [--seed 0] [--size H W] [--overwrite]
+      [--mask-dir DIR | --mask-family dccnn] [--mask-seed 22] [--split 0.8] [--seed 0] [--size H W] [--overwrite]
 
 VOLUMES are files or folders (searched recursively) of NIfTI (.nii/.nii.gz, slices along the last axis),
 .npy (S×H×W), h5 with --key (S×H×W), reference-layout h5 ('volfs', H×W×S; point --input at one acc_*
@@ -9,7 +9,8 @@ folder, as every acc folder holds the same targets) or fastMRI h5 ('kspace' + 'r
 `--phantom N` makes N seeded ellipse-phantom volumes instead (any --size).
 Targets are normalised per volume (max 1), volumes split train/validation by a seeded permutation, each
 acceleration undersampled with the masks in --mask-dir (mask_{acc}.npy) or seeded 1-D Cartesian masks
-(whole rows; whole columns for knee), zero-filled = |IFFT2(m·FFT2(target))|. Writes ROOT/{train,validation}/
+of --mask-family (whole rows; whole columns for knee; default "dccnn", the authors' kind: see
+`kdmri_jax.masks`), zero-filled = |IFFT2(m·FFT2(target))|. Writes ROOT/{train,validation}/
 acc_{acc}/*.h5, ROOT/masks/mask_{acc}.npy and ROOT/manifest.json; an existing ROOT is kept unless
 --overwrite.
 """
@@ -39,8 +40,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--acc", nargs="+", default=["4x", "5x", "8x"], help="accelerations (default 4x 5x 8x)")
   parser.add_argument("--out", required=True, help="dataset root to create")
   parser.add_argument("--mask-dir", help="folder with mask_{acc}.npy (H×W, 0/1, unshifted); default: generate")
+  parser.add_argument("--mask-family", default=None,
+                      help="generated masks: dccnn (default, the authors' DC-CNN style) | gaussian")
   parser.add_argument("--split", type=float, default=0.8, help="fraction of volumes for training (0.8)")
-  parser.add_argument("--seed", type=int, default=0, help="seed of the split and the generated masks (0)")
+  parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (0)")
+  parser.add_argument("--mask-seed", type=int, default=22,
+                      help="seed of the generated masks (22: the draw with the authors' brain statistics)")
   parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="centre-crop/pad slices to H×W")
   parser.add_argument("--key", help="array key of plain h5 files")
   parser.add_argument("--slice-axis", type=int, help="slice axis of the input files (see module doc)")
@@ -69,7 +74,7 @@ def read_input(path: str, args: argparse.Namespace) -> np.ndarray:
 
 def unique_name(path: str, taken: set[str]) -> str:
   base = os.path.basename(path)
-  for suffix in (".nii.gz", ".nii", ".npy", ".h5", ".hdf5"):
+  for suffix in (".nii.gz", ".nii", ".npy", ".h5", ".hdf5", ".mat"):
     if base.lower().endswith(suffix):
       base = base[:-len(suffix)]
       break
@@ -101,8 +106,12 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, 
 
 
 def main(argv: Sequence[str]) -> int:
+  from kdmri_jax import masks
   from kdmri_jax.data import writer
   args = parse_args(argv)
+  require(args.mask_dir is None or args.mask_family is None,
+          "--mask-dir and --mask-family exclude each other: masks are either read or generated.")
+  family = masks.check_family(args.mask_family or masks.DEFAULT_FAMILY, "--mask-family")
   out = os.path.abspath(args.out)
   require(args.overwrite or not os.path.exists(out),
           f"{out} already exists; choose another --out or pass --overwrite to replace it.")
@@ -111,15 +120,17 @@ def main(argv: Sequence[str]) -> int:
   loaded, sources = collect(args)
   writer.write_dataset(out, loaded, args.acc, split=args.split, seed=args.seed, direction=direction,
                        mask_dir=args.mask_dir, overwrite=args.overwrite, one_slice_per_file=per_slice,
-                       sources=sources, extra={"dataset": args.dataset})
+                       sources=sources, extra={"dataset": args.dataset}, mask_family=family,
+                       mask_seed=args.mask_seed)
   import json
   with open(os.path.join(out, "manifest.json")) as handle:
     manifest = json.load(handle)
   counts = manifest["counts"]
   print(f"wrote {out}: {counts['train']['volumes']} train volumes ({counts['train']['slices']} slices), "
         f"{counts['validation']['volumes']} validation volumes ({counts['validation']['slices']} slices) of "
-        f"{manifest['shape'][0]}×{manifest['shape'][1]}; masks "
-        + ", ".join(f"{acc}: {m['achieved_acceleration']}x" for acc, m in manifest["masks"].items()))
+        f"{manifest['shape'][0]}×{manifest['shape'][1]}; masks ({args.mask_dir or family}):")
+  for acc, entry in manifest["masks"].items():
+    print(f"  {acc}: {masks.describe(masks.load_mask(os.path.join(out, entry['file'])))}")
   return 0
 
 

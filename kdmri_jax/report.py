@@ -2,7 +2,9 @@
 
 `results_table` lays out rows (ZF, Teacher, Student, KD, or any named methods) with the columns of the
 paper's Table 2 — PSNR and SSIM as mean ± std over the validation volumes — plus NMSE, HFN and the
-parameter count. `write_report` wraps it into report.md with the dataset, command, machine and date.
+parameter count. `objectives_section` says which objective trained each row (the imitation objective
+and α of KD, the criterion that chose the AT student it started from). `write_report` wraps them
+into report.md with the dataset, command, machine and date.
 `qualitative_figure` draws the paper's Figure 3 layout: images on top, absolute error maps below with
 one shared colour scale.
 """
@@ -75,6 +77,75 @@ def results_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
+# The feature stage's best-checkpoint criteria (config.kd.feature_best), in words.
+FEATURE_BEST_TEXT = {
+    "attention_mse": "lowest validation MSE of the teacher/student attention maps "
+                     "(`attention_mse`, the authors' code)",
+    "objective": "lowest validation value of its own feature loss (`objective`)",
+}
+
+
+def _loss_name(loss: str | None) -> str:
+  return (loss or "l1").upper()
+
+
+def _best_text(objective: Mapping[str, Any]) -> str:
+  best = objective.get("best")
+  if best == "val_mse":
+    return "lowest validation MSE to the target"
+  return FEATURE_BEST_TEXT.get(best, f"`{best}`")
+
+
+def _feature_text(objective: Mapping[str, Any]) -> str:
+  weight = objective.get("feature_weight", 1.0)
+  scale = "" if weight in (None, 1, 1.0) else f" × {weight:g}"
+  return (f"feature stage, `{objective.get('feature_loss')}`{scale} on layer pairs "
+          f"`{objective.get('layer_pairs')}`, best checkpoint by {_best_text(objective)}")
+
+
+def _kd_text(objective: Mapping[str, Any]) -> str:
+  text = f"imitation `{objective.get('imitation')}`: {objective.get('formula')}"
+  if objective.get("uses_alpha"):
+    text += f", α = {objective.get('alpha'):g}"
+  else:
+    text += " (α not used)"
+  if _loss_name(objective.get("loss")) != "L1":
+    text += f", with {_loss_name(objective.get('loss'))} in place of L1"
+  if objective.get("kd_feature_weight"):
+    text += f", plus {objective['kd_feature_weight']:g} × the feature loss"
+  init, start = objective.get("init_from"), objective.get("init")
+  if init == "scratch":
+    text += "; started from random weights"
+  elif init == "feature":
+    how = _feature_text(start) if start else "not recorded"
+    text += f"; started from the AT student ({how})"
+  else:
+    text += f"; started from the {init} baseline"
+  return text + f"; best checkpoint by {_best_text(objective)}"
+
+
+def objective_text(objective: Mapping[str, Any] | None) -> str:
+  """One sentence: what trained a row (a stage's recorded objective, `train.describe_objective`)."""
+  if not objective:
+    return "not recorded"
+  if "imitation" in objective:
+    text = _kd_text(objective)
+  elif "feature_loss" in objective:
+    text = _feature_text(objective)
+  else:
+    text = f"{_loss_name(objective.get('loss'))}(x, y); best checkpoint by {_best_text(objective)}"
+  if objective.get("from_config"):
+    text += " (from the config: the checkpoint predates the record)"
+  return text + "."
+
+
+def objectives_section(objectives: Mapping[str, Mapping[str, Any] | None]) -> str:
+  """Markdown list: each trained row's objective (`objective_text`), in row order."""
+  lines = ["Training objectives:", ""]
+  lines += [f"- {name}: {objective_text(objective)}" for name, objective in objectives.items()]
+  return "\n".join(lines) + "\n"
+
+
 def machine_info() -> str:
   """One line: OS, CPU architecture and count, Python, jax version and its devices."""
   import jax  # imported here so that the table and figure need no JAX
@@ -91,7 +162,8 @@ def write_report(path: str | os.PathLike, table: str, meta: Mapping[str, Any] | 
 
   `path` is the report file, or a folder to hold `report.md`. `meta` may give 'title', 'dataset',
   'acc', 'command', 'machine' (default `machine_info()`), 'date' (default now, UTC), 'notes' (text
-  after the table) and 'figure' (a PNG path, linked relative to the report).
+  after the table), 'objectives' (markdown after the table, `objectives_section`) and 'figure' (a
+  PNG path, linked relative to the report).
   """
   meta = dict(meta or {})
   path = pathlib.Path(path)
@@ -109,6 +181,8 @@ def write_report(path: str | os.PathLike, table: str, meta: Mapping[str, Any] | 
   lines += ["", table.rstrip("\n"), "",
             "Mean ± sample standard deviation over the validation volumes; per-volume metrics as the "
             "reference evaluate.py defines them (kdmri_jax.metrics).", ""]
+  if meta.get("objectives"):
+    lines += [str(meta["objectives"]).rstrip("\n"), ""]
   if meta.get("figure"):
     figure = pathlib.Path(meta["figure"])
     rel = os.path.relpath(figure, path.parent) if figure.is_absolute() or figure.exists() else figure

@@ -3,8 +3,11 @@
 The four trained stages of the paper's Algorithm 1 differ only in their objective:
   teacher / student  L1(x, target)                                     (reconstruction baselines)
   feature            w · mean over layer pairs of AT(F_T, F_S)         (teacher frozen; attention transfer)
-  kd                 α·L1(x_S, target) + (1 − α)·L1(x_S, x_T)         (teacher frozen, in inference mode)
-Validation loss (which picks the best checkpoint): MSE to the target, or the feature loss for `feature`.
+  kd                 config.kd.imitation: the paper's α·L1(x_S, target) + (1 − α)·L1(x_S, x_T), or
+                     what the authors' code computes (`losses.IMITATION_OBJECTIVES`; teacher frozen)
+Validation loss (which picks the best checkpoint): MSE to the target; for `feature`,
+config.kd.feature_best: the attention-map MSE of the authors' code (`losses.attention_mse`) or the
+stage's own feature loss.
 A feature loss with its own parameters (FitNet's 1×1 regressor when student and teacher channels differ)
 trains them with the student as `{'student': ..., 'feature': ...}`; checkpoints in `best/` hold the
 student's parameters only.
@@ -170,6 +173,8 @@ def make_objective(stage: str, config: Any, model: nn.Module, teacher: nn.Module
 
   if stage == "feature":
     weight = config.kd.feature_weight
+    best_by = feature_best(config)
+    normalize = attention_normalization(name)
 
     def loss(params, teacher_params, batch):
       _, t_feats, _, s_feats, loss_params = features(params, teacher_params, batch)
@@ -177,6 +182,9 @@ def make_objective(stage: str, config: Any, model: nn.Module, teacher: nn.Module
       return value, {"loss": value}
 
     def eval_loss(params, teacher_params, batch):
+      if best_by == "attention_mse":
+        _, t_feats, _, s_feats, _ = features(params, teacher_params, batch)
+        return losses.attention_mse(t_feats, s_feats, pairs, normalize)
       value = loss(params, teacher_params, batch)[0]  # a batch-level loss, spread over the examples
       return jnp.full(batch["target"].shape[:1], value)
 
@@ -184,12 +192,14 @@ def make_objective(stage: str, config: Any, model: nn.Module, teacher: nn.Module
 
   if stage == "kd":
     alpha, feature_weight = config.kd.alpha, config.kd.kd_feature_weight
+    objective = config.kd.imitation
+    losses.get_imitation(objective)  # one sentence for an unknown name, before any compilation
 
     def loss(params, teacher_params, batch):
       t_image, t_feats, s_image, s_feats, loss_params = features(params, teacher_params, batch)
       s_image = s_image.astype(jnp.float32)
       imitation = losses.imitation(s_image, t_image.astype(jnp.float32), batch["target"], alpha,
-                                   config.train.loss)
+                                   config.train.loss, objective)
       value = imitation
       if feature_weight:
         value = value + feature_weight * feature_losses.feature_distillation(name, t_feats, s_feats, pairs,
@@ -203,6 +213,38 @@ def make_objective(stage: str, config: Any, model: nn.Module, teacher: nn.Module
     return Objective(stage, model, loss, eval_loss, teacher, init_loss_params)
 
   raise InputError(f"unknown training stage {stage!r}; choose teacher, student, feature or kd.")
+
+
+FEATURE_BEST = ("attention_mse", "objective")
+
+
+def feature_best(config: Any) -> str:
+  """config.kd.feature_best, the feature stage's best criterion (one sentence if unknown)."""
+  name = config.kd.feature_best
+  if name not in FEATURE_BEST:
+    raise InputError(f"config.kd.feature_best={name!r} is not one of {list(FEATURE_BEST)}.")
+  return name
+
+
+def attention_normalization(feature_loss: str) -> str:
+  """How `attention_mse` normalises the maps: over the batch for `attention_code` (the authors'
+  maps, in training and in their criterion alike), per sample for every other method (the paper's
+  AT maps, which do not depend on what else is in the validation batch)."""
+  return "batch" if feature_loss == "attention_code" else "sample"
+
+
+def describe_objective(stage: str, config: Any) -> dict[str, Any]:
+  """What a stage optimises and how its best checkpoint is chosen (kept in its checkpoint meta)."""
+  if stage in ("teacher", "student"):
+    return {"loss": config.train.loss, "best": "val_mse"}
+  if stage == "feature":
+    return {"feature_loss": config.kd.feature_loss, "layer_pairs": config.kd.layer_pairs,
+            "feature_weight": config.kd.feature_weight, "best": feature_best(config)}
+  name = config.kd.imitation
+  return {"imitation": name, "formula": losses.imitation_formula(name), "alpha": config.kd.alpha,
+          "uses_alpha": name in losses.IMITATION_USES_ALPHA, "loss": config.train.loss,
+          "kd_feature_weight": config.kd.kd_feature_weight, "init_from": config.kd.init_from,
+          "best": "val_mse"}
 
 
 def _param_shapes(model: nn.Module, height: int = 8, width: int = 8) -> Any:

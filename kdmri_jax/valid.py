@@ -121,6 +121,7 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
     require(mask_path is not None, f"checkpoint {checkpoint} holds a DC-CNN ({meta['model']!r}), which needs "
                                    f"the undersampling mask: pass --mask MASK.npy.")
     mask = masks.load_mask(mask_path, shape=first.shape)
+    reference.require_kspace_within_mask(first.kspace, mask, files[0], mask_path)
   else:
     from kdmri_jax.data import sr
     sr_keep = int(sr_keep or meta.get("sr_keep") or sr.DEFAULT_KEEP)
@@ -128,7 +129,6 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
 
   predict = predictor(model, params, batch_size)
   attrs = {"model": meta["model"], "checkpoint": os.path.abspath(checkpoint)}
-  warned = False
   # disable=None shows a bar on a terminal only; `with` closes it before an error line is printed.
   with tqdm(total=len(files), desc="volumes", unit="vol", disable=None if progress else True) as bar:
     for path, out_path in zip(files, outputs):
@@ -138,11 +138,7 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
         volume = reference.read_volume(path, acc, require_target=not reconstruction)
       if reconstruction:
         masks.check_mask(mask, volume.shape, name=f"mask file {mask_path}")
-        if not warned and np.any(volume.kspace[:, mask == 0] != 0):
-          # Reference k-space is zero off the mask; samples there mean it is not the data's own mask.
-          tqdm.write(f"warning: {path} has k-space samples outside {mask_path}; is it the mask of "
-                     f"acceleration {volume.acc}?", file=sys.stderr)
-          warned = True
+        reference.require_kspace_within_mask(volume.kspace, mask, path, mask_path)
         image = volume.input
         if getattr(model, "complex_images", False):
           image = np.fft.ifft2(volume.kspace, norm="ortho").astype(np.complex64)

@@ -38,7 +38,23 @@ def test_ablation_variants(variant, stages, evaluated, init_from, alpha):
   assert config.stages == stages and config.evaluate.stages == evaluated
   assert config.kd.init_from == init_from and config.kd.alpha == alpha
   assert config.kd.feature_loss == "attention" and config.kd.layer_pairs == "paper"
+  assert config.kd.imitation == "paper" and config.kd.feature_best == "attention_mse"
   assert config.train.num_epochs == 150  # the base config's settings are kept
+
+
+def test_ablation_imitation_rows_keep_the_base_objective_and_feature_only_has_none(monkeypatch):
+  from configs import default
+
+  def authors_base(name):
+    config = default.get_config()
+    config.kd.imitation = "authors_code"
+    return config
+
+  monkeypatch.setattr(ablation, "base_config", authors_base)
+  for variant in ("imitation_only", "attention_imitation"):
+    assert ablation.get_config(f"brain_4x,{variant}").kd.imitation == "authors_code"
+  config = ablation.get_config("brain_4x,feature_only")
+  assert (config.kd.imitation, config.kd.alpha) == ("paper", 1.0)  # L1(x_S, y) alone
 
 
 def test_ablation_on_other_bases_and_overrides():

@@ -68,10 +68,13 @@ def test_tables_and_verdict(tmp_path):
   assert "| KD: attention (paper) | 32.50 ± 1.00 |" in text and "| KD: fitnet | 31.80 ± 1.00 | " in text
   assert "| KD: fsp | not run |" in text and "| Teacher | 33.00 ± 1.00 | 0.8250 ± 0.0250 | — |" in text
   verdict = bs.verdict(run_dirs, "8x", ["attention", "fitnet"])
-  assert "2 of 2 distilled students beat the student alone" in verdict  # imitation only and the paper's
-  assert "(2 significantly: Imitation only, AT + imitation (paper))" in verdict
+  # imitation only and the paper's are 1.0 and 0.5 dB above the student: not more than its 1 dB std
+  assert ("0 of 2 distilled students beat the student alone in PSNR by more than the larger seed "
+          "std with paired p < 0.05 (none)") in verdict
+  assert ("above it on mean PSNR but not resolved: Imitation only (+1.00 dB, p = 0.00391), "
+          "AT + imitation (paper) (+0.50 dB") in verdict
   assert "the best is Imitation only at +1.00 dB" in verdict
-  assert "1 of 2 distilled students" in verdict.split("method comparison")[1]
+  assert "0 of 2 distilled students" in verdict.split("method comparison")[1]
   assert "extra stage of training" not in verdict  # the made-up teacher is 1 dB better than the student
   for workdir in run_dirs.values():  # now a teacher 1 dB worse than the student
     with open(os.path.join(workdir, "results", "teacher", "metrics.json")) as f:
@@ -111,3 +114,19 @@ def test_reproduce_rejects_a_studies_acc_without_runs_and_unknown_methods(tmp_pa
     rb.main(["--collect-only", "--accs", "4x", "--studies-acc", "8x", "--out", out])
   with pytest.raises(bs.common.InputError, match="fitnett"):
     rb.main(["--collect-only", "--methods", "attention,fitnett", "--out", out])
+
+
+def test_step_needs_a_difference_beyond_the_larger_seed_std_and_a_significant_pair_test():
+  assert bs.step((30.0, 0.2), (30.5, 0.1), seeds=2) == "above"
+  assert bs.step((30.5, 0.1), (30.0, 0.2), seeds=2) == "below"
+  assert bs.step((30.0, 0.2), (30.5, 0.6), seeds=2) == "inside"  # 0.5 dB, but a seed std of 0.6
+  assert bs.step((30.0, 0.2), (30.5, 0.1), seeds=2, p=0.2) == "inside"  # test not significant
+  assert bs.step((30.0, 0.2), (30.5, 0.1), seeds=2, p=0.03) == "above"
+  assert bs.step((30.0, 0.0), (30.5, 0.0), seeds=1) == "inside"  # one seed: no spread at all
+
+
+def test_the_studies_verdict_from_a_written_table_matches_the_one_from_the_runs(tmp_path):
+  run_dirs = fake_runs(tmp_path)
+  text = "Setting **cpu**: x.\n\n" + bs.sections(run_dirs, "8x", ["attention", "fitnet"], ["cmd"])
+  assert rb.studies_from_markdown(text) == bs.verdict(run_dirs, "8x", ["attention", "fitnet"])
+  assert rb.studies_from_markdown("no studies here") == ""

@@ -4,8 +4,10 @@ import argparse
 import datetime
 import os
 import pathlib
+import pickle
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -16,15 +18,73 @@ from experiments import pytorch_reference as ref  # noqa: E402
 from kdmri_jax import checkpoints, convert, masks, models  # noqa: E402
 from kdmri_jax.errors import InputError, run_cli  # noqa: E402
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEV_LOSSES = [0.0123, 0.0101, 0.0117]  # the authors' evaluate() returns np.mean of these
+BEST_DEV_LOSS = np.mean(DEV_LOSSES)
 
-def _save_authors_checkpoint(path, model):
-  """What the authors' train_*.py writes: epoch, args, model, optimizer, best_dev_loss, exp_dir."""
-  optimizer = torch.optim.Adam(model.parameters(), 1e-3)
-  args = argparse.Namespace(device="cuda", lr=1e-3, exp_dir=pathlib.Path("/exp/brain/acc_4x"),
-                            acceleration_factor="4x", model_type="teacher")
+
+def _authors_args(model_type):
+  """A real Namespace from a parser shaped like the authors' (paths typed as pathlib.Path)."""
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--lr", type=float, default=1e-3)
+  parser.add_argument("--weight-decay", type=float, default=0.)
+  parser.add_argument("--device", default="cuda")
+  parser.add_argument("--exp-dir", type=pathlib.Path)
+  parser.add_argument("--train-path")
+  parser.add_argument("--acceleration_factor")
+  parser.add_argument("--model_type")
+  return parser.parse_args(["--exp-dir", "/exp/brain/acc_4x", "--train-path", "/data/train",
+                            "--acceleration_factor", "4x", "--model_type", model_type])
+
+
+def _one_adam_step(model, args):
+  """A real Adam (and the authors' StepLR) after one step: its state_dict holds moments, steps."""
+  optimizer = torch.optim.Adam(model.parameters(), args.lr, weight_decay=args.weight_decay)
+  torch.optim.lr_scheduler.StepLR(optimizer, 40, 0.1)
+  zero_filled, kspace, mask = _inputs((16, 16), seed=3)
+  image = torch.from_numpy(zero_filled)[:, None]
+  if isinstance(model, ref.DCCNN):
+    output = model(image, torch.from_numpy(kspace), torch.from_numpy(mask))[0]
+  else:
+    output = model(image)[0]
+  torch.nn.functional.l1_loss(output, image).backward()
+  optimizer.step()
+  return optimizer
+
+
+def _save_authors_checkpoint(path, model, zipfile=True, pickle_module=pickle, args=None):
+  """What the authors' save_model writes: epoch, args, model, optimizer, best_dev_loss, exp_dir,
+  with best_dev_loss = min(1e9, np.mean(losses)), a numpy float64; `zipfile=False` writes torch's
+  legacy format."""
+  args = args or _authors_args("teacher")
+  optimizer = _one_adam_step(model, args)
+  best_dev_loss = min(1e9, np.mean(DEV_LOSSES))
   torch.save({"epoch": 3, "args": args, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-              "best_dev_loss": 0.01, "exp_dir": args.exp_dir}, path)
+              "best_dev_loss": best_dev_loss, "exp_dir": args.exp_dir}, path,
+             _use_new_zipfile_serialization=zipfile, pickle_module=pickle_module)
   return path
+
+
+def _pickle_module_naming(renames):
+  """A pickle module for torch.save that writes each object in `renames` under the dotted name
+  given, as pickles made with numpy 1 (`numpy.core.multiarray.scalar`) or on another OS do."""
+
+  class RenamingPickler(pickle._Pickler):  # the Python pickler, whose save_global can be overridden
+
+    def save_global(self, obj, name=None):
+      if obj not in renames:
+        return super().save_global(obj, name)
+      module, qualname = renames[obj].rsplit(".", 1)
+      self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode())
+      self.memoize(obj)
+
+  module = types.ModuleType("renaming_pickle")
+  module.Pickler, module.dump = RenamingPickler, pickle.dump
+  return module
+
+
+NUMPY_SCALAR = getattr(np, "_core", np.core).multiarray.scalar  # np.core is numpy 1's name
+NUMPY1_PICKLE = _pickle_module_naming({NUMPY_SCALAR: "numpy.core.multiarray.scalar"})
 
 
 def _run(argv, capsys):
@@ -32,17 +92,34 @@ def _run(argv, capsys):
   return status, capsys.readouterr()
 
 
+def _cli_subprocess(*argv):
+  """`python -m kdmri_jax.convert argv` in a fresh interpreter, as a user runs it."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  return subprocess.run([sys.executable, "-m", "kdmri_jax.convert", *map(str, argv)],
+                        capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+
+
+FORMATS = {"zip": True, "legacy": False}  # torch.save's _use_new_zipfile_serialization
+
+
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-  """{name: (torch model, orbax checkpoint dir)} for teacher and student, through the CLI."""
+  """{(name, format): (torch model, orbax checkpoint dir)}: the authors' files through the CLI, the
+  teacher's zip file in a subprocess."""
   torch.manual_seed(0)
   root = tmp_path_factory.mktemp("convert")
   result = {}
   for name in ("teacher", "student"):
-    model = ref.build(name)
-    pt = _save_authors_checkpoint(root / f"{name}_best_model.pt", model)
-    assert run_cli(convert.main, ["--torch-checkpoint", str(pt), "--model", name, "--out", str(root / name)]) == 0
-    result[name] = (model, root / name)
+    for fmt, zipfile in FORMATS.items():
+      model = ref.build(name)
+      pt = _save_authors_checkpoint(root / f"{name}_{fmt}_best_model.pt", model, zipfile)
+      argv = ["--torch-checkpoint", pt, "--model", name, "--out", root / f"{name}_{fmt}"]
+      if (name, fmt) == ("teacher", "zip"):
+        process = _cli_subprocess(*argv)
+        assert process.returncode == 0, process.stderr
+      else:
+        assert run_cli(convert.main, [str(a) for a in argv]) == 0
+      result[name, fmt] = (model, root / f"{name}_{fmt}")
   return result
 
 
@@ -56,12 +133,15 @@ def _inputs(shape, seed=0):
   return zero_filled, kspace, mask
 
 
-@pytest.mark.parametrize("name", ["teacher", "student"])
-@pytest.mark.parametrize("shape", [(240, 240), (150, 150)])
-def test_converted_dccnn_matches_pytorch(converted, name, shape):
-  torch_model, out = converted[name]
+@pytest.mark.parametrize("name, fmt, shape", [
+    ("teacher", "zip", (240, 240)), ("teacher", "zip", (150, 150)),
+    ("teacher", "legacy", (150, 150)), ("student", "zip", (240, 240)),
+    ("student", "legacy", (240, 240)), ("student", "legacy", (150, 150))])
+def test_converted_dccnn_matches_pytorch(converted, name, fmt, shape):
+  torch_model, out = converted[name, fmt]
   model, params, meta = checkpoints.load_params(out, expected_model=name)
   assert meta["model"] == name and meta["source"] == "pytorch"
+  assert meta["torch_epoch"] == 3 and meta["torch_best_dev_loss"] == float(BEST_DEV_LOSS)
   zero_filled, kspace, mask = _inputs(shape)
   jax_out, _ = models.apply(model, params, {"input": zero_filled, "kspace": kspace, "mask": mask})
   with torch.inference_mode():
@@ -175,12 +255,94 @@ def test_missing_torch_gives_the_install_command(tmp_path, monkeypatch):
 
 def test_cli_subprocess_reports_wrong_model_in_one_line(tmp_path):
   torch.save(ref.build("vdsr_student").state_dict(), tmp_path / "vdsr.pt")
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-m", "kdmri_jax.convert", "--torch-checkpoint",
-                           str(tmp_path / "vdsr.pt"), "--model", "vdsr_teacher", "--out", str(tmp_path / "ck")],
-                          capture_output=True, text=True, env=env, timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = _cli_subprocess("--torch-checkpoint", tmp_path / "vdsr.pt", "--model", "vdsr_teacher",
+                           "--out", tmp_path / "ck")
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
   assert result.stderr.startswith("error: ") and "'conv8.weight' is missing" in result.stderr
   assert "--model vdsr_student" in result.stderr and not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_authors_objects_load_as_themselves_in_both_formats(tmp_path, fmt):
+  pt = _save_authors_checkpoint(tmp_path / "model.pt", ref.build("vdsr_student"), FORMATS[fmt])
+  with pytest.raises(pickle.UnpicklingError):  # a real file needs the allow-list ...
+    torch.load(pt, weights_only=True)
+  checkpoint = convert.read_torch_checkpoint(pt)  # ... which convert supplies only while loading
+  assert not set(convert.authors_pickle_globals()) & set(torch.serialization.get_safe_globals())
+  args = checkpoint["args"]
+  assert isinstance(args, argparse.Namespace) and args.model_type == "teacher" and args.lr == 1e-3
+  assert type(checkpoint["exp_dir"]) is type(pathlib.Path())
+  assert args.exp_dir == checkpoint["exp_dir"] == pathlib.Path("/exp/brain/acc_4x")
+  loss = checkpoint["best_dev_loss"]
+  assert type(loss) is np.float64 and loss == BEST_DEV_LOSS
+  adam = checkpoint["optimizer"]
+  assert adam["param_groups"][0]["initial_lr"] == 1e-3
+  assert len(adam["state"]) == len(checkpoint["model"])
+  assert all(float(state["exp_avg_sq"].abs().sum()) > 0 for state in adam["state"].values())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_numpy1_era_checkpoint_converts(tmp_path, capsys, fmt):
+  torch.manual_seed(4)
+  torch_model = ref.build("vdsr_teacher")
+  pt = _save_authors_checkpoint(tmp_path / "old.pt", torch_model, FORMATS[fmt], NUMPY1_PICKLE)
+  raw = pt.read_bytes()  # torch stores the pickle uncompressed, so its GLOBAL names can be read
+  assert b"numpy.core.multiarray\nscalar" in raw and b"numpy._core" not in raw
+  loss = convert.read_torch_checkpoint(pt)["best_dev_loss"]
+  assert type(loss) is np.float64 and loss == BEST_DEV_LOSS
+  argv = ["--torch-checkpoint", pt, "--model", "vdsr_teacher", "--out", tmp_path / "ck"]
+  status, captured = _run(argv, capsys)
+  assert status == 0, captured.err
+  model, params, meta = checkpoints.load_params(tmp_path / "ck", expected_model="vdsr_teacher")
+  assert meta["torch_best_dev_loss"] == float(loss)
+  image = np.random.default_rng(5).random((1, 20, 24)).astype(np.float32)
+  with torch.inference_mode():
+    torch_out = torch_model(torch.from_numpy(image)[:, None])[0][:, 0].numpy()
+  jax_out = np.asarray(models.apply(model, params, {"input": image})[0])
+  assert np.abs(jax_out - torch_out).max() <= 1e-4
+
+
+@pytest.mark.skipif(os.name == "nt", reason="reads a WindowsPath where it cannot be created")
+def test_exp_dir_saved_on_windows_loads_as_a_pure_windows_path(tmp_path, capsys):
+  windows = _pickle_module_naming({pathlib.PureWindowsPath: "pathlib.WindowsPath"})
+  args = _authors_args("student")
+  args.exp_dir = pathlib.PureWindowsPath(r"C:\exp\brain")  # `type=pathlib.Path` on Windows
+  pt = _save_authors_checkpoint(tmp_path / "win.pt", ref.build("student"), pickle_module=windows,
+                                args=args)
+  assert b"pathlib\nWindowsPath" in pt.read_bytes()
+  assert convert.read_torch_checkpoint(pt)["exp_dir"] == pathlib.PureWindowsPath(r"C:\exp\brain")
+  argv = ["--torch-checkpoint", pt, "--model", "student", "--out", tmp_path / "ck"]
+  assert _run(argv, capsys)[0] == 0
+
+
+def _touch(path):
+  """Stands for any code a pickle could run: leaves `path` behind when called."""
+  pathlib.Path(path).touch()
+
+
+class _RunsShell:
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return os.system, (f"touch {self.marker}",)
+
+
+class _CallsFunction(_RunsShell):
+  def __reduce__(self):
+    return _touch, (str(self.marker),)
+
+
+@pytest.mark.parametrize("payload, refused",
+                         [(_RunsShell, f"{os.name}.system"), (_CallsFunction, "._touch")])
+def test_a_file_that_would_run_code_is_refused_unrun(tmp_path, capsys, payload, refused):
+  marker = tmp_path / "ran"
+  model = ref.build("vdsr_student")
+  torch.save({"model": model.state_dict(), "best_dev_loss": payload(marker)}, tmp_path / "evil.pt")
+  status, captured = _run(["--torch-checkpoint", tmp_path / "evil.pt", "--model", "vdsr_student",
+                           "--out", tmp_path / "ck"], capsys)
+  _assert_one_line_error(status, captured, refused, "none of the types", "--trust-pickle")
+  assert not marker.exists() and not (tmp_path / "ck").exists()
+  convert.read_torch_checkpoint(tmp_path / "evil.pt", trust_pickle=True)  # the payload is real:
+  assert marker.exists()  # trusting the file runs it

@@ -1,11 +1,16 @@
-"""Tests of the plain volume readers (kdmri_jax.data.volumes): NIfTI, .npy, h5 with a key."""
+"""Tests of the plain volume readers (kdmri_jax.data.volumes): NIfTI, .npy, h5/.mat with a key."""
+
+import json
+import subprocess
+import sys
 
 import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+import scipy.io
 
-from kdmri_jax.data import volumes
+from kdmri_jax.data import reference, volumes
 from kdmri_jax.errors import InputError
 
 
@@ -97,3 +102,164 @@ def test_slice_index_over_volumes(tmp_path):
   assert len(index) == 5 and index.locate(3) == ("b", 0)
   assert index[0]["target"].shape == (6, 6)
   assert max(index[i]["target"].max() for i in range(3)) == pytest.approx(1.0)  # per-volume max
+
+
+# --- MATLAB .mat: v5 through scipy, v7.3 (HDF5, column-major) through h5py ------------------------
+
+_MATLAB_CLASSES = {np.dtype(np.float64): "double", np.dtype(np.float32): "single",
+                   np.dtype(np.int16): "int16", np.dtype(np.uint8): "uint8"}
+
+
+def _matlab_header() -> bytes:
+  """The 128 bytes MATLAB writes into a v7.3 file's 512-byte userblock: text, subsystem offset,
+  version 0x0200, endian indicator 'IM'."""
+  text = (b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 "
+          b"HDF5 schema 1.00 .")
+  return text.ljust(116, b" ") + bytes(8) + b"\x00\x02" + b"IM"
+
+
+def _save_mat73(path, variables):
+  """A file laid out as MATLAB's `save -v7.3`: each array written transposed (MATLAB is
+  column-major), a MATLAB_class attribute, complex as a ('real', 'imag') compound, a struct as a
+  group, behind the userblock header."""
+  with h5py.File(path, "w", userblock_size=512) as f:
+    for name, value in variables.items():
+      if isinstance(value, dict):
+        group = f.create_group(name)
+        group.attrs["MATLAB_class"] = np.bytes_("struct")
+        for field, array in value.items():
+          group[field] = np.asarray(array).T
+        continue
+      value = np.asarray(value)
+      if np.iscomplexobj(value):
+        parts = value.real.dtype
+        compound = np.empty(value.shape, [("real", parts), ("imag", parts)])
+        compound["real"], compound["imag"] = value.real, value.imag
+        data, matlab_class = compound, _MATLAB_CLASSES[parts]
+      elif value.dtype.kind == "U":  # MATLAB char arrays are uint16 codes
+        data = np.array([ord(c) for c in str(value)], np.uint16)[:, None]
+        matlab_class = "char"
+      else:
+        data, matlab_class = value, _MATLAB_CLASSES[value.dtype]
+      f.create_dataset(name, data=data.T).attrs["MATLAB_class"] = np.bytes_(matlab_class)
+  with open(path, "r+b") as handle:
+    handle.write(_matlab_header())
+
+
+def _save_mat(path, version, variables):
+  """`variables` as a .mat file of `version` ('v5': scipy.io.savemat; 'v7.3': `_save_mat73`)."""
+  if version == "v5":
+    scipy.io.savemat(path, variables)
+  else:
+    _save_mat73(path, variables)
+  return str(path)
+
+
+def _knee_like(shape=(10, 8, 3), seed=0):
+  """An H×W×S complex volume, as MATLAB users store knee data (slices last)."""
+  rng = np.random.default_rng(seed)
+  return rng.random(shape) * np.exp(1j * rng.random(shape)) + 0.1
+
+
+def test_mat73_fixture_looks_like_matlab(tmp_path):
+  volume = _knee_like()
+  _save_mat73(tmp_path / "v.mat", {"img": volume})
+  head = (tmp_path / "v.mat").read_bytes()[:128]
+  assert head.startswith(b"MATLAB 7.3 MAT-file") and head[-2:] == b"IM"
+  assert h5py.is_hdf5(tmp_path / "v.mat") and volumes.is_mat73(str(tmp_path / "v.mat"))
+  with h5py.File(tmp_path / "v.mat") as f:
+    assert f["img"].shape == (3, 8, 10)  # what h5py sees: MATLAB's H×W×S reversed
+    assert f["img"].attrs["MATLAB_class"] == b"double"
+  scipy.io.savemat(tmp_path / "v5.mat", {"img": volume})
+  assert not volumes.is_mat73(str(tmp_path / "v5.mat"))
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.complex128, np.int16])
+def test_mat_volumes_read_equal_the_originals(tmp_path, version, dtype):
+  original = _knee_like()
+  if not np.issubdtype(dtype, np.complexfloating):
+    original = original.real * (1000 if dtype == np.int16 else 1)
+  original = original.astype(dtype)
+  path = _save_mat(tmp_path / "knee.mat", version, {"img": original, "other": np.arange(4.0)})
+  volume = volumes.read_any(path, key="img")
+  assert volume.shape == (3, 10, 8) and volume.dtype == np.float32
+  for s in range(3):  # slice s of MATLAB's img(:, :, s)
+    np.testing.assert_allclose(volume[s], np.abs(original[:, :, s]), rtol=1e-6)
+  np.testing.assert_allclose(volumes.read_any(path, key="img", slice_axis=0)[4],
+                             np.abs(original[4]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+def test_mat_single_variable_and_single_slice(tmp_path, version):
+  image = _knee_like((6, 5, 1))[..., 0].real
+  volume = volumes.read_any(_save_mat(tmp_path / "slice.mat", version, {"x": image}))  # no --key
+  assert volume.shape == (1, 6, 5)
+  np.testing.assert_allclose(volume[0], image, rtol=1e-6)
+
+
+@pytest.mark.parametrize("version", ["v5", "v7.3"])
+@pytest.mark.parametrize("variables, key, message", [
+    ({"img": np.ones((4, 4, 2)), "b": np.ones(2)}, None,
+     r"holds several arrays \['b', 'img'\]; choose one"),
+    ({"img": np.ones((4, 4, 2))}, "volume", r"has no key 'volume' \(keys: \['img'\]\)"),
+    ({"s": {"data": np.ones((4, 4))}}, "s", r"\(key 's'\) is a MATLAB struct, not a numeric array"),
+    ({"name": np.array("knee")}, "name", r"\(key 'name'\) is a MATLAB char, not a numeric array"),
+    ({"img": np.ones((4, 4, 2, 3))}, "img",
+     r"\(key 'img'\): the volume has shape \(4, 4, 2, 3\); expected"),
+    ({"img": np.full((4, 4, 2), np.nan)}, "img", r"\(key 'img'\): the volume contains NaN or Inf"),
+])
+def test_bad_mat_inputs_name_file_and_key(tmp_path, version, variables, key, message):
+  path = _save_mat(tmp_path / "bad.mat", version, variables)
+  with pytest.raises(InputError, match=message) as error:
+    volumes.read_any(path, key=key)
+  assert str(error.value).startswith(path) and str(error.value).count(". ") == 0
+
+
+def test_mat_cells_and_unreadable_files(tmp_path):
+  cell = np.empty((1, 2), object)
+  cell[0, 0], cell[0, 1] = np.ones((3, 3)), np.zeros((3, 3))
+  scipy.io.savemat(tmp_path / "c.mat", {"c": cell})
+  with pytest.raises(InputError, match=r"\(key 'c'\) is a MATLAB cell, not a numeric array"):
+    volumes.read_any(str(tmp_path / "c.mat"), key="c")
+  with h5py.File(tmp_path / "c73.mat", "w") as f:  # v7.3 cells are arrays of object references
+    f.create_dataset("c", (2, 1), dtype=h5py.ref_dtype).attrs["MATLAB_class"] = np.bytes_("cell")
+  with pytest.raises(InputError, match=r"\(key 'c'\) is a MATLAB cell"):
+    volumes.read_any(str(tmp_path / "c73.mat"), key="c")
+  (tmp_path / "text.mat").write_text("not a mat file")
+  with pytest.raises(InputError, match=r"text\.mat is not a readable MATLAB \.mat file"):
+    volumes.read_any(str(tmp_path / "text.mat"))
+  assert volumes.kind_of("x/K.MAT") == "mat"
+  assert [p.split("/")[-1] for p in volumes.find_files(str(tmp_path))] == [
+      "c.mat", "c73.mat", "text.mat"]
+
+
+def test_prepare_from_mat_volumes_end_to_end(tmp_path):
+  folder = tmp_path / "knee_mat"
+  folder.mkdir()
+  originals = {f"knee{i}": _knee_like((12, 10, 2), seed=i) * (i + 1) for i in range(3)}
+  for i, (name, volume) in enumerate(originals.items()):
+    variables = {"img": volume, "header": np.arange(3.0)}
+    _save_mat(folder / f"{name}.mat", ["v5", "v7.3"][i % 2], variables)
+  out = tmp_path / "knee"
+  command = [sys.executable, "-m", "kdmri_jax.prepare", "--input", str(folder), "--key", "img",
+             "--dataset", "knee", "--acc", "4x", "--out", str(out), "--split", "0.67",
+             "--no-per-slice"]
+  result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert sorted(manifest["sources"]) == sorted(originals)
+  seen = {}
+  for split in ("train", "validation"):
+    for path in reference.list_volumes(str(out), split, "4x"):
+      name = path.split("/")[-1].split(".")[0]
+      seen[name] = reference.read_volume(path, "4x", require_target=True).target  # S×H×W
+  assert sorted(seen) == sorted(originals)
+  for name, volume in originals.items():
+    magnitude = np.moveaxis(np.abs(volume), -1, 0)  # MATLAB's img(:, :, s) is slice s
+    np.testing.assert_allclose(seen[name], magnitude / magnitude.max(), rtol=1e-5, atol=1e-6)
+
+  missing = command[:5] + ["--key", "missing", "--dataset", "knee", "--out", str(tmp_path / "x")]
+  bad = subprocess.run(missing, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2 and "has no key 'missing'" in bad.stderr
+  assert len(bad.stderr.splitlines()) == 1 and not (tmp_path / "x").exists()

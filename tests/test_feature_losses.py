@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from kdmri_jax import feature_losses as fl
+from helpers import stage_state, tiny_main_argv
+from kdmri_jax import checkpoints, feature_losses as fl
 from kdmri_jax.errors import InputError
 from kdmri_jax.models import apply, build_model, init_params
+from kdmri_jax.train_input import synthetic_source
 
 
 def _maps(*shape, seed=0, offset=0.1):
@@ -90,6 +93,88 @@ def test_feature_imitation_hand_example():
   student = np.array([1, 0, 3, 8], np.float32).reshape(1, 2, 2, 1)
   assert float(fl.feature_l1(teacher, student)) == pytest.approx((2 + 4) / 4)
   assert float(fl.feature_l2(teacher, student)) == pytest.approx((4 + 16) / 4)
+
+
+def test_rkd_hand_example():
+  # Teacher: a right isosceles triangle (0,0),(1,0),(0,1); student: collinear (0,0),(1,0),(2,0).
+  teacher = np.array([[0, 0], [1, 0], [0, 1]], np.float32).reshape(3, 1, 1, 2)
+  student = np.array([[0, 0], [1, 0], [2, 0]], np.float32).reshape(3, 1, 1, 2)
+  # Distances over their mean: teacher (1, 1, √2)/((2 + √2)/3), student (1, 2, 1)/(4/3); each pair
+  # appears twice.
+  mu_t = (2 + math.sqrt(2)) / 3
+  gaps = [1 / mu_t - 0.75, 1 / mu_t - 1.5, math.sqrt(2) / mu_t - 0.75]
+  distance = 2 * sum(0.5 * g * g for g in gaps) / 9
+  # Angle cosines at vertices 0, 1, 2: teacher (0, √2/2, √2/2), student (1, −1, 1); Huber of gaps
+  # 1, 1 + √2/2, 1 − √2/2 is 1/2, 1/2 + √2/2, (1 − √2/2)²/2 (sum 7/4), each twice, over 27 triplets.
+  angle = 2 * 1.75 / 27
+  assert float(fl.relational(teacher, student)) == pytest.approx(distance + 2 * angle, rel=1e-5)
+  # Relations are scale-free: a student three times the teacher has the same distances and angles.
+  assert float(fl.relational(teacher, 3 * teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_pkt_hand_example():
+  # Teacher cosines c01 = 0, c02 = 1, c12 = 0 -> K = (c + 1)/2; rows over the two other samples:
+  # p_{·|0} = (1/3, 2/3), p_{·|1} = (1/2, 1/2), p_{·|2} = (2/3, 1/3). Student: all equal -> q = 1/2.
+  teacher = np.array([[1, 0], [0, 1], [1, 0]], np.float32).reshape(3, 1, 1, 2)
+  student = np.ones((3, 1, 1, 2), np.float32)
+  row = (1 / 3) * math.log(2 / 3) + (2 / 3) * math.log(4 / 3)
+  assert float(fl.probabilistic_transfer(teacher, student)) == pytest.approx(2 * row / 3, rel=1e-4)
+  # One neighbour each: p = q = 1.
+  assert float(fl.probabilistic_transfer(teacher[:2], student[:2])) == 0.0
+
+
+def test_nst_hand_example():
+  # Teacher channels (1, 0), (0, 1) over two pixels; student one channel (1, 1)/√2.
+  # MMD² = mean k_TT (1, 0, 0, 1 -> 1/2) + k_SS (1) − 2 mean k_TS (1/2) = 1/2.
+  teacher = np.array([[1, 0], [0, 1]], np.float32).reshape(1, 1, 2, 2)
+  student = np.ones((1, 1, 2, 1), np.float32)
+  assert float(fl.neuron_selectivity(teacher, student)) == pytest.approx(0.5, abs=1e-6)
+  assert float(fl.neuron_selectivity(teacher, 5 * teacher)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ab_hand_example_and_its_zero():
+  teacher = np.array([0.5, 0.0], np.float32).reshape(1, 1, 1, 2)  # neuron 0 on, neuron 1 off
+  student = np.array([0.25, 0.5], np.float32).reshape(1, 1, 1, 2)
+  # On: max(0, 1 − 0.25)² = 0.5625; off: max(0, 1 + 0.5)² = 2.25.
+  assert float(fl.activation_boundary(teacher, student)) == pytest.approx((0.5625 + 2.25) / 2)
+  beyond = np.array([1.5, -1.0], np.float32).reshape(1, 1, 1, 2)  # past the margin, right side
+  assert float(fl.activation_boundary(teacher, beyond)) == 0.0
+  # Margin 1/4: the on neuron is exactly at it (0), the off one costs (0.25 + 0.5)².
+  got = float(fl.activation_boundary(teacher, student, margin=0.25))
+  assert got == pytest.approx(0.75 ** 2 / 2)
+  # A connector from one student channel: r(s) = s·[2, −4] + [0, 0] puts s = 1 past both margins.
+  params = {"conv1x1": {"kernel": jnp.array([[2.0, -4.0]]), "bias": jnp.zeros(2)}}
+  assert float(fl.activation_boundary(teacher, np.ones((1, 1, 1, 1), np.float32), params)) == 0.0
+
+
+def _inverse_softplus(y):
+  return math.log(math.expm1(y))
+
+
+def test_vid_hand_example():
+  teacher = np.array([1.0, 3.0], np.float32).reshape(1, 1, 1, 2)
+  student = np.array([0.0, 1.0], np.float32).reshape(1, 1, 1, 2)
+  # σ² = 1: ½ mean (t − s)².
+  assert float(fl.variational_information(teacher, student)) == pytest.approx((1 + 4) / 2 / 2)
+  # μ = three identity 1×1 convolutions (the inputs are ≥ 0, so the ReLUs pass them), σ² = (1, 4):
+  # mean(½ log 1 + 1²/2, ½ log 4 + 2²/8) = (0.5 + ln 2 + 0.5)/2.
+  eye = {"kernel": jnp.eye(2).reshape(1, 1, 2, 2), "bias": jnp.zeros(2)}
+  alpha = jnp.array([_inverse_softplus(1 - fl.VID_EPS), _inverse_softplus(4 - fl.VID_EPS)])
+  params = {"regressor": {f"conv_{i}": eye for i in range(3)}, "alpha": alpha}
+  assert float(fl.variational_information(teacher, student, params)) == pytest.approx(
+      (1 + math.log(2)) / 2, rel=1e-5)
+  start = fl.init_vid(teacher, student[..., :1], jax.random.PRNGKey(0))
+  np.testing.assert_allclose(fl.vid_variance(start["alpha"]), [1.0, 1.0], rtol=1e-6)
+  assert start["regressor"]["conv_0"]["kernel"].shape == (1, 1, 1, 2)  # from C_S = 1 to C_T = 2
+
+
+def test_ft_hand_example():
+  # Factors are the maps without parameters: (1, 0) vs (1, 1)/√2 -> mean |diff| =
+  # (1 − 1/√2 + 1/√2)/2.
+  teacher = np.array([1.0, 0.0], np.float32).reshape(1, 1, 1, 2)
+  student = np.array([1.0, 1.0], np.float32).reshape(1, 1, 1, 2)
+  assert float(fl.factor_transfer(teacher, student)) == pytest.approx(0.5, abs=1e-6)
+  assert float(fl.factor_transfer(teacher, 7 * teacher)) == pytest.approx(0.0, abs=1e-7)
 
 
 # --- NumPy loop references on B=2, H=W=3, C=2 -----------------------------------------------------------
@@ -190,6 +275,155 @@ def test_losses_match_numpy_loops():
   assert float(fl.fitnet(t, s)) == pytest.approx(((t - s) ** 2).mean(), rel=1e-6)
 
 
+def _np_huber(x):
+  return 0.5 * x * x if abs(x) <= 1 else abs(x) - 0.5
+
+
+def _np_rkd(t, s):
+  def relations(f):
+    e = f.reshape(len(f), -1).astype(np.float64)
+    b = len(e)
+    dist = np.array([[np.linalg.norm(e[i] - e[j]) for j in range(b)] for i in range(b)])
+    dist /= dist.sum() / (b * (b - 1))
+    angle = np.zeros((b, b, b))
+    for j in range(b):
+      for i in range(b):
+        for k in range(b):
+          if i != j and k != j:
+            u, v = e[i] - e[j], e[k] - e[j]
+            angle[j, i, k] = u @ v / (np.linalg.norm(u) * np.linalg.norm(v))
+    return dist, angle
+
+  (dt, at), (ds, as_) = relations(t), relations(s)
+  distance = np.mean([_np_huber(x) for x in (dt - ds).ravel()])
+  return distance + 2 * np.mean([_np_huber(x) for x in (at - as_).ravel()])
+
+
+def _np_pkt(t, s):
+  def conditional(f):
+    e = f.reshape(len(f), -1).astype(np.float64)
+    b = len(e)
+    kernel = np.array([[(e[i] @ e[j] / (np.linalg.norm(e[i]) * np.linalg.norm(e[j])) + 1) / 2
+                        for j in range(b)] for i in range(b)])
+    return {(i, j): kernel[i, j] / sum(kernel[i, k] for k in range(b) if k != i)
+            for i in range(b) for j in range(b) if i != j}
+
+  p, q = conditional(t), conditional(s)
+  return sum(p[ij] * math.log(p[ij] / q[ij]) for ij in p) / len(t)
+
+
+def _np_nst(t, s):
+  def channels(f):
+    maps = [f[..., c].ravel().astype(np.float64) for c in range(f.shape[-1])]
+    return [m / np.linalg.norm(m) for m in maps]
+
+  total = 0.0
+  for n in range(len(t)):
+    ct, cs = channels(t[n]), channels(s[n])
+    k = lambda xs, ys: np.mean([(x @ y) ** 2 for x in xs for y in ys])
+    total += k(ct, ct) + k(cs, cs) - 2 * k(ct, cs)
+  return total / len(t)
+
+
+def _np_ab(t, s, margin=1.0):
+  out = np.where(t > 0, np.maximum(0, margin - s) ** 2, np.maximum(0, margin + s) ** 2)
+  return out.mean()
+
+
+def _np_conv(x, layer):
+  """'SAME' stride-1 cross-correlation with bias, by loops; kernel (k, k, C_in, C_out) as flax's."""
+  kernel, bias = np.asarray(layer["kernel"], np.float64), np.asarray(layer["bias"], np.float64)
+  k = kernel.shape[0]
+  pad = np.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+  b, h, w, _ = x.shape
+  out = np.zeros((b, h, w, kernel.shape[-1]))
+  for n in range(b):
+    for y in range(h):
+      for xx in range(w):
+        patch = pad[n, y:y + k, xx:xx + k]  # (k, k, C_in)
+        out[n, y, xx] = np.tensordot(patch, kernel, axes=3) + bias
+  return out
+
+
+def _np_stack(x, params, slope):
+  """Convolutions conv_0, conv_1, ... with a (leaky) ReLU between them."""
+  x = np.asarray(x, np.float64)
+  for i in range(len(params)):
+    if i:
+      x = np.where(x > 0, x, slope * x)
+    x = _np_conv(x, params[f"conv_{i}"])
+  return x
+
+
+def _np_vid(t, s, params):
+  mean = _np_stack(s, params["regressor"], 0.0)
+  var = np.log1p(np.exp(np.asarray(params["alpha"], np.float64))) + 1e-5
+  return np.mean(0.5 * np.log(var) + (t - mean) ** 2 / (2 * var))
+
+
+def _np_ft(t, s, params):
+  def unit(f):
+    flat = f.reshape(len(f), -1)
+    return flat / np.linalg.norm(flat, axis=1, keepdims=True)
+
+  encoded = _np_stack(t, params["encoder"], 0.1)
+  reconstruction = np.mean((t - _np_stack(encoded, params["decoder"], 0.1)) ** 2)
+  factor_s = _np_stack(s, params["translator"], 0.1)
+  return np.mean(np.abs(unit(encoded) - unit(factor_s))) + reconstruction
+
+
+def test_new_methods_match_numpy_loops():
+  t, s = _maps(4, 3, 3, 2, seed=11), _maps(4, 3, 3, 3, seed=12)  # channel counts differ
+  assert float(fl.relational(t, s)) == pytest.approx(_np_rkd(t, s), rel=1e-4)
+  assert float(fl.probabilistic_transfer(t, s)) == pytest.approx(_np_pkt(t, s), rel=1e-3)
+  assert float(fl.neuron_selectivity(t, s)) == pytest.approx(_np_nst(t, s), rel=1e-4)
+  same = _maps(4, 3, 3, 2, seed=13) - 0.4  # signed, like pre-activations: both hinge sides active
+  assert float(fl.activation_boundary(t, same)) == pytest.approx(_np_ab(t, same), rel=1e-5)
+  vid = fl.init_vid(t, s, jax.random.PRNGKey(1))
+  vid["alpha"] = jnp.array([0.3, -0.5])  # away from σ² = 1, so the variance term is tested too
+  assert float(fl.variational_information(t, s, vid)) == pytest.approx(_np_vid(t, s, vid), rel=1e-4)
+  ft = fl.init_ft(t, s, jax.random.PRNGKey(2))
+  assert float(fl.factor_transfer(t, s, ft)) == pytest.approx(_np_ft(t, s, ft), rel=1e-4)
+  connector = fl.init_hint_regressor(t, s, jax.random.PRNGKey(3))
+  mapped = np.asarray(s, np.float64) @ np.asarray(connector["conv1x1"]["kernel"]) \
+      + np.asarray(connector["conv1x1"]["bias"])
+  got = float(fl.activation_boundary(t, s, connector))
+  assert got == pytest.approx(_np_ab(t, mapped), rel=1e-5)
+
+
+def test_trainable_parts_and_what_trains_them():
+  t, s = _maps(2, 4, 4, 4, seed=21), _maps(2, 4, 4, 2, seed=22)
+  ft = fl.init_ft(t, s, jax.random.PRNGKey(0))
+  m = math.ceil(fl.FT_RATE * 4)
+  assert ft["encoder"]["conv_2"]["kernel"].shape == (3, 3, m, m)
+  assert ft["decoder"]["conv_2"]["kernel"].shape == (3, 3, 4, 4)
+  assert ft["translator"]["conv_0"]["kernel"].shape == (3, 3, 2, 2)
+  grads = jax.grad(lambda p: fl.factor_transfer(t, s, p))(ft)
+  # The paraphraser learns from its reconstruction alone (the factor term sees F_T as a constant).
+  nets = fl.ft_networks(4, 2)
+
+  def reconstruction(encoder):
+    encoded = nets["encoder"].apply({"params": encoder}, jnp.asarray(t))
+    return jnp.mean(jnp.square(t - nets["decoder"].apply({"params": ft["decoder"]}, encoded)))
+
+  for got, want in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(jax.grad(reconstruction)(
+      ft["encoder"]))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["translator"]))
+  vid = fl.init_vid(t, s, jax.random.PRNGKey(1))
+  grads = jax.grad(lambda p: fl.variational_information(t, s, p))(vid)
+  assert float(jnp.abs(grads["alpha"]).max()) > 0
+  assert float(jnp.abs(grads["regressor"]["conv_0"]["kernel"]).max()) > 0
+  # Which methods get trainable parts for equal widths (KD-MRI's 32/32) and for unequal ones.
+  pairs = fl.PAPER_LAYER_PAIRS["dccnn"]
+  equal, narrow = (_dccnn_like(5), _dccnn_like(3)), (_dccnn_like(5, 4), _dccnn_like(3, 2))
+  cases = (("vid", True), ("ft", True), ("ab", False), ("fitnet", False), ("rkd", False))
+  for name, with_equal in cases:
+    key = jax.random.PRNGKey(0)
+    assert bool(fl.init_feature_params(name, *equal, pairs, key)) == with_equal, name
+    assert bool(fl.init_feature_params(name, *narrow, pairs, key)) == (name != "rkd"), name
+
+
 # --- every registered method: zero at equality, gradients, jit, batch 1 -------------------------------
 
 
@@ -203,10 +437,21 @@ def _pair(name, batch, seed=0, same=False):
   return t, s
 
 
-@pytest.mark.parametrize("name", sorted(fl.FEATURE_LOSSES))
+# Margin losses are not distances between the maps: not 0 at student = teacher (see AB's docstring).
+_MARGINS = {"ab"}
+
+
+@pytest.mark.parametrize("name", sorted(set(fl.FEATURE_LOSSES) - _MARGINS))
 def test_zero_when_student_equals_teacher(name):
-  t, s = _pair(name, 2, same=True)
+  t, s = _pair(name, 4, same=True)
   assert abs(float(fl.FEATURE_LOSSES[name](t, s))) < 1e-6
+
+
+def test_margin_losses_are_zero_past_the_margin_only():
+  t = _maps(2, 4, 4, 3, seed=7) - 0.5  # about half the teacher's neurons off
+  past = np.where(t > 0, 1.0 + t, -1.0 - np.abs(t))
+  assert float(fl.activation_boundary(t, past)) == 0.0
+  assert float(fl.activation_boundary(t, np.maximum(t, 0))) > 0
 
 
 # Aliases (pairwise = local_affinity) are the same function: test each function once.
@@ -216,7 +461,7 @@ _DISTINCT = sorted({fn: name for name, fn in sorted(fl.FEATURE_LOSSES.items(), r
 @pytest.mark.parametrize("name", _DISTINCT)
 def test_positive_gradients_finite_jit_and_batch_one(name):
   fn = fl.FEATURE_LOSSES[name]
-  t, s = _pair(name, 2)
+  t, s = _pair(name, 4)  # the paper's batch; PKT compares each sample with B − 1 ≥ 2 others
   value = float(fn(t, s))
   assert value > 0
   grads = jax.grad(lambda x: fn(t, x))(jax.tree_util.tree_map(jnp.asarray, s))
@@ -310,7 +555,7 @@ def test_fitnet_regressor_params_when_channels_differ():
 def _real_feature_shapes(name, size=8):
   """Random maps shaped like the features model `name` returns (traced with eval_shape: no compile)."""
   model = build_model(name)
-  batch = {"input": jnp.zeros((2, size, size)), "kspace": jnp.zeros((2, size, size), jnp.complex64),
+  batch = {"input": jnp.zeros((3, size, size)), "kspace": jnp.zeros((3, size, size), jnp.complex64),
            "mask": jnp.ones((size, size))}
   shapes = jax.eval_shape(lambda: apply(model, init_params(model, jax.random.PRNGKey(0), size, size),
                                         batch)[1])
@@ -373,3 +618,46 @@ def test_a_new_method_is_one_function_and_one_registry_entry(monkeypatch):
   t_feats, s_feats = apply(t_model, t_params, batch)[1], apply(s_model, s_params, batch)[1]
   want = float(mean_channel_gap(t_feats[0][2], s_feats[0][1]))
   assert float(objective.loss(s_params, t_params, batch)[0]) == pytest.approx(want, rel=1e-5)
+
+
+# --- every method end to end: `--config.kd.feature_loss=NAME` on a tiny run -----------------------
+
+_TINY = {"train__batch_size": 4, "evaluate__batch_size": 4, "train__checkpoint_every_steps": 0}
+
+
+def _tiny_sources(monkeypatch):
+  from kdmri_jax import pipeline
+  sources = {"train": synthetic_source(8, seed=1), "validation": synthetic_source(4, seed=2)}
+  monkeypatch.setattr(pipeline, "load_data", lambda config, split: sources[split])
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+  """A one-epoch teacher of the tiny run (one cascade, 4 features, 16×16), trained once for all."""
+  from kdmri_jax import main
+  workdir = tmp_path_factory.mktemp("teacher_run")
+  with pytest.MonkeyPatch.context() as monkeypatch:
+    _tiny_sources(monkeypatch)
+    assert main.main(tiny_main_argv(workdir, workdir / "cache", "teacher", epochs=1, **_TINY)) == 0
+  return workdir / "teacher"
+
+
+@pytest.mark.parametrize("name", _DISTINCT)
+def test_every_method_trains_the_feature_stage_through_the_flag(name, tiny_teacher, tmp_path,
+                                                               monkeypatch):
+  from kdmri_jax import main
+  _tiny_sources(monkeypatch)
+  shutil.copytree(tiny_teacher, tmp_path / "teacher")
+  argv = tiny_main_argv(tmp_path, tmp_path / "cache", "feature", epochs=1, **_TINY)
+  assert main.main(argv + [f"--config.kd.feature_loss={name}"]) == 0
+  log = (tmp_path / "feature" / "log.txt").read_text()
+  assert log.startswith("feature epoch 1/1") and "nan" not in log.lower()
+  # best/ holds the plain student, whatever the method trained alongside it.
+  best_dir = tmp_path / "feature" / "best"
+  student, best, meta = checkpoints.load_params(best_dir, expected_model="student")
+  assert meta["stage"] == "feature"
+  assert set(best) == set(init_params(student, jax.random.PRNGKey(0), 16, 16))
+  # The method's own parts (VID's regressor and variances, FT's networks at equal widths) trained.
+  state = stage_state(tmp_path, "feature")
+  trained = {k for k in state if k.startswith("state['params']['feature']")}
+  assert bool(trained) == (name in ("vid", "ft")), sorted(trained)[:3]

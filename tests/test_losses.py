@@ -8,6 +8,7 @@ from hypothesis import given, strategies as st
 import hypothesis.extra.numpy as hnp
 
 from kdmri_jax import feature_losses, losses
+from kdmri_jax.errors import InputError
 
 
 def test_l1_l2_hand_computed():
@@ -31,6 +32,78 @@ def test_imitation_sends_no_gradient_to_the_teacher():
   student, teacher, target = jnp.ones(3), jnp.zeros(3), jnp.zeros(3)
   grad_teacher = jax.grad(lambda t: losses.imitation(student, t, target, 0.5))(teacher)
   np.testing.assert_array_equal(grad_teacher, 0.0)
+
+
+def _hand_imitation(name, student, teacher, target, alpha):
+  """The objectives in NumPy, from the paper and the authors' scripts (not from losses.py)."""
+  to_target = np.mean(np.abs(student - target))
+  to_teacher = np.mean(np.abs(student - teacher))
+  return {"paper": alpha * to_target + (1 - alpha) * to_teacher,
+          "authors_code": to_target + to_teacher / student.size,  # a mean, divided by numel again
+          "authors_script": to_target,
+          "authors_sr": to_target + to_teacher}[name]
+
+
+@pytest.mark.parametrize("name", sorted(losses.IMITATION_OBJECTIVES))
+def test_each_imitation_objective_matches_numpy(name):
+  rng = np.random.default_rng(3)
+  student, teacher, target = (rng.random((4, 6, 5)).astype(np.float32) for _ in range(3))
+  got = float(losses.imitation(jnp.asarray(student), jnp.asarray(teacher), jnp.asarray(target), 0.3,
+                               objective=name))
+  assert got == pytest.approx(_hand_imitation(name, student, teacher, target, 0.3), rel=1e-5)
+  loss_of_teacher = lambda t: losses.imitation(student, t, target, 0.3, objective=name)
+  grad_teacher = jax.grad(loss_of_teacher)(teacher)
+  np.testing.assert_array_equal(grad_teacher, 0.0)
+
+
+def test_imitation_objectives_hand_computed_and_distinct():
+  # L1(student, target) = 1 and L1(student, teacher) = 1
+  student, target, teacher = jnp.array([1.0, 1.0]), jnp.zeros(2), jnp.array([3.0, 1.0])
+  values = {name: float(losses.imitation(student, teacher, target, 0.25, objective=name))
+            for name in losses.IMITATION_OBJECTIVES}
+  assert values == pytest.approx({"paper": 0.25 + 0.75, "authors_code": 1 + 1 / 2,
+                                  "authors_script": 1.0, "authors_sr": 2.0})
+  # the authors' code at their batch (4 × 240 × 240): the teacher term weighs 1/230400 ≈ 4.3e-6
+  big = jnp.zeros((4, 240, 240))
+  value = float(losses.imitation(big, big + 1, big, objective="authors_code"))
+  assert value == pytest.approx(1 / 230400)
+
+
+def test_unknown_imitation_objective_is_one_sentence():
+  names = r"\['authors_code', 'authors_script', 'authors_sr', 'paper'\]"
+  with pytest.raises(InputError, match=rf"^config\.kd\.imitation='paper_v2' is not one of {names}\.$"):
+    losses.imitation(jnp.ones(2), jnp.ones(2), jnp.ones(2), objective="paper_v2")
+
+
+def test_imitation_formula_is_the_docstring_line():
+  assert losses.imitation_formula("paper").startswith("α·L1(x_S, y) + (1 − α)·L1(x_S, x_T)")
+  assert "numel" not in losses.imitation_formula("authors_sr")
+
+
+def _hand_attention(f, normalize):
+  q = np.sum(np.asarray(f, np.float64) ** 2, axis=-1).reshape(f.shape[0], -1)
+  axis = 1 if normalize == "sample" else 0
+  return q / np.maximum(np.linalg.norm(q, axis=axis, keepdims=True), 1e-12)
+
+
+@pytest.mark.parametrize("normalize", ["sample", "batch"])
+def test_attention_mse_per_example_matches_numpy(normalize):
+  rng = np.random.default_rng(4)
+  def maps(layers, channels):
+    return tuple(tuple(rng.random((3, 4, 5, channels)).astype(np.float32) for _ in range(layers))
+                 for _ in range(2))
+  teacher, student = maps(3, 6), maps(2, 2)
+  pairs = (((0, 2), (0, 1)), ((1, 2), (1, 1)))  # channel counts differ: 6 vs 2
+  got = np.asarray(losses.attention_mse(teacher, student, pairs, normalize))
+  per_pair = [np.mean((_hand_attention(teacher[c][2], normalize)
+                       - _hand_attention(student[c][1], normalize)) ** 2, axis=1) for c in (0, 1)]
+  want = np.mean(per_pair, axis=0)
+  assert got.shape == (3,)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  # a section (start, end), as `fsp` takes, is judged on its end map, the distilled layer
+  sections = [(((c, 0), (c, 2)), ((c, 0), (c, 1))) for c in (0, 1)]
+  by_sections = losses.attention_mse(teacher, student, sections, normalize)
+  np.testing.assert_allclose(by_sections, got, rtol=1e-6)
 
 
 def test_attention_map_per_sample_hand_computed():

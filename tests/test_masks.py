@@ -1,11 +1,12 @@
-"""Mask generation meets its acceleration; loading checks shape and values."""
+"""Mask generation meets its acceleration and the authors' statistics; loading checks shape and values;
+the statistics and the `python -m kdmri_jax.masks` inspection."""
 
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
 from kdmri_jax import masks
-from kdmri_jax.errors import InputError
+from kdmri_jax.errors import InputError, run_cli
 
 
 @pytest.mark.parametrize("shape,acc,direction", [((240, 240), 4, "rows"), ((240, 240), 5, "rows"),
@@ -21,8 +22,8 @@ def test_paper_shapes_hit_the_requested_acceleration(shape, acc, direction):
   np.testing.assert_array_equal(lines > 0, full)  # whole lines only
 
 
-def test_centre_is_fully_sampled_and_density_falls_off():
-  mask = masks.shift(masks.cartesian_mask((240, 240), 4, seed=0))
+def test_gaussian_family_centre_is_fully_sampled_and_density_falls_off():
+  mask = masks.shift(masks.cartesian_mask((240, 240), 4, seed=0, family="gaussian"))
   rows = mask[:, 0]
   assert rows[120 - 9:120 + 9].all()  # 8% of 240 = 19 central lines
   assert rows[60:180].mean() > rows[:60].mean()
@@ -79,3 +80,89 @@ def test_parse_acceleration():
 def test_save_mask_png(tmp_path):
   masks.save_mask_png(masks.cartesian_mask((32, 32), 4), tmp_path / "m.png")
   assert (tmp_path / "m.png").stat().st_size > 0
+
+
+# --- the "dccnn" family against the authors' brain masks (Bala93/KD-MRI us_masks/mrbrain, 240×240) ------
+
+# Measured on the authors' files: sampled rows, contiguous centre rows, mean |ky| of the sampled rows.
+AUTHORS_BRAIN = {"4x": (60, 12, 37.0), "5x": (48, 9, 28.0), "8x": (30, 11, 20.0)}
+
+
+@pytest.mark.parametrize("acc", sorted(AUTHORS_BRAIN))
+def test_dccnn_family_matches_the_authors_brain_masks_over_seeds(acc):
+  lines, centre, mean_ky = AUTHORS_BRAIN[acc]
+  stats = [masks.mask_statistics(masks.cartesian_mask((240, 240), acc, seed=seed)) for seed in range(20)]
+  assert all(s["lines"] == lines and s["direction"] == "rows" for s in stats)  # exact, every seed
+  assert abs(np.mean([s["centre_lines"] for s in stats]) - centre) <= 2
+  assert abs(np.mean([s["mean_abs_ky"] for s in stats]) - mean_ky) <= 2
+
+
+def test_dccnn_family_keeps_its_centre_block_and_favours_low_frequencies():
+  ky = np.fft.fftfreq(240, 1 / 240)
+  rows = np.stack([masks.cartesian_mask((240, 240), "8x", seed=s)[:, 0] for s in range(50)]) > 0
+  assert rows[:, (ky >= -5) & (ky <= 4)].all()  # 10 fixed centre rows (ky = -5 … 4) in every draw
+  near, far = rows[:, (np.abs(ky) > 5) & (np.abs(ky) <= 30)], rows[:, np.abs(ky) > 60]
+  assert near.mean() > 3 * far.mean() > 0  # a Gaussian density over ky plus a uniform floor
+
+
+def test_dccnn_family_is_seeded_and_the_default():
+  a = masks.cartesian_mask((240, 240), 5, seed=4)
+  np.testing.assert_array_equal(a, masks.cartesian_mask((240, 240), 5, seed=4, family="dccnn"))
+  assert not np.array_equal(a, masks.cartesian_mask((240, 240), 5, seed=5))
+  assert masks.DEFAULT_FAMILY == "dccnn" and set(masks.MASK_FAMILIES) == {"dccnn", "gaussian"}
+
+
+def test_gaussian_family_is_still_selectable_and_differs():
+  old = masks.mask_statistics(masks.cartesian_mask((240, 240), 4, seed=0, family="gaussian"))
+  new = masks.mask_statistics(masks.cartesian_mask((240, 240), 4, seed=0, family="dccnn"))
+  assert old["lines"] == new["lines"] == 60
+  assert old["centre_lines"] >= 19 > new["centre_lines"]  # 8% of 240 fully sampled in the old family
+  with pytest.raises(InputError, match="mask family 'fastmri' is not one of"):
+    masks.cartesian_mask((240, 240), 4, family="fastmri")
+
+
+@pytest.mark.parametrize("shape,direction", [((64, 64), "rows"), ((150, 150), "rows"),
+                                             ((640, 368), "columns")])
+def test_dccnn_family_scales_its_centre_with_the_line_count(shape, direction):
+  n = shape[0] if direction == "rows" else shape[1]
+  for acc in (4, 5, 8):
+    stats = masks.mask_statistics(masks.cartesian_mask(shape, acc, seed=1, direction=direction))
+    assert stats["direction"] == direction and stats["lines"] == round(n / acc)
+    assert stats["centre_lines"] >= max(1, round(8 * n / 240))  # at least the scaled fixed block
+    assert stats["mean_abs_ky"] < n / 4  # a uniform choice of lines would give about n / 4
+
+
+def test_mask_statistics_of_a_hand_made_mask():
+  ky = [0, 1, 2, -1, 10, -20]  # a run of 4 through ky = 0 (-1 … 2), wrapping around index 0
+  mask = np.zeros((40, 7), np.float32)
+  mask[[k % 40 for k in ky]] = 1
+  stats = masks.mask_statistics(mask)
+  assert stats["direction"] == "rows" and stats["lines"] == 6 and stats["num_lines"] == 40
+  assert stats["centre_lines"] == 4 and stats["mean_abs_ky"] == pytest.approx(34 / 6)
+  assert stats["acceleration"] == pytest.approx(40 / 6)
+  assert masks.mask_statistics(mask.T)["direction"] == "columns"
+  mask[5, 3] = 1  # a point that is not a whole line
+  assert "lines" not in masks.mask_statistics(mask)
+
+
+def test_inspection_cli_prints_the_statistics(tmp_path, capsys):
+  mask = np.zeros((40, 40), np.float32)
+  mask[[0, 1, 39, 20]] = 1
+  np.save(tmp_path / "m.npy", mask)
+  assert run_cli(masks.main, ["--mask", str(tmp_path / "m.npy"), "--generate", "240", "240", "--acc", "8x",
+                              "--family", "gaussian"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0].endswith("40×40: 4/40 rows, 10.00x, 3 contiguous centre lines, mean |ky| 5.5")
+  assert out[1].startswith("gaussian 8x seed 0: 240×240: 30/240 rows, 8.00x")
+  assert run_cli(masks.main, []) == 2 and "nothing to inspect" in capsys.readouterr().err
+
+
+def test_default_mask_seed_gives_the_authors_brain_statistics():
+  """The default draw (DEFAULT_MASK_SEED) itself, not only the average over seeds, is within ±2 of the
+  authors' 240×240 brain masks (measured from their us_masks/mrbrain/)."""
+  authors = {"4x": (60, 12, 37.0), "5x": (48, 9, 28.3), "8x": (30, 11, 20.5)}
+  for acc, (lines, centre, mean_ky) in authors.items():
+    stats = masks.mask_statistics(masks.cartesian_mask((240, 240), acc, seed=masks.DEFAULT_MASK_SEED))
+    assert stats["lines"] == lines
+    assert abs(stats["centre_lines"] - centre) <= 2, (acc, stats)
+    assert abs(stats["mean_abs_ky"] - mean_ky) <= 2, (acc, stats)

@@ -54,6 +54,13 @@ def test_all_stages_run_and_a_rerun_skips_them(tmp_path, tiny_data, capsys):
   report = (tmp_path / "report" / "report.md").read_text()
   for row in ("| ZF |", "| Teacher |", "| Student |", "| KD |"):
     assert row in report
+  # which objective produced the table: KD's imitation objective and α, the AT stage's criterion
+  kd_line = next(line for line in report.splitlines() if line.startswith("- KD: "))
+  assert "imitation `paper`: α·L1(x_S, y) + (1 − α)·L1(x_S, x_T)" in kd_line
+  assert "α = 0.5" in kd_line
+  assert "started from the AT student (feature stage, `attention`" in kd_line
+  assert "attention maps (`attention_mse`, the authors' code)" in kd_line
+  assert "- Teacher: L1(x, y); best checkpoint by lowest validation MSE to the target." in report
   assert (tmp_path / "report" / "figure.png").stat().st_size > 1000
   recorded = json.loads((tmp_path / "config.json").read_text())
   assert recorded["train"]["batch_size"] == 2 and recorded["models"]["num_cascades"] == 1
@@ -116,6 +123,9 @@ def test_ordered_predictions_undo_the_host_layout():
 @pytest.mark.parametrize("field, value, phrase", [
     ("feature_loss", "cosine", "unknown feature loss 'cosine'"),
     ("layer_pairs", "0.2:0.7", "the student has no feature layer (0, 7)"),
+    ("imitation", "authors", "config.kd.imitation='authors' is not one of"),
+    ("feature_best", "loss",
+     "config.kd.feature_best='loss' is not one of ['attention_mse', 'objective']."),
 ])
 def test_bad_distillation_settings_fail_before_any_training(field, value, phrase, tmp_path, tiny_data,
                                                             monkeypatch):
@@ -154,3 +164,45 @@ def test_super_resolution_pipeline_runs_every_stage(tmp_path, monkeypatch):
   report = (tmp_path / "report" / "report.md").read_text()
   assert report.startswith("# KD-MRI: brain super-resolution (central 4×4 k-space)")
   assert "acceleration none (super-resolution)" in report and "| KD |" in report
+
+
+def test_authors_script_objective_needs_the_feature_start(tmp_path, tiny_data):
+  config = tiny_pipeline_config()
+  config.kd.imitation, config.kd.init_from = "authors_script", "student"
+  with pytest.raises(InputError, match=r"config\.kd\.imitation='authors_script' is the authors' "
+                                       r"script, which starts from the feature stage; set "
+                                       r"config\.kd\.init_from=feature \(not 'student'\)\.$"):
+    pipeline.run(config, str(tmp_path))
+  config.kd.init_from = "feature"
+  assert pipeline.check_prerequisites(config, str(tmp_path), ["teacher", "feature", "kd"]) is None
+
+
+def test_kd_records_its_objective_and_the_report_states_it(tmp_path, tiny_data):
+  """A second KD run with the authors' code's objective, from the same teacher and AT student: its
+  checkpoint, summary and report name that objective, not the paper's."""
+  config = tiny_pipeline_config()
+  config.stages = "teacher,feature"
+  config.kd.feature_best = "objective"
+  assert pipeline.run(config, str(tmp_path)) == 0
+  config.stages, config.evaluate.stages = "kd,evaluate,report", "kd"
+  config.kd.imitation = "authors_code"
+  assert pipeline.run(config, str(tmp_path), command="test") == 0
+  _, _, meta = checkpoints.load_params(tmp_path / "kd")
+  assert meta["objective"]["imitation"] == "authors_code"
+  assert meta["objective"]["init"]["best"] == "objective"
+  summary = json.loads((tmp_path / "results" / "summary.json").read_text())
+  assert summary["methods"]["kd"]["objective"]["imitation"] == "authors_code"
+  kd_line = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+                 if line.startswith("- KD: "))
+  assert "imitation `authors_code`: L1(x_S, y) + L1(x_S, x_T) / N" in kd_line
+  assert "(α not used)" in kd_line
+  assert "lowest validation value of its own feature loss (`objective`)" in kd_line
+
+
+def test_recorded_objective_falls_back_to_the_config():
+  config = tiny_pipeline_config()
+  recorded = {"imitation": "authors_sr"}
+  assert pipeline.recorded_objective(config, "kd", recorded) is recorded
+  described = pipeline.recorded_objective(config, "kd", None)
+  assert described["from_config"] and (described["imitation"], described["alpha"]) == ("paper", 0.5)
+  assert described["init"]["best"] == "attention_mse"

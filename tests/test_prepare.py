@@ -31,13 +31,13 @@ def _run(*args):
 def test_round_trip_zero_filled_and_kspace(tmp_path):
   out = tmp_path / "root"
   assert _run("--input", _inputs(tmp_path), "--dataset", "cardiac", "--acc", "4x", "8x", "--out", out,
-              "--split", "0.67", "--seed", "3") == 0
+              "--split", "0.67", "--seed", "3", "--mask-seed", "5") == 0
   manifest = json.loads((out / "manifest.json").read_text())
-  assert manifest["seed"] == 3 and manifest["counts"]["train"] == {"volumes": 2, "slices": 4}
+  assert manifest["seed"] == 3 and manifest["mask_seed"] == 5 and manifest["counts"]["train"] == {"volumes": 2, "slices": 4}
   assert manifest["counts"]["validation"]["volumes"] == 1 and set(manifest["masks"]) == {"4x", "8x"}
   for acc in ("4x", "8x"):
     mask = masks.load_mask(out / "masks" / f"mask_{acc}.npy", (16, 16))
-    np.testing.assert_array_equal(mask, masks.cartesian_mask((16, 16), acc, seed=3, direction="rows"))
+    np.testing.assert_array_equal(mask, masks.cartesian_mask((16, 16), acc, seed=5, direction="rows"))
     for split in ("train", "validation"):
       for path in reference.list_volumes(str(out), split, acc):
         volume = reference.read_volume(path, acc, require_target=True)
@@ -189,3 +189,49 @@ def test_fastmri_and_reference_inputs(tmp_path):
   assert _run("--input", out / "train", "--dataset", "knee", "--acc", "8x", "--out", again, "--split", "1") == 0
   redone = reference.read_volume(reference.list_volumes(str(again), "train", "8x")[0], require_target=True)
   np.testing.assert_allclose(redone.target, volume.target[:1], atol=1e-6)
+
+
+def test_mask_family_option_and_manifest(tmp_path, capsys):
+  inputs = _inputs(tmp_path, shape=(48, 48))
+  for family in ("dccnn", "gaussian"):
+    out = tmp_path / family
+    extra = [] if family == "dccnn" else ["--mask-family", family]  # dccnn is the default
+    assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", out, *extra) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["mask_family"] == family and manifest["masks"]["4x"]["family"] == family
+    mask = np.load(out / "masks" / "mask_4x.npy")
+    np.testing.assert_array_equal(mask, masks.cartesian_mask((48, 48), "4x", seed=masks.DEFAULT_MASK_SEED, family=family))
+    stats = masks.mask_statistics(mask)
+    assert manifest["masks"]["4x"]["sampled_lines"] == stats["lines"] == 12
+    printed = capsys.readouterr().out
+    assert f"masks ({family})" in printed and "12/48 rows, 4.00x" in printed and "mean |ky|" in printed
+  assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", tmp_path / "x",
+              "--mask-family", "fastmri") == 2
+  assert "--mask-family 'fastmri' is not one of" in capsys.readouterr().err
+  assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", tmp_path / "x",
+              "--mask-family", "gaussian", "--mask-dir", tmp_path / "dccnn" / "masks") == 2
+  assert "exclude each other" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_training_data_loading_refuses_a_mask_the_data_was_not_made_with(tmp_path):
+  from configs import default
+  from kdmri_jax import data
+  from kdmri_jax.errors import InputError
+  out = tmp_path / "root"
+  assert _run("--phantom", 3, "--size", 32, 32, "--dataset", "cardiac", "--acc", "4x", "--out", out) == 0
+  other = tmp_path / "other_mask.npy"
+  np.save(other, masks.cartesian_mask((32, 32), "4x", seed=0, family="gaussian"))
+  config = default.get_config()
+  config.dataset, config.acc, config.data.root = "cardiac", "4x", str(out)
+  assert len(data.load_split(config, "train")) > 0  # the data's own mask
+  config.data.mask_path = str(other)
+  first = reference.list_volumes(str(out), "train", "4x")[0]
+  with pytest.raises(InputError) as error:
+    data.load_split(config, "train")
+  message = str(error.value)
+  assert message.startswith(f"{first} has k-space samples where the mask {other} is 0")
+  assert "pass the mask the data was made with" in message and "\n" not in message
+  superset = np.load(out / "masks" / "mask_4x.npy")
+  superset[1::2] = 1  # more sampled lines than the data's: no sample is lost, so it is accepted
+  np.save(other, superset)
+  assert len(data.load_split(config, "validation")) > 0

@@ -67,3 +67,57 @@ def test_qualitative_figure_png(tmp_path):
   assert [p.name for p in tmp_path.iterdir()] == ["figure.png"]
   with pytest.raises(ValueError):
     report.qualitative_figure(tmp_path / "bad.png", {"ZF": target[:10]}, target)
+
+
+def _kd_objective(imitation, **fields):
+  from configs import default
+  from kdmri_jax import train
+
+  config = default.get_config()
+  config.kd.imitation = imitation
+  for key, value in fields.items():
+    section, name = key.split("__")
+    setattr(getattr(config, section), name, value)
+  return {**train.describe_objective("kd", config),
+          "init": train.describe_objective("feature", config)}
+
+
+@pytest.mark.parametrize("imitation, formula, alpha", [
+    ("paper", "α·L1(x_S, y) + (1 − α)·L1(x_S, x_T)", ", α = 0.3;"),
+    ("authors_code", "L1(x_S, y) + L1(x_S, x_T) / N", " (α not used);"),
+    ("authors_script", "L1(x_S, y) alone", " (α not used);"),
+    ("authors_sr", "L1(x_S, y) + L1(x_S, x_T): the authors' super-resolution", " (α not used);"),
+])
+def test_objectives_section_names_objective_alpha_and_feature_criterion(imitation, formula, alpha):
+  section = report.objectives_section({"Teacher": {"loss": "l1", "best": "val_mse"},
+                                       "KD": _kd_objective(imitation, kd__alpha=0.3)})
+  lines = section.splitlines()
+  assert lines[0] == "Training objectives:"
+  assert lines[2] == "- Teacher: L1(x, y); best checkpoint by lowest validation MSE to the target."
+  assert lines[3].startswith(f"- KD: imitation `{imitation}`: {formula}") and alpha in lines[3]
+  assert "started from the AT student (feature stage, `attention` on layer pairs `paper`" in (
+      lines[3])
+  assert "(`attention_mse`, the authors' code)" in lines[3]
+
+
+def test_objectives_section_other_settings():
+  objective = _kd_objective("paper", kd__feature_best="objective", train__loss="l2",
+                            kd__init_from="student")
+  objective["init"] = {"loss": "l2", "best": "val_mse"}
+  text = report.objective_text(objective)
+  assert "with L2 in place of L1" in text and "started from the student baseline" in text
+  feature = _kd_objective("paper", kd__feature_best="objective")["init"]
+  feature_text = report.objective_text(feature)
+  assert "lowest validation value of its own feature loss (`objective`)" in feature_text
+  assert report.objective_text(None) == "not recorded"
+  assert report.objective_text({**objective, "from_config": True}).endswith(
+      "(from the config: the checkpoint predates the record).")
+
+
+def test_report_places_the_objectives_after_the_table(tmp_path):
+  section = report.objectives_section({"KD": _kd_objective("authors_sr")})
+  text = report.write_report(tmp_path, report.results_table(_rows()), {"objectives": section,
+                                                                       "machine": "m"}).read_text()
+  needles = ("| KD |", "Training objectives:", "- KD: imitation `authors_sr`")
+  places = [text.index(needle) for needle in needles]
+  assert places == sorted(places)

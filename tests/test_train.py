@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from kdmri_jax import checkpoints, models, pipeline, sharding, train
+from kdmri_jax import checkpoints, feature_losses, losses, models, pipeline, sharding, train
 from kdmri_jax.train_input import Batches, synthetic_source
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -260,3 +260,115 @@ def test_sigkill_resumes_and_sigterm_saves_and_exits_cleanly(tmp_path):
   assert not resumed.startswith("student epoch 1/"), resumed  # continued from the checkpoint
   step = int(output.split("result interrupted ")[1].split()[0])
   assert os.path.isdir(tmp_path / "stage" / "checkpoints" / str(step))
+
+
+@pytest.mark.parametrize("name", sorted(losses.IMITATION_OBJECTIVES))
+def test_kd_stage_loss_follows_config_kd_imitation(name):
+  config = tiny_config()
+  config.kd.imitation, config.kd.alpha = name, 0.3
+  teacher, student = tiny_model("teacher"), tiny_model("student")
+  t_params, s_params = params_of(teacher, 1), params_of(student, 2)
+  batch = Batches(synthetic_source(2), 2).examples([0, 1])
+  s_image = np.asarray(models.apply(student, s_params, batch)[0], np.float64)
+  t_image = np.asarray(models.apply(teacher, t_params, batch)[0], np.float64)
+  to_target = np.mean(np.abs(s_image - batch["target"]))
+  to_teacher = np.mean(np.abs(s_image - t_image))
+  want = {"paper": 0.3 * to_target + 0.7 * to_teacher,
+          "authors_code": to_target + to_teacher / s_image.size,
+          "authors_script": to_target, "authors_sr": to_target + to_teacher}[name]
+  loss, aux = train.make_objective("kd", config, student, teacher).loss(s_params, t_params, batch)
+  assert float(loss) == pytest.approx(want, rel=1e-5) and float(aux["imitation"]) == float(loss)
+  assert to_teacher > 1e-3 and abs(to_target - to_teacher) > 1e-3  # the objectives really differ
+
+
+def test_unknown_kd_objective_or_feature_criterion_is_one_sentence():
+  config = tiny_config()
+  teacher, student = tiny_model("teacher"), tiny_model("student")
+  config.kd.imitation = "authors"
+  with pytest.raises(train.InputError,
+                     match=r"^config\.kd\.imitation='authors' is not one of \[.*'paper'\]\.$"):
+    train.make_objective("kd", config, student, teacher)
+  config.kd.feature_best = "val_loss"
+  with pytest.raises(train.InputError, match=r"^config\.kd\.feature_best='val_loss' is not one of "
+                                             r"\['attention_mse', 'objective'\]\.$"):
+    train.make_objective("feature", config, student, teacher)
+
+
+def _hand_attention_mse(t_map, s_map):
+  """Per example: mean over pixels of (Q_T − Q_S)², Q = Σ_c F² flattened, L2-normalised."""
+  def q(f):
+    a = np.sum(np.asarray(f, np.float64) ** 2, axis=-1).reshape(f.shape[0], -1)
+    return a / np.linalg.norm(a, axis=1, keepdims=True)
+  return np.mean((q(t_map) - q(s_map)) ** 2, axis=1)
+
+
+@pytest.mark.parametrize("feature_loss", ["attention", "sp"])
+def test_feature_stage_keeps_the_epoch_with_the_lowest_attention_mse(tmp_path, feature_loss):
+  import orbax.checkpoint as ocp
+
+  config = tiny_config(num_epochs=4, checkpoint_every_steps=0, keep_checkpoints=4,
+                       learning_rate=3e-2)
+  config.kd.feature_loss, config.kd.feature_best = feature_loss, "attention_mse"
+  teacher, student = tiny_model("teacher"), tiny_model("student")
+  t_params = params_of(teacher, 1)
+  objective = train.make_objective("feature", config, student, teacher)
+  data = Batches(synthetic_source(4, seed=1), 2, config.train.seed)
+  val = Batches(synthetic_source(3, seed=2), 2)  # the last validation batch is padded
+  result = train.fit(str(tmp_path), objective, params_of(student, 2), data, val, config,
+                     teacher_params=t_params, meta=checkpoints.make_meta("student", student))
+  examples = val.examples(range(3))
+  t_map = models.apply(teacher, t_params, examples)[1][0][2]  # the paper's pair: teacher conv 3
+  mse = {}
+  with ocp.CheckpointManager(str(tmp_path / "checkpoints"), item_names=("state", "meta")) as mngr:
+    for step in mngr.all_steps():
+      state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+      s_map = models.apply(student, state["params"], examples)[1][0][1]  # student conv 2
+      mse[step] = float(np.mean(_hand_attention_mse(t_map, s_map)))
+  assert sorted(mse) == [2, 4, 6, 8]
+  assert result.best_step == min(mse, key=mse.get)
+  assert result.best_val_loss == pytest.approx(mse[result.best_step], rel=1e-4)
+  logged = [float(line.split(" val_loss ")[1].split()[0])
+            for line in (tmp_path / "log.txt").read_text().splitlines()]
+  # logged with 6 significant digits
+  np.testing.assert_allclose(logged, [mse[s] for s in sorted(mse)], rtol=1e-4)
+
+
+def test_feature_best_objective_validates_on_the_feature_loss():
+  config = tiny_config()
+  teacher, student = tiny_model("teacher"), tiny_model("student")
+  t_params, s_params = params_of(teacher, 1), params_of(student, 2)
+  batch = Batches(synthetic_source(2), 2).examples([0, 1])
+  config.kd.feature_best = "objective"
+  by_objective = train.make_objective("feature", config, student, teacher)
+  np.testing.assert_allclose(by_objective.eval_loss(s_params, t_params, batch),
+                             float(by_objective.loss(s_params, t_params, batch)[0]), rtol=1e-6)
+  config.kd.feature_best = "attention_mse"
+  by_maps_objective = train.make_objective("feature", config, student, teacher)
+  by_maps = by_maps_objective.eval_loss(s_params, t_params, batch)
+  t_map = models.apply(teacher, t_params, batch)[1][0][2]
+  s_map = models.apply(student, s_params, batch)[1][0][1]
+  np.testing.assert_allclose(by_maps, _hand_attention_mse(t_map, s_map), rtol=1e-5)
+
+
+@pytest.mark.parametrize("feature_loss", sorted(feature_losses.FEATURE_LOSSES))
+def test_attention_mse_criterion_works_for_every_feature_method(feature_loss):
+  """Every method's feature stage can be judged on the attention maps of its layers (for `fsp`, the
+  end of each section); `attention_code` normalises them over the batch as the authors' code."""
+  config = tiny_config()
+  config.kd.feature_loss = feature_loss
+  teacher, student = tiny_model("teacher"), tiny_model("student")
+  t_params, s_params = params_of(teacher, 1), params_of(student, 2)
+  objective = train.make_objective("feature", config, student, teacher)
+  trained = objective.trainable(s_params, jax.random.PRNGKey(0))
+  batch = Batches(synthetic_source(2), 2).examples([0, 1])
+  got = np.asarray(objective.eval_loss(trained, t_params, batch))
+  t_map = np.asarray(models.apply(teacher, t_params, batch)[1][0][2], np.float64)
+  s_map = np.asarray(models.apply(student, s_params, batch)[1][0][1], np.float64)
+  if feature_loss == "attention_code":
+    q_t, q_s = (np.sum(f ** 2, -1).reshape(2, -1) for f in (t_map, s_map))
+    def over_batch(q):  # a pixel that is 0 in the whole batch stays 0, as F.normalize's eps does
+      return q / np.maximum(np.linalg.norm(q, axis=0), 1e-12)
+    want = np.mean((over_batch(q_t) - over_batch(q_s)) ** 2, axis=1)
+  else:
+    want = _hand_attention_mse(t_map, s_map)
+  np.testing.assert_allclose(got, want, rtol=1e-5)

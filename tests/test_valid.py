@@ -153,11 +153,26 @@ def test_cli_subprocess_reports_a_mask_of_the_wrong_shape_in_one_line(setup, tmp
   assert not (tmp_path / "out").exists()
 
 
-def test_a_mask_that_is_not_the_datas_own_is_warned_about(setup, tmp_path, capsys):
+def test_a_mask_that_is_not_the_datas_own_is_refused_in_one_sentence(setup, tmp_path, capsys):
   root = setup[0]
   np.save(tmp_path / "other.npy", masks.cartesian_mask(SHAPE, 4, seed=7))
+  assert not np.array_equal(np.load(tmp_path / "other.npy"), setup[3])
   argv = _argv(root, tmp_path / "out")
   argv[argv.index("--mask") + 1] = str(tmp_path / "other.npy")
-  assert run_cli(valid.main, argv) == 0
-  err = capsys.readouterr().err
-  assert err.count("warning:") == 1 and "k-space samples outside" in err
+  expected = f"{root / 'data' / 'vol_a.h5'} has k-space samples where the mask {tmp_path / 'other.npy'} is 0"
+  _assert_one_line_error(run_cli(valid.main, argv), capsys, "other.npy", expected)
+  assert not (tmp_path / "out").exists()
+
+
+def test_cli_subprocess_refuses_a_mask_the_data_was_not_made_with(setup, tmp_path):
+  root = setup[0]
+  np.save(tmp_path / "other.npy", masks.cartesian_mask(SHAPE, 4, seed=0, family="gaussian"))
+  argv = _argv(root, tmp_path / "out")
+  argv[argv.index("--mask") + 1] = str(tmp_path / "other.npy")
+  result = subprocess.run([sys.executable, "-m", "kdmri_jax.valid", *argv], capture_output=True, text=True,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+  assert "vol_a.h5 has k-space samples where the mask" in result.stderr and "other.npy" in result.stderr
+  assert "pass the mask the data was made with" in result.stderr
+  assert not (tmp_path / "out").exists()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from kdmri_jax.data import reference
 from kdmri_jax.data.pipeline import eval_batches, num_train_batches, train_batches
 from kdmri_jax.data.reference import Volume, list_volumes, read_volume, write_volume
 from kdmri_jax.errors import InputError, require
@@ -57,7 +58,10 @@ def data_root(config, acc: str | None = None) -> str:
     task = _get(config, "task", "reconstruction")
     size = int(_get(config, "data.image_size", 256 if task == "super_resolution" else 240))
     return embedded_brain_root(_get(config, "data.cache_dir"), size=size,
-                               accs=(acc or _get(config, "acc", "4x"),), seed=int(_get(config, "data.seed", 0)))
+                               accs=(acc or _get(config, "acc", "4x"),),
+                               seed=int(_get(config, "data.seed", 0)),
+                               mask_family=_get(config, "data.mask_family", "dccnn"),
+                               mask_seed=int(_get(config, "data.mask_seed", 22)))
   raise InputError(
       f"dataset '{dataset}' needs a data root: set config.data.root (e.g. --config.data.root=ROOT) to a folder "
       f"in the reference layout ROOT/{{train,validation}}/acc_<acc>/*.h5, or prepare one from fully-sampled "
@@ -65,9 +69,14 @@ def data_root(config, acc: str | None = None) -> str:
       f"--out ROOT`.")
 
 
+def mask_file_for(config, root: str, acc: str) -> str:
+  """`config.data.mask_path`, or the data's own `ROOT/masks/mask_{acc}.npy`."""
+  return os.fspath(_get(config, "data.mask_path") or mask_path_for(root, acc))
+
+
 def load_mask_for(config, root: str, acc: str, shape: tuple[int, int]):
   from kdmri_jax import masks
-  path = _get(config, "data.mask_path") or mask_path_for(root, acc)
+  path = mask_file_for(config, root, acc)
   require(os.path.isfile(path), f"no undersampling mask at {path}; set config.data.mask_path to the "
           f"{acc} mask (.npy, H×W, 0/1, unshifted) or prepare the data with `python -m kdmri_jax.prepare`, "
           f"which writes ROOT/masks/mask_{acc}.npy.")
@@ -80,7 +89,8 @@ def load_split(config, split: str):
   Reconstruction examples are {'input','target','kspace','mask'}; for `config.task == 'super_resolution'`
   the targets are wrapped by `kdmri_jax.data.sr.SuperResolutionSource` into {'input','target'}.
   `config.data.max_slices` keeps that many examples spread evenly over the split. Sources also offer
-  `shape`, `locate(i) -> (volume, slice)` and `volume_ranges()` for per-volume metrics.
+  `shape`, `locate(i) -> (volume, slice)` and `volume_ranges()` for per-volume metrics. Data whose
+  k-space has samples outside the mask (a `config.data.mask_path` not the data's own) is refused.
   """
   require(split in SPLIT_NAMES, f"split {split!r} is not one of 'train', 'validation'.")
   split = SPLIT_NAMES[split]
@@ -102,4 +112,16 @@ def load_split(config, split: str):
     from kdmri_jax.data.sr import SuperResolutionSource  # written by the super-resolution module
     return SuperResolutionSource(source, config)
   source.mask = load_mask_for(config, root, acc, source.shape)
+  kspace, data_file = _first_kspace(config, root, split, acc, source)
+  mask_file = mask_file_for(config, root, acc)
+  reference.require_kspace_within_mask(kspace, source.mask, data_file, mask_file)
   return source
+
+
+def _first_kspace(config, root: str, split: str, acc: str, source):
+  """(k-space, file name) of the split's first volume, for the mask check: one volume is enough, as
+  every file of a split is undersampled with the same mask."""
+  if _get(config, "data.source", "h5") == "tfds":
+    return source[0]["kspace"], f"{root} ({split} {acc}, TFDS)"
+  path = list_volumes(root, split, acc)[0]
+  return read_volume(path, acc).kspace, path

@@ -14,9 +14,11 @@ turn them into a brain set in the KD-MRI reference layout:
   anterior-posterior flip (p=1/4), rotation ±10°, scale 0.92–1.08, shift ±4%, and a contrast change from the
   tissue maps, image·(1 + a·GM + b·WM) with a, b ~ U(−0.25, 0.25), then a gamma in [0.8, 1.25];
 - each volume is normalised by its maximum (targets in [0, 1]); masks are 1-D Cartesian rows masks
-  (`masks.cartesian_mask`, seeded with the spec's seed); zero-filled images are |IFFT2(m·FFT2(target))|.
+  (`masks.cartesian_mask` of the spec's `mask_family`, default "dccnn", the authors' kind; seeded
+  with the spec's mask_seed, 22: the draw that has the authors' statistics at 240×240); zero-filled images are |IFFT2(m·FFT2(target))|.
 
-It is built once per (size, parameters) into `{cache_dir}/mni_icbm152_2009a_{size}[...]/` with
+It is built once per (size, parameters) into `{cache_dir}/mni_icbm152_2009a_{size}_{family}[...]/`
+with
 `masks/mask_{acc}.npy` and `manifest.json`, under a file lock, acceleration by acceleration as they are
 first asked for; later calls reuse it.
 """
@@ -35,7 +37,7 @@ import numpy as np
 
 from kdmri_jax.errors import InputError, require
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 
 
@@ -49,12 +51,16 @@ class BrainSpec:
   gap: int = 3
   min_brain_fraction: float = 0.2
   slice_step: int = 1  # >1 keeps every n-th slice: small sets for tests
+  mask_family: str = "dccnn"  # masks.MASK_FAMILIES
+  mask_seed: int = 22  # = masks.DEFAULT_MASK_SEED: the draw with the authors' statistics at 240×240
 
   def folder_name(self) -> str:
-    name = f"mni_icbm152_2009a_{self.size}"
+    # The family is always named: a cache of another family (or from before) is never reused.
+    name = f"mni_icbm152_2009a_{self.size}_{self.mask_family}"
     default = BrainSpec(size=self.size)
+    named = ("size", "mask_family")
     extras = [f"{f.name}{getattr(self, f.name)}" for f in dataclasses.fields(self)
-              if f.name != "size" and getattr(self, f.name) != getattr(default, f.name)]
+              if f.name not in named and getattr(self, f.name) != getattr(default, f.name)]
     return "_".join([name] + extras) + f"_v{FORMAT_VERSION}"
 
 
@@ -157,15 +163,16 @@ def write_acceleration(root: str, volumes: dict, acc: str, spec: BrainSpec) -> d
   from kdmri_jax import masks
   from kdmri_jax.data import reference
   from kdmri_jax.data.writer import undersample
-  mask = masks.cartesian_mask((spec.size, spec.size), acc, seed=spec.seed, direction="rows")
+  mask = masks.cartesian_mask((spec.size, spec.size), acc, seed=spec.mask_seed, direction="rows",
+                              family=spec.mask_family)
   os.makedirs(os.path.join(root, "masks"), exist_ok=True)
   np.save(os.path.join(root, "masks", f"mask_{acc}.npy"), mask)
   for split, named in volumes.items():
     for name, target in named.items():
       image, kspace = undersample(target, mask)
       reference.write_volume(os.path.join(root, split, f"acc_{acc}", f"{name}.h5"), target, image, kspace, acc)
-  return {"mask": f"masks/mask_{acc}.npy", "mask_seed": spec.seed, "direction": "rows",
-          "achieved_acceleration": round(masks.acceleration(mask), 4)}
+  return {"mask": f"masks/mask_{acc}.npy", "mask_seed": spec.mask_seed, "mask_family": spec.mask_family,
+          "direction": "rows", "achieved_acceleration": round(masks.acceleration(mask), 4)}
 
 
 @contextlib.contextmanager
@@ -198,6 +205,7 @@ def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fiel
   """The embedded dataset's root, built (or extended with missing accelerations) if needed."""
   from kdmri_jax import masks
   spec = BrainSpec(size=int(size), **spec_fields)
+  masks.check_family(spec.mask_family, "config.data.mask_family")
   accs = [f"{masks.parse_acceleration(a):g}x" for a in accs]
   try:
     os.makedirs(cache_dir, exist_ok=True)
@@ -222,7 +230,8 @@ def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fiel
           shutil.rmtree(root)
         manifest = {"format_version": FORMAT_VERSION, "source": "MNI ICBM152 2009a (nilearn)",
                     "templates": {k: os.path.basename(p) for k, p in template_paths().items()},
-                    "spec": dataclasses.asdict(spec), "normalisation": "per-volume max",
+                    "spec": dataclasses.asdict(spec), "mask_family": spec.mask_family,
+                    "normalisation": "per-volume max",
                     "zero_filled": "|IFFT2(mask * FFT2(target))|, orthonormal, unshifted",
                     "slice_axis": "axial (z); h5 arrays are H x W x S",
                     "counts": {split: {name: int(v.shape[0]) for name, v in named.items()}

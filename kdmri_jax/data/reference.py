@@ -197,3 +197,17 @@ def list_volumes(root: str | os.PathLike, split: str, acc: str) -> list[str]:
     raise InputError(f"{folder} {where}: acceleration {acc} has no {split} data (accelerations with data: "
                      f"{existing or 'none'}).")
   return files
+
+
+def require_kspace_within_mask(kspace: np.ndarray, mask: np.ndarray, data_file: str, mask_file: str,
+                               tolerance: float = 1e-6) -> None:
+  """Refuses k-space (…, H, W) with samples where `mask` is 0 (above `tolerance` × its largest
+  magnitude, for float noise): such data was undersampled with another mask, and data consistency with
+  this one would be wrong."""
+  magnitude = np.abs(np.asarray(kspace))
+  outside = magnitude[..., np.asarray(mask) == 0]
+  peak = float(magnitude.max()) if magnitude.size else 0.0
+  require(outside.size == 0 or float(outside.max()) <= tolerance * peak,
+          f"{data_file} has k-space samples where the mask {mask_file} is 0, so it was undersampled "
+          f"with another mask; pass the mask the data was made with (prepare and the embedded brain "
+          f"write it as ROOT/masks/mask_<acc>.npy) or prepare the data again with this mask.")

@@ -1,10 +1,13 @@
-"""Readers for plain fully-sampled volumes: NIfTI (nibabel), `.npy`, and HDF5 with a named key.
+"""Readers for plain fully-sampled volumes: NIfTI (nibabel), `.npy`, and HDF5 or MATLAB with a key.
 
 Every reader returns a slices-first (S, H, W) float32 magnitude volume (complex data -> |x|, a 2-D array
 -> one slice). The slice axis of the file is stated, not guessed:
   NIfTI        the last spatial axis (axial for RAS/LAS-oriented scans); 4-D files need a single frame
   .npy / h5    axis 0, i.e. files hold S×H×W (the fastMRI and NumPy convention), except the reference
                layout's 'volfs' key, which is H×W×S (slices last)
+  .mat         the last axis of the array as MATLAB shows it (H×W×S, MATLAB's convention), for
+               v4-v7 files (scipy.io.loadmat) and v7.3 files (HDF5, read with h5py; MATLAB writes
+               them column-major, so h5py sees the axes reversed and the reader reverses them back)
 and `slice_axis=` overrides it. `normalise` divides by the per-volume maximum (the target max becomes 1),
 which is what `prepare` stores. `SliceIndex` maps example i of many volumes to (volume, slice).
 """
@@ -19,11 +22,16 @@ import numpy as np
 from kdmri_jax.errors import InputError, require
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-SUFFIXES = NIFTI_SUFFIXES + (".npy", ".h5", ".hdf5")
+SUFFIXES = NIFTI_SUFFIXES + (".npy", ".h5", ".hdf5", ".mat")
+
+# MATLAB classes that hold numbers; a key of any other class (struct, cell, char, logical, sparse,
+# an object) is not an image volume.
+MATLAB_NUMERIC_CLASSES = frozenset({"double", "single", "int8", "uint8", "int16", "uint16", "int32",
+                                    "uint32", "int64", "uint64"})
 
 
 def kind_of(path: str) -> str:
-  """'nifti' | 'npy' | 'h5' from the file name."""
+  """'nifti' | 'npy' | 'h5' | 'mat' from the file name."""
   lower = path.lower()
   if lower.endswith(NIFTI_SUFFIXES):
     return "nifti"
@@ -31,6 +39,8 @@ def kind_of(path: str) -> str:
     return "npy"
   if lower.endswith((".h5", ".hdf5")):
     return "h5"
+  if lower.endswith(".mat"):
+    return "mat"
   raise InputError(f"{path} is not a supported volume file (expected one of {', '.join(SUFFIXES)}).")
 
 
@@ -85,14 +95,19 @@ def h5_keys(path: str) -> list[str]:
     raise InputError(f"{path} is not a readable HDF5 file ({error}).") from None
 
 
+def choose_key(path: str, key: str | None, keys: Sequence[str]) -> str:
+  """`key` if the file has it; without one, the file's only array; otherwise one sentence."""
+  if key is None:
+    require(len(keys) == 1, f"{path} holds several arrays {list(keys)}; choose one with --key.")
+    key = keys[0]
+  require(key in keys, f"{path} has no key '{key}' (keys: {list(keys)}); choose one with --key.")
+  return key
+
+
 def read_h5(path: str, key: str | None, slice_axis: int | None = None) -> np.ndarray:
   """The array under `key` of an HDF5 file as (S, H, W); axis 0 is the slice axis ('volfs': the last)."""
   import h5py
-  keys = h5_keys(path)
-  if key is None:
-    require(len(keys) == 1, f"{path} holds several arrays {keys}; choose one with --key.")
-    key = keys[0]
-  require(key in keys, f"{path} has no key '{key}' (keys: {keys}); choose one with --key.")
+  key = choose_key(path, key, h5_keys(path))
   with h5py.File(path, "r") as h5file:
     require(isinstance(h5file[key], h5py.Dataset), f"{path}: '{key}' is a group, not an array.")
     data = h5file[key][()]
@@ -102,7 +117,7 @@ def read_h5(path: str, key: str | None, slice_axis: int | None = None) -> np.nda
 
 
 def read_any(path: str, key: str | None = None, slice_axis: int | None = None) -> np.ndarray:
-  """Reads a NIfTI, .npy or h5 volume (see the module docstring for the slice axis)."""
+  """Reads a NIfTI, .npy, h5 or .mat volume (see the module docstring for the slice axis)."""
   path = os.fspath(path)
   require(os.path.isfile(path), f"{path} does not exist.")
   kind = kind_of(path)
@@ -110,7 +125,89 @@ def read_any(path: str, key: str | None = None, slice_axis: int | None = None) -
     return read_nifti(path, -1 if slice_axis is None else slice_axis)
   if kind == "npy":
     return read_npy(path, 0 if slice_axis is None else slice_axis)
+  if kind == "mat":
+    return read_mat(path, key, slice_axis)
   return read_h5(path, key, slice_axis)
+
+
+# --- MATLAB .mat -------------------------------------------------------------------------------
+
+
+def is_mat73(path: str) -> bool:
+  """Whether a .mat file is v7.3, i.e. HDF5 (behind MATLAB's 512-byte header); v4-v7 are not."""
+  import h5py
+  return bool(h5py.is_hdf5(path))
+
+
+def _not_a_volume(what: str, matlab_class: str) -> InputError:
+  return InputError(f"{what} is a MATLAB {matlab_class}, not a numeric array; choose the key of "
+                    f"the image volume with --key.")
+
+
+def mat5_keys(path: str) -> dict[str, str]:
+  """{variable: MATLAB class} of a v4-v7 .mat file, read from its headers (no data loaded)."""
+  import scipy.io
+  try:
+    return {name: matlab_class for name, _, matlab_class in scipy.io.whosmat(path)}
+  except Exception as error:  # scipy raises ValueError, TypeError, ... for a file that is no .mat
+    raise InputError(f"{path} is not a readable MATLAB .mat file ({error}).") from None
+
+
+def read_mat5_array(path: str, key: str | None) -> tuple[str, np.ndarray]:
+  """(key, array) of a v4-v7 .mat file, in MATLAB's axis order."""
+  import scipy.io
+  classes = mat5_keys(path)
+  key = choose_key(path, key, sorted(classes))
+  what = f"{path} (key '{key}')"
+  if classes[key] not in MATLAB_NUMERIC_CLASSES:
+    raise _not_a_volume(what, classes[key])
+  return key, scipy.io.loadmat(path, variable_names=[key])[key]
+
+
+def mat73_keys(path: str) -> list[str]:
+  """The variables of a v7.3 .mat file ('#refs#' and '#subsystem#' are MATLAB's internals)."""
+  return [k for k in h5_keys(path) if not k.startswith("#")]
+
+
+def _matlab_class(node) -> str:
+  value = node.attrs.get("MATLAB_class", b"")
+  return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _mat73_numbers(data: np.ndarray, what: str) -> np.ndarray:
+  """A v7.3 dataset's values: MATLAB stores complex arrays as a compound of 'real' and 'imag'."""
+  fields = data.dtype.names
+  if fields is None:
+    return data
+  require(set(fields) == {"real", "imag"}, f"{what} holds a compound of {list(fields)}, expected "
+          f"numbers (or MATLAB's complex 'real'/'imag' pair).")
+  return data["real"] + 1j * data["imag"]
+
+
+def read_mat73_array(path: str, key: str | None) -> tuple[str, np.ndarray]:
+  """(key, array) of a v7.3 .mat file, its axes reversed back into MATLAB's (column-major) order."""
+  import h5py
+  key = choose_key(path, key, mat73_keys(path))
+  what = f"{path} (key '{key}')"
+  with h5py.File(path, "r") as h5file:
+    node = h5file[key]
+    matlab_class = _matlab_class(node) or ("struct" if isinstance(node, h5py.Group) else "")
+    if isinstance(node, h5py.Group) or "MATLAB_sparse" in node.attrs:
+      raise _not_a_volume(what, "sparse matrix" if "MATLAB_sparse" in node.attrs else matlab_class)
+    if matlab_class and matlab_class not in MATLAB_NUMERIC_CLASSES:
+      raise _not_a_volume(what, matlab_class)
+    # An empty MATLAB array is stored as its dimensions, flagged by MATLAB_empty.
+    require(not node.attrs.get("MATLAB_empty", 0), f"{what} is an empty MATLAB array.")
+    data = node[()]
+  return key, _mat73_numbers(np.asarray(data), what).T
+
+
+def read_mat(path: str, key: str | None = None, slice_axis: int | None = None) -> np.ndarray:
+  """The array under `key` of a MATLAB .mat file (any version) as (S, H, W); slices along MATLAB's
+  last axis unless `slice_axis`. Without `key`, the file must hold a single variable."""
+  reader = read_mat73_array if is_mat73(path) else read_mat5_array
+  key, data = reader(path, key)
+  return to_slices(data, f"{path} (key '{key}')", -1 if slice_axis is None else slice_axis)
 
 
 def normalise(volume: np.ndarray) -> np.ndarray:

@@ -48,15 +48,15 @@ def split_names(names: list[str], split: float, seed: int) -> tuple[list[str], l
   return sorted(names[i] for i in order[:count]), sorted(names[i] for i in order[count:])
 
 
-def masks_for(shape: tuple[int, int], accs, seed: int, direction: str,
-              mask_dir: str | None = None) -> dict[str, np.ndarray]:
-  """{acc: mask}: `mask_dir/mask_{acc}.npy` when given, else seeded `masks.cartesian_mask`."""
+def masks_for(shape: tuple[int, int], accs, seed: int, direction: str, mask_dir: str | None = None,
+              family: str = masks_lib.DEFAULT_FAMILY) -> dict[str, np.ndarray]:
+  """{acc: mask}: `mask_dir/mask_{acc}.npy` when given, else a seeded `masks.cartesian_mask`."""
   found = {}
   for acc in accs:
     if mask_dir is not None:
       found[acc] = masks_lib.load_mask(os.path.join(mask_dir, f"mask_{acc}.npy"), shape)
     else:
-      found[acc] = masks_lib.cartesian_mask(shape, acc, seed=seed, direction=direction)
+      found[acc] = masks_lib.cartesian_mask(shape, acc, seed, direction, family=family)
   return found
 
 
@@ -67,9 +67,16 @@ def normalise_acc(acc: str) -> str:
 def write_dataset(out: str, volumes: Mapping[str, np.ndarray], accs, split: float = 0.8, seed: int = 0,
                   direction: str = "rows", mask_dir: str | None = None, overwrite: bool = False,
                   one_slice_per_file: bool = False, sources: Mapping[str, str] | None = None,
-                  extra: Mapping | None = None) -> str:
-  """Writes `volumes` ({name: (S,H,W) magnitude}) as a reference-layout dataset at `out`; returns `out`."""
+                  extra: Mapping | None = None, mask_family: str = masks_lib.DEFAULT_FAMILY,
+                  mask_seed: int | None = None) -> str:
+  """Writes `volumes` ({name: (S,H,W) magnitude}) as a reference-layout dataset at `out`; returns `out`.
+
+  Masks come from `mask_dir` or are generated of `mask_family` (`masks.MASK_FAMILIES`), seeded with
+  `mask_seed` (None: `seed`, which also splits the volumes).
+  """
+  mask_seed = seed if mask_seed is None else mask_seed
   out = os.path.abspath(os.fspath(out))
+  masks_lib.check_family(mask_family, "--mask-family")
   accs = [normalise_acc(a) for a in accs]
   require(len(accs) > 0, "no acceleration given; pass e.g. --acc 4x 5x 8x.")
   require(len(volumes) > 0, "no volumes to prepare.")
@@ -79,7 +86,7 @@ def write_dataset(out: str, volumes: Mapping[str, np.ndarray], accs, split: floa
   require(len(shapes) == 1, f"the volumes have different slice sizes {sorted(shapes)}; crop or pad them to "
           f"one size with --size H W.")
   shape = shapes.pop()
-  masks = masks_for(shape, accs, seed, direction, mask_dir)
+  masks = masks_for(shape, accs, mask_seed, direction, mask_dir, mask_family)
   train, validation = split_names(list(volumes), split, seed)
 
   parent = os.path.dirname(out)
@@ -111,9 +118,12 @@ def write_dataset(out: str, volumes: Mapping[str, np.ndarray], accs, split: floa
         "zero_filled": "|IFFT2(mask * FFT2(target))|, orthonormal, unshifted",
         "kspace": "mask * FFT2(target), orthonormal, unshifted, complex64",
         "layout": "one H x W slice per file" if one_slice_per_file else "H x W x S per file (slices last)",
-        "masks": {acc: {"file": f"masks/mask_{acc}.npy",
-                        "generated": mask_dir is None, "direction": direction,
-                        "achieved_acceleration": round(masks_lib.acceleration(m), 4)}
+        "mask_family": mask_family if mask_dir is None else None,
+        "mask_seed": mask_seed if mask_dir is None else None,
+        "masks": {acc: {"file": f"masks/mask_{acc}.npy", "generated": mask_dir is None,
+                        "family": mask_family if mask_dir is None else None,
+                        "source": None if mask_dir is None else os.path.abspath(mask_dir),
+                        "direction": direction, **_mask_summary(m)}
                   for acc, m in masks.items()},
         "counts": {s: {"volumes": len(c), "slices": int(sum(c.values()))} for s, c in counts.items()},
         "volumes": counts,
@@ -127,6 +137,16 @@ def write_dataset(out: str, volumes: Mapping[str, np.ndarray], accs, split: floa
     shutil.rmtree(staging, ignore_errors=True)
     raise
   return out
+
+
+def _mask_summary(mask: np.ndarray) -> dict:
+  """The manifest's statistics of one mask (`masks.mask_statistics`)."""
+  stats = masks_lib.mask_statistics(mask)
+  summary = {"achieved_acceleration": round(stats["acceleration"], 4)}
+  if "lines" in stats:
+    summary.update(sampled_lines=stats["lines"], centre_lines=stats["centre_lines"],
+                   mean_abs_ky=round(stats["mean_abs_ky"], 2))
+  return summary
 
 
 def _publish(staging: str, out: str, overwrite: bool) -> None:

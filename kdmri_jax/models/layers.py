@@ -1,13 +1,29 @@
-"""Convolution with PyTorch's default initialisation, so fresh models start where the reference code does."""
+"""Convolution with PyTorch's default initialisation, and a CPU-friendly weight gradient for it.
+
+XLA:CPU (jaxlib 0.10) runs 2-D convolutions through YNNPACK only when the larger of the convolution's input
+and output feature sizes exceeds 16 (`IsConvolutionOpSupportedByYnn`); otherwise it falls back to a slow
+generic kernel. XLA writes a layer's weight gradient as a convolution whose feature sizes are the batch and
+the layer's *output* channels, so the gradient of every 32→1 layer (batch 1–16) misses YNNPACK and costs
+~30× more than it has to (experiments/results/speed.md). `conv_general_dilated` below is
+`lax.conv_general_dilated` with a custom VJP that, on CPU, computes that gradient as the equivalent
+convolution with the operands' roles swapped (output feature = the layer's input channels), which YNNPACK
+takes. GPUs and TPUs keep JAX's own gradient (`lax.platform_dependent`).
+"""
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+# Batches up to this size get one weight-gradient conv per image (the sum is unrolled in the HLO).
+MAX_UNROLLED_BATCH = 16
 
 
 def torch_uniform(fan_in: int):
@@ -20,8 +36,81 @@ def torch_uniform(fan_in: int):
   return init
 
 
+def _conv(x, kernel, padding, precision):
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC, precision=precision)
+
+
+def weight_gradient_swapped(x: jnp.ndarray, g: jnp.ndarray, padding, kernel_hw, precision=None):
+  """∂L/∂kernel (HWIO) of `_conv(x, kernel, padding)` given g = ∂L/∂output, as one forward-style conv.
+
+  The convolution runs over the batch with g as the image (batch = output channels) and x as the filter
+  (output feature = input channels); its spatial output is the kernel flipped, hence the reverse.
+  With kernel size k and padding (lo, hi), g is padded by (k−1−lo, k−1−hi).
+  """
+  pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_hw, padding)]
+  flipped = lax.conv_general_dilated(g, x, (1, 1), pads, dimension_numbers=("CHWN", "IHWO", "NHWC"),
+                                     precision=precision)  # (Cout, kh, kw, Cin)
+  return jnp.transpose(flipped[:, ::-1, ::-1, :], (1, 2, 3, 0))
+
+
+def _use_swapped(x_shape, g_shape) -> bool:
+  """Swap when the layer narrows (Cin > Cout): the gradient conv's output feature is then the wider one."""
+  return x_shape[-1] > g_shape[-1]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_cpu(x, kernel, padding, precision):
+  return _conv(x, kernel, padding, precision)
+
+
+def _conv_cpu_fwd(x, kernel, padding, precision):
+  return _conv(x, kernel, padding, precision), (x, kernel)
+
+
+def _conv_cpu_bwd(padding, precision, residuals, g):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, padding, precision), x)
+  # One gradient conv per image, summed: YNNPACK runs the batch-folded conv ~1.5× slower at batch 4.
+  images = range(x.shape[0]) if x.shape[0] <= MAX_UNROLLED_BATCH else [slice(None)]
+  weight = sum(_weight_gradient(x[i:i + 1] if isinstance(i, int) else x,
+                                g[i:i + 1] if isinstance(i, int) else g, kernel, padding, precision)
+               for i in images)
+  return input_vjp(g)[0], weight.astype(kernel.dtype)
+
+
+def _weight_gradient(x, g, kernel, padding, precision):
+  if _use_swapped(x.shape, g.shape):
+    return weight_gradient_swapped(x, g, padding, kernel.shape[:2], precision)
+  _, weight_vjp = jax.vjp(lambda k: _conv(x, k, padding, precision), kernel)
+  return weight_vjp(g)[0]
+
+
+_conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs: Any):
+  """`lax.conv_general_dilated`; for stride-1 NHWC/HWIO convs, the CPU weight gradient above."""
+  simple = (tuple(window_strides) == (1, 1) and not kwargs and feature_group_count == 1
+            and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+            and _is_nhwc(dimension_numbers) and not isinstance(padding, str))
+  if not simple:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, precision=precision, **kwargs)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return lax.platform_dependent(lhs, rhs, cpu=lambda x, k: _conv_cpu(x, k, padding, precision),
+                                default=lambda x, k: _conv(x, k, padding, precision))
+
+
+def _is_nhwc(dimension_numbers: Sequence[str] | Any) -> bool:
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return dimension_numbers == lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), NHWC)
+  return dimension_numbers is not None and tuple(dimension_numbers) == NHWC
+
+
 def conv3x3(features: int, in_features: int, name: str, dtype: Any = jnp.float32) -> nn.Conv:
   """3×3 convolution, zero padding 1, with bias; NHWC activations, HWIO kernel."""
   fan_in = 9 * in_features
   return nn.Conv(features, (3, 3), padding=1, use_bias=True, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in), name=name)
+                 kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
+                 conv_general_dilated=conv_general_dilated, name=name)
