@@ -1,8 +1,8 @@
-"""Interleaved A/B of the CPU training step: XLA's own conv gradient vs `models.layers`' vs PyTorch eager.
+"""Interleaved A/B of the CPU training step: XLA's conv gradient, `models.layers`', PyTorch eager.
 
   python -m experiments.train_step_ab_cpu --size 240 --batch 1 --repeats 5
 
-Prints the median of each implementation and its ratio to PyTorch eager (experiments/results/speed.md).
+Prints each implementation's median and its ratio to PyTorch eager (experiments/results/speed.md).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def main(argv) -> int:
   args = parser.parse_args(argv)
   if args.size < 8 or args.batch < 1 or args.repeats < 1:
     parser.error("--size must be at least 8, --batch and --repeats at least 1.")
-  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch is imported, as the benchmark does
+  os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch's import, as in the benchmark
   impls = [impl for name in ("teacher", "student") for impl in build(name, args.size, args.batch)]
   load = os.getloadavg()[0]
   stats = benchmark.time_case(impls, args.repeats, warmup=1)

@@ -21,12 +21,14 @@ def _grads(conv, x, kernel):
   return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
 
 
-@pytest.mark.parametrize("batch,cin,cout", [(1, 32, 1), (2, 32, 1), (1, 1, 32), (3, 8, 8), (2, 32, 32)])
+@pytest.mark.parametrize("batch,cin,cout",
+                         [(1, 32, 1), (2, 32, 1), (1, 1, 32), (3, 8, 8), (2, 32, 32)])
 def test_gradients_equal_jax_own(batch, cin, cout):
   rng = np.random.default_rng(batch * 100 + cin + cout)
   x = jnp.asarray(rng.standard_normal((batch, 9, 7, cin), dtype=np.float32))
   kernel = jnp.asarray(rng.standard_normal((3, 3, cin, cout), dtype=np.float32) * 0.2)
-  ours, theirs = _grads(layers.conv_general_dilated, x, kernel), _grads(lax.conv_general_dilated, x, kernel)
+  ours = _grads(layers.conv_general_dilated, x, kernel)
+  theirs = _grads(lax.conv_general_dilated, x, kernel)
   for a, b in zip(ours, theirs):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
@@ -35,9 +37,10 @@ def test_swapped_weight_gradient_handles_uneven_padding():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((2, 8, 6, 5), dtype=np.float32))
   padding = ((0, 2), (2, 1))
-  out_shape = jax.eval_shape(lambda k: layers._conv(x, k, padding, None), jnp.zeros((3, 3, 5, 2))).shape
+  conv = lambda k: layers._conv(x, k, padding, None)  # noqa: E731
+  out_shape = jax.eval_shape(conv, jnp.zeros((3, 3, 5, 2))).shape
   g = jnp.asarray(rng.standard_normal(out_shape, dtype=np.float32))
-  expected = jax.vjp(lambda k: layers._conv(x, k, padding, None), jnp.zeros((3, 3, 5, 2)))[1](g)[0]
+  expected = jax.vjp(conv, jnp.zeros((3, 3, 5, 2)))[1](g)[0]
   np.testing.assert_allclose(layers.weight_gradient_swapped(x, g, padding, (3, 3)), expected,
                              rtol=1e-5, atol=1e-5)
 
@@ -84,7 +87,7 @@ def test_training_step_is_bit_identical_across_calls():
 
 
 def _plain_convolutions(conv_fn, batch):
-  """Convolutions of the compiled CPU gradient outside a YNNPACK fusion (XLA's slow generic kernel)."""
+  """Convolutions of the compiled CPU gradient outside a YNNPACK fusion (XLA's generic kernel)."""
   model = models.build_model("student", num_cascades=1)
   params = models.init_params(model, jax.random.PRNGKey(0), 8, 8)
   with unittest.mock.patch.object(layers, "conv_general_dilated", conv_fn):

@@ -1,13 +1,14 @@
 """Convolution with PyTorch's default initialisation, and a CPU-friendly weight gradient for it.
 
-XLA:CPU (jaxlib 0.10) runs 2-D convolutions through YNNPACK only when the larger of the convolution's input
-and output feature sizes exceeds 16 (`IsConvolutionOpSupportedByYnn`); otherwise it falls back to a slow
-generic kernel. XLA writes a layer's weight gradient as a convolution whose feature sizes are the batch and
-the layer's *output* channels, so the gradient of every 32→1 layer (batch 1–16) misses YNNPACK and costs
-~30× more than it has to (experiments/results/speed.md). `conv_general_dilated` below is
-`lax.conv_general_dilated` with a custom VJP that, on CPU, computes that gradient as the equivalent
-convolution with the operands' roles swapped (output feature = the layer's input channels), which YNNPACK
-takes. GPUs and TPUs keep JAX's own gradient (`lax.platform_dependent`).
+XLA:CPU (jaxlib 0.10) runs a 2-D convolution through YNNPACK only when the larger of its input and
+output feature sizes exceeds 16 (`IsConvolutionOpSupportedByYnn`); otherwise it falls back to a slow
+generic kernel. XLA writes a layer's weight gradient as a convolution whose feature sizes are the
+batch and the layer's *output* channels, so the gradient of every 32→1 layer (batch ≤ 16) misses
+YNNPACK and costs ~30× more than it has to (experiments/results/speed.md).
+`conv_general_dilated` below is `lax.conv_general_dilated` with a custom VJP that, on CPU, computes
+that gradient as the equivalent convolution with the operands' roles swapped (output feature = the
+layer's input channels), which YNNPACK takes. GPUs and TPUs keep JAX's own gradient
+(`lax.platform_dependent`).
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import jax.numpy as jnp
 from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
-# Batches up to this size get one weight-gradient conv per image (the sum is unrolled in the HLO).
+# Batches up to this size get one weight-gradient conv per image (the sum is unrolled in the HLO):
+# YNNPACK runs the batch-folded conv ~1.5× slower at batch 4.
 MAX_UNROLLED_BATCH = 16
 
 
 def torch_uniform(fan_in: int):
-  """U(−1/√fan_in, 1/√fan_in): PyTorch's default for conv weights (kaiming_uniform, a=√5) and biases."""
+  """U(−1/√fan_in, 1/√fan_in): PyTorch's conv weight and bias init."""
   bound = 1.0 / math.sqrt(fan_in)
 
   def init(key, shape, dtype=jnp.float32):
@@ -37,24 +39,25 @@ def torch_uniform(fan_in: int):
 
 
 def _conv(x, kernel, padding, precision):
-  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC, precision=precision)
+  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC,
+                                  precision=precision)
 
 
 def weight_gradient_swapped(x: jnp.ndarray, g: jnp.ndarray, padding, kernel_hw, precision=None):
-  """∂L/∂kernel (HWIO) of `_conv(x, kernel, padding)` given g = ∂L/∂output, as one forward-style conv.
+  """∂L/∂kernel (HWIO) of `_conv(x, kernel, padding)` given g = ∂L/∂output, as a forward-style conv.
 
-  The convolution runs over the batch with g as the image (batch = output channels) and x as the filter
-  (output feature = input channels); its spatial output is the kernel flipped, hence the reverse.
-  With kernel size k and padding (lo, hi), g is padded by (k−1−lo, k−1−hi).
+  The convolution sums over the batch with g as the image (batch = output channels) and x as the
+  filter (output feature = input channels); its spatial output is the kernel flipped, hence the
+  reverse. With kernel size k and padding (lo, hi), g is padded by (k−1−lo, k−1−hi).
   """
   pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_hw, padding)]
-  flipped = lax.conv_general_dilated(g, x, (1, 1), pads, dimension_numbers=("CHWN", "IHWO", "NHWC"),
-                                     precision=precision)  # (Cout, kh, kw, Cin)
+  flipped = lax.conv_general_dilated(g, x, (1, 1), pads, precision=precision,
+                                     dimension_numbers=("CHWN", "IHWO", "NHWC"))  # Cout,kh,kw,Cin
   return jnp.transpose(flipped[:, ::-1, ::-1, :], (1, 2, 3, 0))
 
 
 def _use_swapped(x_shape, g_shape) -> bool:
-  """Swap when the layer narrows (Cin > Cout): the gradient conv's output feature is then the wider one."""
+  """Swap when the layer narrows (Cin > Cout): the gradient conv's output is the wider."""
   return x_shape[-1] > g_shape[-1]
 
 
@@ -70,11 +73,11 @@ def _conv_cpu_fwd(x, kernel, padding, precision):
 def _conv_cpu_bwd(padding, precision, residuals, g):
   x, kernel = residuals
   _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, padding, precision), x)
-  # One gradient conv per image, summed: YNNPACK runs the batch-folded conv ~1.5× slower at batch 4.
-  images = range(x.shape[0]) if x.shape[0] <= MAX_UNROLLED_BATCH else [slice(None)]
-  weight = sum(_weight_gradient(x[i:i + 1] if isinstance(i, int) else x,
-                                g[i:i + 1] if isinstance(i, int) else g, kernel, padding, precision)
-               for i in images)
+  if x.shape[0] <= MAX_UNROLLED_BATCH:
+    weight = sum(_weight_gradient(x[i:i + 1], g[i:i + 1], kernel, padding, precision)
+                 for i in range(x.shape[0]))
+  else:
+    weight = _weight_gradient(x, g, kernel, padding, precision)
   return input_vjp(g)[0], weight.astype(kernel.dtype)
 
 
@@ -89,22 +92,25 @@ _conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None, **kwargs: Any):
-  """`lax.conv_general_dilated`; for stride-1 NHWC/HWIO convs, the CPU weight gradient above."""
+                         dimension_numbers=None, feature_group_count=1, precision=None,
+                         **kwargs: Any):
+  """`lax.conv_general_dilated`; stride-1 NHWC/HWIO convs get the CPU weight gradient above."""
   simple = (tuple(window_strides) == (1, 1) and not kwargs and feature_group_count == 1
             and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
             and _is_nhwc(dimension_numbers) and not isinstance(padding, str))
   if not simple:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
-                                    dimension_numbers, feature_group_count, precision=precision, **kwargs)
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision, **kwargs)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return lax.platform_dependent(lhs, rhs, cpu=lambda x, k: _conv_cpu(x, k, padding, precision),
+  return lax.platform_dependent(lhs, rhs,
+                                cpu=lambda x, k: _conv_cpu(x, k, padding, precision),
                                 default=lambda x, k: _conv(x, k, padding, precision))
 
 
 def _is_nhwc(dimension_numbers: Sequence[str] | Any) -> bool:
   if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
-    return dimension_numbers == lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), NHWC)
+    return dimension_numbers == lax.conv_dimension_numbers((1,) * 4, (1,) * 4, NHWC)
   return dimension_numbers is not None and tuple(dimension_numbers) == NHWC
 
 
