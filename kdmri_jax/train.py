@@ -624,6 +624,9 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
             best_mngr.save(step, args=checkpoints.save_args(params, {**model_meta, "stage": stage, "step": step,
                                                                       "val_loss": val_loss}),
                            metrics={"val_loss": val_loss}, force=True)
+            # The training state saved next records this step as the best: the best model must be on
+            # disk first, or a kill between the two writes would leave a resumed run with no best/.
+            best_mngr.wait_until_finished()
         save(state, step)
         epoch += 1
         train_loss = epoch_loss / max(epoch_count, 1)

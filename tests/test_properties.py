@@ -145,7 +145,9 @@ def _zero_point(name, teacher):
   """A student map the loss `name` must give 0 for: the teacher's own map, except for AB, a margin
   loss (0 once the student is past the margin μ = 1 on the teacher's side of every boundary)."""
   if name == "ab":
-    return np.where(teacher > 0, 1.0 + teacher, -1.0).astype(np.float32)
+    # XLA:CPU flushes float32 denormals to zero, so a denormal teacher value is an inactive neuron.
+    active = teacher >= np.finfo(np.float32).tiny
+    return np.where(active, 1.0 + teacher, -1.0).astype(np.float32)
   return teacher.copy()
 
 
