@@ -9,6 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from kdmri_jax import masks
+
 ALL_STAGES = "teacher,student,feature,kd,evaluate,report"
 
 
@@ -21,30 +23,50 @@ def get_config() -> ml_collections.ConfigDict:
   config.stages = ALL_STAGES
   # None -> experiments/{dataset}/acc_{acc}; `--workdir` on the command line wins over both.
   config.workdir = placeholder(str)
+  config.data = data_config()
+  config.models = models_config()
+  config.kd = kd_config()
+  config.train = train_config()
+  config.evaluate = evaluate_config()
+  config.distributed = distributed_config()
+  return config
 
-  config.data = data = ml_collections.ConfigDict()
+
+def data_config() -> ml_collections.ConfigDict:
+  """Where the data and masks come from and how they are read."""
+  data = ml_collections.ConfigDict()
   data.root = placeholder(str)  # None -> embedded MNI brain data, built into cache_dir
   data.cache_dir = placeholder(str)  # None -> the data package's default cache folder
   data.mask_path = placeholder(str)  # None -> {root}/masks/mask_{acc}.npy
   data.source = "h5"  # 'h5' (reference layout) | 'tfds'
   data.image_size = 240  # embedded brain / super-resolution target size
   data.num_workers = 2  # reader threads that prefetch batches; 0 reads synchronously (debugging)
-  data.seed = 0  # seed of the embedded data and any generated mask
-  # Generated masks (embedded brain): seeded draws of the family; 22 gives the authors' statistics.
-  data.mask_seed = 22  # kdmri_jax.masks.DEFAULT_MASK_SEED
-  data.mask_family = "dccnn"  # generated masks: "dccnn" (the authors' kind) | "gaussian" (before)
-  data.max_slices = placeholder(int)  # None -> every slice; an int keeps that many per split (demos, tests)
+  data.seed = 0  # seed of the embedded data (its augmented copies); masks have mask_seed
+  # Generated masks (embedded brain): seeded draws of the family; 172 gives the authors' statistics.
+  data.mask_seed = masks.DEFAULT_MASK_SEED  # 172
+  # generated masks: "dccnn" (the authors' kind) | "gaussian" (before)
+  data.mask_family = masks.DEFAULT_FAMILY  # "dccnn"
+  # None -> every slice; an int keeps that many per split (demos, tests)
+  data.max_slices = placeholder(int)
+  return data
 
-  config.models = models = ml_collections.ConfigDict()
+
+def models_config() -> ml_collections.ConfigDict:
+  """Teacher and student presets and their sizes."""
+  models = ml_collections.ConfigDict()
   models.teacher = "teacher"  # kdmri_jax.models.PRESETS name: DC-CNN D5C5
   models.student = "student"  # DC-CNN D5C3
   models.num_cascades = placeholder(int)  # None -> the preset's (5); smaller for quick runs
   models.features = placeholder(int)  # None -> the preset's (32 DC-CNN, 64 VDSR)
-  # None -> models.features; a different width gives the student fewer channels than the teacher (FitNet
-  # then trains a 1×1 regressor alongside it in the feature stage).
+  # None -> models.features; a different width gives the student fewer channels than the teacher
+  # (FitNet then trains a 1×1 regressor alongside it in the feature stage).
   models.student_features = placeholder(int)
+  return models
 
-  config.kd = kd = ml_collections.ConfigDict()
+
+def kd_config() -> ml_collections.ConfigDict:
+  """The feature (attention transfer) and imitation (KD) stages."""
+  kd = ml_collections.ConfigDict()
   # KD loss (kdmri_jax.losses.IMITATION_OBJECTIVES): 'paper' α·L1(x_S, y) + (1 − α)·L1(x_S, x_T);
   # the authors' code: 'authors_code' L1(x_S, y) + L1(x_S, x_T)/numel (reconstruction train_kd.py),
   # 'authors_script' L1(x_S, y) from the feature stage (their train_kd.sh, imitation off),
@@ -61,9 +83,14 @@ def get_config() -> ml_collections.ConfigDict:
   # feature loss).
   kd.feature_best = "attention_mse"
   kd.kd_feature_weight = 0.0  # feature loss added to the `kd` stage's loss (0 in the paper)
-  kd.init_from = "feature"  # student init for `kd`: 'feature' | 'student' (imitation-only ablation) | 'scratch'
+  # student init for `kd`: 'feature' | 'student' (imitation-only ablation) | 'scratch'
+  kd.init_from = "feature"
+  return kd
 
-  config.train = train = ml_collections.ConfigDict()
+
+def train_config() -> ml_collections.ConfigDict:
+  """Optimisation, precision, logging and checkpointing of every training stage."""
+  train = ml_collections.ConfigDict()
   train.batch_size = 4  # global batch (split over all devices of all hosts)
   train.num_epochs = 150
   train.learning_rate = 1e-3  # Adam, no weight decay
@@ -77,20 +104,27 @@ def get_config() -> ml_collections.ConfigDict:
   train.keep_checkpoints = 3  # latest training-state checkpoints kept
   train.num_image_examples = 4  # validation examples in the TensorBoard image grid
   train.progress_bar = True
+  return train
 
-  config.evaluate = evaluate = ml_collections.ConfigDict()
+
+def evaluate_config() -> ml_collections.ConfigDict:
+  """The `evaluate` stage."""
+  evaluate = ml_collections.ConfigDict()
   evaluate.batch_size = 4
   evaluate.stages = "teacher,student,kd"  # trained stages compared with ZF in the table, in this order
   evaluate.save_reconstructions = True  # results/<model>/*.h5 as `kdmri_jax.valid` writes
+  return evaluate
 
-  # Multi-host: None everywhere -> single process, or automatic detection on TPU/SLURM when
-  # `distributed.auto` is true.
-  config.distributed = dist = ml_collections.ConfigDict()
+
+def distributed_config() -> ml_collections.ConfigDict:
+  """Multi-host: None everywhere -> single process, or automatic detection on TPU/SLURM when
+  `distributed.auto` is true."""
+  dist = ml_collections.ConfigDict()
   dist.auto = False
   dist.coordinator_address = placeholder(str)  # 'host:port' of process 0
   dist.num_processes = placeholder(int)
   dist.process_id = placeholder(int)
-  return config
+  return dist
 
 
 def for_dataset(dataset: str, acc: str) -> ml_collections.ConfigDict:

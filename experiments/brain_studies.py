@@ -146,7 +146,7 @@ def stats_table(rows: Sequence[tuple[str, str, Sequence[str]]], run_dirs: dict,
              "not run" if ssim is None else f"{ssim[0]:.4f} ± {ssim[1]:.4f}",
              f"{psnr[0] - student[0]:+.2f}" if compared else "—",
              f"{test['wins']}/{test['n']}" if compared else "—",
-             ("—" if test["wilcoxon_p"] is None else f"{test['wilcoxon_p']:.3g}") if compared else "—",
+             p_text(test["wilcoxon_p"]) if compared else "—",
              "—" if r["params"] is None else f"{r['params']:,}",
              "—" if r["train_s"] is None else f"{r['train_s']:.0f}",
              ", ".join(map(str, r["seeds"])) or "none"]
@@ -187,24 +187,47 @@ def sections(run_dirs: dict, acc: str, methods: Sequence[str], commands: Sequenc
   return "\n".join(text)
 
 
+def resolve(lower: tuple[float, float], upper: tuple[float, float], seeds: int,
+            p: float | None = None) -> str:
+  """How `upper` (mean, std over seeds) stands to `lower`: 'above' when its mean exceeds lower's by
+  more than the larger of their two seed stds (and p < ALPHA when a paired test is given), 'below'
+  for the mirror image, else why neither: 'one seed' (under 2 seeds: no spread), 'spread' (the
+  difference is inside it) or 'p' (the test is not significant). The one rule of every verdict of
+  brain.md (reproduce_brain's ordering too)."""
+  diff, spread = upper[0] - lower[0], max(lower[1], upper[1])
+  if seeds < 2:
+    return "one seed"
+  if abs(diff) <= spread:
+    return "spread"
+  if p is not None and not p < ALPHA:
+    return "p"
+  return "above" if diff > 0 else "below"
+
+
 def step(lower: tuple[float, float], upper: tuple[float, float], seeds: int,
          p: float | None = None) -> str:
-  """Whether `upper` (mean, std over seeds) is resolvably above `lower`: 'above' when its mean
-  exceeds lower's by more than the larger of their two seed stds (and p < ALPHA when a paired test
-  is given), 'below' for the mirror image, else 'inside' (always with under 2 seeds: no spread).
-  The one rule of every verdict of brain.md (reproduce_brain's ordering too)."""
-  diff, spread = upper[0] - lower[0], max(lower[1], upper[1])
-  if seeds < 2 or abs(diff) <= spread or (p is not None and not p < ALPHA):
-    return "inside"
-  return "above" if diff > 0 else "below"
+  """`resolve` as 'above', 'below' or 'inside' (neither, for whatever reason)."""
+  outcome = resolve(lower, upper, seeds, p)
+  return outcome if outcome in ("above", "below") else "inside"
+
+
+def paired_p(test: dict) -> float:
+  """A paired test's Wilcoxon p, 1 for a test without any nonzero difference (nothing resolved)."""
+  return 1.0 if test["wilcoxon_p"] is None else test["wilcoxon_p"]
 
 
 def verdict(run_dirs: dict, acc: str, methods: Sequence[str]) -> str:
   """Sentences on the ablation and the methods from the runs: which rows beat the student alone."""
-  titled = (("ablation", ablation_rows()[1:]), ("method comparison", method_rows(methods)[2:]))
-  groups = {title: [(label, row_stats(run_dirs, key)) for key, label, _ in rows]
-            for title, rows in titled}
-  return rows_verdict(acc, groups, row_stats(run_dirs, "student"), row_stats(run_dirs, "teacher"))
+  ablation, comparison = ([(label, row_stats(run_dirs, key)) for key, label, _ in rows]
+                          for rows in (ablation_rows(), method_rows(methods)))
+  return tables_verdict(acc, ablation, comparison)
+
+
+def tables_verdict(acc: str, ablation: list, comparison: list) -> str:
+  """rows_verdict from the rows [(label, row)] of the ablation and methods tables in their order:
+  the ablation's first row is the student alone, the methods' first two the teacher and student."""
+  groups = {"ablation": ablation[1:], "method comparison": comparison[2:]}
+  return rows_verdict(acc, groups, ablation[0][1], comparison[0][1])
 
 
 def rows_verdict(acc: str, groups: dict, student: dict, teacher: dict) -> str:
@@ -217,10 +240,8 @@ def rows_verdict(acc: str, groups: dict, student: dict, teacher: dict) -> str:
       said.append(f"The {title} at {acc} has not been run.")
       continue
     seeds = {label: min(len(r["seeds"]), len(student["seeds"])) for label, r in results}
-    p = {label: 1.0 if r["test"]["wilcoxon_p"] is None else r["test"]["wilcoxon_p"]
-         for label, r in results}
     beat = [label for label, r in results
-            if step(student["PSNR"], r["PSNR"], seeds[label], p[label]) == "above"]
+            if step(student["PSNR"], r["PSNR"], seeds[label], paired_p(r["test"])) == "above"]
     higher = [(label, r) for label, r in results
               if r["PSNR"][0] > student["PSNR"][0] and label not in beat]
     best_label, best = max(results, key=lambda x: x[1]["PSNR"][0])
@@ -230,7 +251,7 @@ def rows_verdict(acc: str, groups: dict, student: dict, teacher: dict) -> str:
     if higher:
       text += ("; above it on mean PSNR but not resolved: " +
                ", ".join(f"{label} ({r['PSNR'][0] - student['PSNR'][0]:+.2f} dB, p = "
-                         f"{_p(r['test']['wilcoxon_p'])})" for label, r in higher))
+                         f"{p_text(r['test']['wilcoxon_p'])})" for label, r in higher))
     best_gain = best["PSNR"][0] - student["PSNR"][0]
     said.append(f"{text}; the best is {best_label} at {best_gain:+.2f} dB.")
     teacher_worse = teacher["PSNR"] is not None and teacher["PSNR"][0] <= student["PSNR"][0]
@@ -240,5 +261,6 @@ def rows_verdict(acc: str, groups: dict, student: dict, teacher: dict) -> str:
   return " ".join(said)
 
 
-def _p(value: float | None) -> str:
+def p_text(value: float | None) -> str:
+  """A p-value as the tables show it ('—' for a test without any nonzero difference)."""
   return "—" if value is None else f"{value:.3g}"

@@ -15,8 +15,8 @@ per-volume PSNR/SSIM of ZF, teacher, student and KD from every finished run; mis
 training. The verdict applies one rule (`ordering_verdict`) per acc and metric: the paper's ordering
 ZF < student < KD < teacher, each step beyond the seed spread. `--reverdict FILE` re-derives a written
 table's verdict from its own numbers when the run folders are gone. The setting line names each run's
-`config.data.mask_family` and `config.kd.imitation` (from its config.json). Nothing here is tuned on validation: the checkpoints are the pipeline's best by validation loss,
-as in the paper.
+`config.data.mask_family` and `config.kd.imitation` (from its config.json). Nothing here is tuned
+on validation: the checkpoints are the pipeline's best by validation loss, as in the paper.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import brain_figures  # noqa: E402  (the qualitative figures and training curves)
 import brain_studies  # noqa: E402  (the ablation and methods at one acc)
 import compare_methods as common  # noqa: E402  (the shared run/collect helpers)
-from brain_studies import ALPHA, step  # noqa: E402  (the rule for one difference of seed means)
+from brain_studies import ALPHA, p_text, paired_p, resolve  # noqa: E402  (the one rule, its p)
 from seed_stats import mean_std, paired_test  # noqa: E402
-from kdmri_jax.errors import require, run_cli  # noqa: E402
+from kdmri_jax.errors import InputError, require, run_cli  # noqa: E402
 
 ACCS = ("4x", "5x", "8x")
 SEEDS = (42, 43, 44)
@@ -159,10 +159,6 @@ def _cell(value: tuple[float, float] | None, digits: int) -> str:
   return "not run" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
-def _p(value: float | None) -> str:
-  return "—" if value is None else f"{value:.3g}"
-
-
 def main_table(stats: dict, accs: Sequence[str]) -> str:
   """The paper's layout: rows ZF/Teacher/Student/KD, columns acc × (PSNR, SSIM)."""
   head = ["Method"] + [f"{acc} {k}" for acc in accs for k in ("PSNR (dB)", "SSIM")]
@@ -214,8 +210,8 @@ def gap_table(stats: dict, accs: Sequence[str]) -> str:
     test = entry["test"]
     lines.append("| " + " | ".join([
         acc, ", ".join(map(str, entry["seeds"])), f"{t - s:+.2f}", f"{k - s:+.2f}", gap, per_seed,
-        f"{test['wins']}/{test['n']}", _p(test["wilcoxon_p"]) + f" (min {test['min_p']:.2g})",
-        _p(test["t_p"]), _p(entry["test_ssim"]["wilcoxon_p"])]) + " |")
+        f"{test['wins']}/{test['n']}", p_text(test["wilcoxon_p"]) + f" (min {test['min_p']:.2g})",
+        p_text(test["t_p"]), p_text(entry["test_ssim"]["wilcoxon_p"])]) + " |")
   return "\n".join(lines)
 
 
@@ -291,56 +287,80 @@ def ordering_verdict(per_seed: Mapping[str, Sequence[float]], metric: str = "PSN
   return summary_verdict(summary, seeds, metric, kd_student_p)
 
 
+class Shown(NamedTuple):
+  """How a verdict writes one metric's numbers."""
+  digits: int
+  unit: str
+
+  def num(self, x: float) -> str:
+    return f"{x:.{self.digits}f}"
+
+  def signed(self, x: float) -> str:
+    return f"{x:+.{self.digits}f}{self.unit}"
+
+
+def shown_as(metric: str) -> Shown:
+  return Shown(2, " dB") if metric == "PSNR" else Shown(4, "")
+
+
+def unresolved(name: str, lower: tuple[float, float], upper: tuple[float, float], seeds: int,
+               shown: Shown, p: float | None = None) -> tuple[str, str] | None:
+  """None when `resolve` finds `upper` above `lower`, else (its outcome, 'NAME (+d) is ...': why
+  not)."""
+  outcome = resolve(lower, upper, seeds, p)
+  if outcome == "above":
+    return None
+  diff, spread = upper[0] - lower[0], max(lower[1], upper[1])
+  spread_text = f"{shown.num(spread)}{shown.unit}"
+  why = {"one seed": "not resolvable: one seed gives no seed spread",
+         "spread": f"inside the larger seed std ({spread_text})",
+         "p": f"outside the seed spread but not significant (p ≥ {ALPHA})",
+         }.get(outcome, f"{outcome} zero by more than the seed spread ({spread_text})")
+  shown_p = "" if p is None else f", paired p = {p:.3g}"
+  return outcome, f"{name} ({shown.signed(diff)}{shown_p}) is {why}"
+
+
+def ordering_steps(summary: Mapping[str, tuple[float, float]], seeds: int, shown: Shown,
+                   kd_student_p: float | None) -> tuple[list[str], list[str], list[str], list[str]]:
+  """The steps of the ordering that do not hold, as phrases grouped by what they make the verdict:
+  (zero-filling failures, no gap, failures, not resolved)."""
+  z, s, k, t = (summary[m] for m in ORDERING)
+  zf_fails, no_gap, fails, inside = [], [], [], []
+  if z[0] >= s[0]:
+    zf_fails.append(f"zero-filling ({shown.num(z[0])}) is "
+                    f"{'above' if z[0] > s[0] else 'level with'} the student ({shown.num(s[0])})")
+  elif miss := unresolved("student − ZF", z, s, seeds, shown):
+    inside.append(miss[1])
+  if miss := unresolved("teacher − student", s, t, seeds, shown):
+    no_gap.append(miss[1])
+  if k[0] > t[0]:
+    no_gap.append(f"KD is above the teacher ({shown.signed(k[0] - t[0])}), so the gap closed "
+                  "would be over 100 %")
+  if miss := unresolved("KD − student", s, k, seeds, shown, kd_student_p):
+    (fails if miss[0] == "below" else inside).append(miss[1])
+  if k[0] <= t[0] and (miss := unresolved("teacher − KD", k, t, seeds, shown)):
+    inside.append(miss[1])
+  return zf_fails, no_gap, fails, inside
+
+
 def summary_verdict(summary: Mapping[str, tuple[float, float]], seeds: int,
                     metric: str = "PSNR", kd_student_p: float | None = None) -> Ordering:
   """ordering_verdict from each model's (mean, std) over `seeds` seeds: what a table holds."""
-  digits, unit = (2, " dB") if metric == "PSNR" else (4, "")
-  num = lambda x: f"{x:.{digits}f}"  # noqa: E731
-  signed = lambda x: f"{x:+.{digits}f}{unit}"  # noqa: E731
-  z, s, k, t = (summary[m] for m in ORDERING)
-
-  def unresolved(name, lower, upper, p=None):
-    """'NAME (+d) is ...': why `step` did not find upper resolvably above lower."""
-    diff, spread = upper[0] - lower[0], max(lower[1], upper[1])
-    if seeds < 2:
-      why = "not resolvable: one seed gives no seed spread"
-    elif abs(diff) <= spread:
-      why = f"inside the larger seed std ({num(spread)}{unit})"
-    elif p is not None and not p < ALPHA:
-      why = f"outside the seed spread but not significant (p ≥ {ALPHA})"
-    else:
-      side = "below" if diff < 0 else "above"
-      why = f"{side} zero by more than the seed spread ({num(spread)}{unit})"
-    shown_p = "" if p is None else f", paired p = {p:.3g}"
-    return f"{name} ({signed(diff)}{shown_p}) is {why}"
-
-  zf_fails, no_gap, fails, inside = [], [], [], []
-  if z[0] >= s[0]:
-    zf_fails.append(f"zero-filling ({num(z[0])}) is {'above' if z[0] > s[0] else 'level with'} the "
-                    f"student ({num(s[0])})")
-  elif step(z, s, seeds) != "above":
-    inside.append(unresolved("student − ZF", z, s))
-  if step(s, t, seeds) != "above":
-    no_gap.append(unresolved("teacher − student", s, t))
-  if k[0] > t[0]:
-    no_gap.append(f"KD is above the teacher ({signed(k[0] - t[0])}), so the gap closed would be "
-                  "over 100 %")
-  kd_step = step(s, k, seeds, kd_student_p)
-  if kd_step != "above":
-    (fails if kd_step == "below" else inside).append(unresolved("KD − student", s, k, kd_student_p))
-  if k[0] <= t[0] and step(k, t, seeds) != "above":
-    inside.append(unresolved("teacher − KD", k, t))
+  shown = shown_as(metric)
+  zf_fails, no_gap, fails, inside = ordering_steps(summary, seeds, shown, kd_student_p)
   if zf_fails or (fails and not no_gap):
     status = FAILS
   else:
     status = NO_GAP if no_gap else NOT_RESOLVED if inside else REPRODUCES
-  shown = (f"{metric} ZF {num(z[0])}, student {num(s[0])} ± {num(s[1])}, KD {num(k[0])} ± "
-           f"{num(k[1])}, teacher {num(t[0])} ± {num(t[1])}{unit}")
+  num = shown.num
+  z, s, k, t = (summary[m] for m in ORDERING)
+  numbers = (f"{metric} ZF {num(z[0])}, student {num(s[0])} ± {num(s[1])}, KD {num(k[0])} ± "
+             f"{num(k[1])}, teacher {num(t[0])} ± {num(t[1])}{shown.unit}")
   if status == REPRODUCES:
-    return Ordering(status, f"{shown}: {status} — every step exceeds the seed spread (teacher − "
-                            f"student {signed(t[0] - s[0])}).")
+    return Ordering(status, f"{numbers}: {status} — every step exceeds the seed spread (teacher − "
+                            f"student {shown.signed(t[0] - s[0])}).")
   reasons = "; ".join(zf_fails + no_gap + fails + inside)
-  return Ordering(status, f"{shown}: {status} — {reasons}.")
+  return Ordering(status, f"{numbers}: {status} — {reasons}.")
 
 
 def acc_orderings(entry: dict) -> dict[str, Ordering]:
@@ -348,9 +368,8 @@ def acc_orderings(entry: dict) -> dict[str, Ordering]:
   difference counts as p = 1)."""
   out = {}
   for metric, test in (("PSNR", "test"), ("SSIM", "test_ssim")):
-    p = entry[test]["wilcoxon_p"]
     summary = {m: entry[(m, metric)] for m in ORDERING}
-    out[metric] = summary_verdict(summary, len(entry["seeds"]), metric, 1.0 if p is None else p)
+    out[metric] = summary_verdict(summary, len(entry["seeds"]), metric, paired_p(entry[test]))
   return out
 
 
@@ -581,7 +600,7 @@ def overrides_from_markdown(text: str) -> list[str]:
 
 
 def studies_from_markdown(text: str) -> str:
-  """brain_studies.rows_verdict from a brain.md's ablation and methods tables ('' without)."""
+  """brain_studies.tables_verdict from a brain.md's ablation and methods tables ('' without)."""
   match = re.search(r"^## Ablation at (\w+):.*$", text, re.M)
   if not match:
     return ""
@@ -595,35 +614,46 @@ def studies_from_markdown(text: str) -> str:
             for row in table[1:]]
 
   acc = match.group(1)
-  ablation, methods = rows(match.group(0)), rows(f"## Feature-distillation methods at {acc}")
-  groups = {"ablation": ablation[1:], "method comparison": methods[2:]}  # no student, teacher
-  return brain_studies.rows_verdict(acc, groups, ablation[0][1], methods[0][1])
+  return brain_studies.tables_verdict(acc, rows(match.group(0)),
+                                      rows(f"## Feature-distillation methods at {acc}"))
 
 
 def section(text: str, heading: str) -> tuple[int, int]:
   """(start, end) of the body of section `heading` (after its heading line, to the next '## ')."""
-  start = text.index(f"\n{heading}\n") + len(heading) + 2
+  start = text.find(f"\n{heading}\n")
+  require(start >= 0, f"the markdown has no section {heading!r}; is it a brain.md of this script?")
+  start += len(heading) + 2
   end = text.find("\n## ", start)
   return start, len(text) if end < 0 else end + 1
 
 
-def reverdict(text: str, path: str) -> str:
-  """`text` (a brain.md) with its verdict re-derived by `verdict` and brain_studies.rows_verdict
-  from its own tables, a note on how, and the masks/imitation sentence added to the setting line
-  when missing (such a file comes from runs that predate both fields). No table changes."""
-  setting, accs, stats = stats_from_markdown(text)
-  studies = studies_from_markdown(text)
+NOTE_START = "This verdict was re-derived on "
+
+
+def derivation_note(path: str) -> str:
+  """The paragraph under a re-derived verdict: when, where, how and from which numbers."""
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  note = (f"This verdict was re-derived on {now} from this file's own tables — the seed means ± "
+  return (f"{NOTE_START}{now} from this file's own tables — the seed means ± "
           "stds and the paired tests' p as rounded there (so a difference of means can differ by "
           "one unit in the last digit from the gap table's), and the teacher's last-3-epoch gains "
           "of the curves sentence — with `python experiments/reproduce_brain.py --reverdict "
           f"{common.show([path])}` on {common.machine()}, as the run folders were not on that "
           "machine. No measured number was changed.")
+
+
+def reverdict(text: str, path: str) -> str:
+  """`text` (a brain.md) with its verdict re-derived by `verdict` and brain_studies.tables_verdict
+  from its own tables, a note on how, and the masks/imitation sentence added to the setting line
+  when missing (such a file comes from runs that predate both fields). No table changes. A verdict
+  that comes out as written keeps its note, so rerunning leaves the file as it is."""
+  setting, accs, stats = stats_from_markdown(text)
+  studies = studies_from_markdown(text)
   body = verdict(stats, accs, setting, gains_from_markdown(text),
                  setting_epochs(setting, overrides_from_markdown(text)))
   body += f" {studies}" if studies else ""
   start, end = section(text, "## Verdict")
+  written, _, note = text[start:end].strip("\n").partition(f"\n\n{NOTE_START}")
+  note = NOTE_START + note if note and written == body else derivation_note(path)
   text = f"{text[:start]}\n{body}\n\n{note}\n\n{text[end:]}"
   if "`config.data.mask_family`" not in text:
     records = {f"{acc} seed {seed}": {} for acc in accs for seed in stats[acc]["seeds"]}
@@ -765,18 +795,33 @@ def run_all(jobs: Sequence[tuple[str, int]], run_one: Callable[[str, int], objec
       future.result()  # the first failed run's one-sentence error, after the others have finished
 
 
+def write_markdown(path: str, text: str) -> None:
+  """Writes `path` whole or not at all (a killed run leaves the old table, never half a new one)."""
+  from kdmri_jax.report import write_text_atomic  # here: kdmri_jax.report imports jax
+
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  write_text_atomic(path, text)
+
+
 def rewrite_verdict(path: str) -> int:
-  """--reverdict: rewrites `path` in place with `reverdict`."""
+  """--reverdict: rewrites `path` in place with `reverdict` (not at all when nothing changes)."""
   require(os.path.isfile(path), f"--reverdict {path}: no such file.")
   with open(path) as f:
     text = f.read()
-  with open(path, "w") as f:
-    f.write(reverdict(text, path))
+  try:
+    new = reverdict(text, path)
+  except (KeyError, IndexError, ValueError) as error:  # a cell or row the tables should have
+    raise InputError(f"--reverdict {path}: its tables are not as this script writes them "
+                     f"({type(error).__name__}: {error}); is it a brain.md of this script?") from None
+  if new == text:
+    print(f"the verdict of {path} is unchanged")
+    return 0
+  write_markdown(path, new)
   print(f"rewrote the verdict of {path}")
   return 0
 
 
-def main(argv: Sequence[str]) -> int:
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu",
@@ -810,9 +855,11 @@ def main(argv: Sequence[str]) -> int:
                       help="only rewrite FILE's verdict (a brain.md of this script) from its own "
                            "tables, for when its run folders are gone; nothing runs, no number "
                            "changes")
-  args = parser.parse_args(argv)
-  if args.reverdict:
-    return rewrite_verdict(args.reverdict)
+  return parser
+
+
+def check_args(args) -> None:
+  """Validates the run arguments before any work, turning the lists into Python lists."""
   args.overrides = common.check_overrides(args.overrides)
   from kdmri_jax.masks import parse_acceleration
   args.accs = [a.strip() for a in args.accs.split(",") if a.strip()]
@@ -835,42 +882,59 @@ def main(argv: Sequence[str]) -> int:
     get_feature_loss(method)  # one sentence listing the names
   require(args.overwrite or args.dry_run or not os.path.exists(args.out),
           f"{args.out} exists; pass --overwrite to replace it.")
-  stop = None
-  if args.stop_after:
-    try:
-      hour, minute = (int(x) for x in args.stop_after.split(":"))
-      now = datetime.datetime.now(datetime.timezone.utc)
-      stop = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
-    except ValueError:
-      require(False, f"--stop-after {args.stop_after!r} is not a UTC time HH:MM, e.g. 05:50.")
-  root = os.path.abspath(args.workdir)
 
 
+def stop_time(stop_after: str | None) -> datetime.datetime | None:
+  """--stop-after HH:MM as today's UTC time (None without it)."""
+  if not stop_after:
+    return None
+  try:
+    hour, minute = (int(x) for x in stop_after.split(":"))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+  except ValueError:
+    require(False, f"--stop-after {stop_after!r} is not a UTC time HH:MM, e.g. 05:50.")
+
+
+def run_main_table(args, root: str, stop: datetime.datetime | None) -> None:
+  """Every (acc, seed) run of the main table, the first seed at every acc first."""
   def run_one(acc: str, seed: int) -> None:
     workdir = run_dir(root, args.setting, acc, seed)
     command = run_command(args.setting, acc, seed, workdir, args.overrides)
     common.timed_run(command, workdir, f"{acc} seed {seed}", TRAINED, args.dry_run)
 
+  # Order: the first seed at every acc, then the next seed, so partial results cover every acc early.
+  run_all([(acc, seed) for seed in args.seeds for acc in args.accs], run_one, args.parallel, stop,
+          args.stop_after)
+
+
+def run_study_rows(args, root: str, stop: datetime.datetime | None) -> None:
+  """The ablation and methods rows at --studies-acc on each seed's finished run."""
+  for seed in args.seeds:
+    workdir = run_dir(root, args.setting, args.studies_acc, seed)
+    if stop is not None and datetime.datetime.now(datetime.timezone.utc) >= stop:
+      print(f"--stop-after {args.stop_after} reached; starting no more studies.", flush=True)
+      break
+    if args.dry_run or read_volumes(workdir) is not None:
+      brain_studies.run_studies(workdir, study_base(args.setting, args.studies_acc),
+                                run_overrides(args.setting, args.studies_acc, seed, args.overrides),
+                                args.methods, f"{args.studies_acc} seed {seed}", args.dry_run, stop)
+
+
+def main(argv: Sequence[str]) -> int:
+  args = build_parser().parse_args(argv)
+  if args.reverdict:
+    return rewrite_verdict(args.reverdict)
+  check_args(args)
+  stop = stop_time(args.stop_after)
+  root = os.path.abspath(args.workdir)
   if not args.collect_only:
-    # Order: the first seed at every acc, then the next seed, so partial results cover every acc early.
-    run_all([(acc, seed) for seed in args.seeds for acc in args.accs], run_one, args.parallel, stop,
-            args.stop_after)
+    run_main_table(args, root, stop)
     if args.studies_acc:
-      for seed in args.seeds:
-        workdir = run_dir(root, args.setting, args.studies_acc, seed)
-        if stop is not None and datetime.datetime.now(datetime.timezone.utc) >= stop:
-          print(f"--stop-after {args.stop_after} reached; starting no more studies.", flush=True)
-          break
-        if args.dry_run or read_volumes(workdir) is not None:
-          brain_studies.run_studies(workdir, study_base(args.setting, args.studies_acc),
-                                    run_overrides(args.setting, args.studies_acc, seed, args.overrides), args.methods,
-                                    f"{args.studies_acc} seed {seed}", args.dry_run, stop)
+      run_study_rows(args, root, stop)
   if args.dry_run:
     return 0
-  text = collect(args, argv, root)
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  with open(args.out, "w") as f:
-    f.write(text)
+  write_markdown(args.out, collect(args, argv, root))
   print(f"wrote {args.out}")
   return 0
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import pathlib
 import re
 import sys
 from typing import Any, Mapping, Sequence
@@ -177,8 +178,6 @@ def authors_pickle_globals() -> list[tuple[Any, str]]:
 def _loadable_path_class(name: str) -> type:
   """pathlib's class `name`, or its pure flavour where this OS cannot create it, so that an
   `exp_dir` saved on Windows still loads on Linux (and the reverse)."""
-  import pathlib
-
   foreign = "PosixPath" if os.name == "nt" else "WindowsPath"
   return getattr(pathlib, f"Pure{name}" if name == foreign else name)
 
@@ -236,9 +235,11 @@ def load_torch_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -
 
 def training_record(checkpoint: Any) -> dict[str, Any]:
   """The authors' `epoch` and `best_dev_loss` as JSON numbers, for the converted meta."""
+  if not isinstance(checkpoint, Mapping):  # not a dict: no entries to record
+    return {}
   record = {}
   for meta_key, key in (("torch_epoch", "epoch"), ("torch_best_dev_loss", "best_dev_loss")):
-    value = checkpoint.get(key) if isinstance(checkpoint, Mapping) else None
+    value = checkpoint.get(key)
     if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
       record[meta_key] = value.item() if isinstance(value, np.generic) else value
   return record

@@ -65,6 +65,48 @@ def _check_maps(method: str, teacher: jnp.ndarray, student: jnp.ndarray, same_ch
                      f"and {student.shape}{hint}.")
 
 
+def _check_trainable_maps(method: str, teacher: jnp.ndarray, student: jnp.ndarray, params: Any
+                          ) -> None:
+  """`_check_maps` for a method with trainable parts: without their `params` it compares the maps
+  channel by channel, so the channel counts must match."""
+  _check_maps(method, teacher, student, same_channels=False)
+  if params is None and teacher.shape[-1] != student.shape[-1]:
+    raise InputError(f"{method}: the student map has {student.shape[-1]} channels and the "
+                     f"teacher's {teacher.shape[-1]}; create its trainable parts with "
+                     "init_feature_params and pass their params.")
+
+
+# --- vectors and norms shared by the methods -----------------------------------------------------
+
+
+def _embeddings(feature: jnp.ndarray) -> jnp.ndarray:
+  """A map (B, H, W, C) as one vector per sample, (B, H·W·C), for the batch-relational methods."""
+  return _f32(feature).reshape(feature.shape[0], -1)
+
+
+def _row_normalize(matrix: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+  """matrix / ‖·‖₂ along `axis`, the norm clamped at `_EPS` as `F.normalize` (the authors' code)."""
+  return matrix / jnp.maximum(jnp.linalg.norm(matrix, axis=axis, keepdims=True), _EPS)
+
+
+def _safe_norm(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+  """‖x‖₂ along `axis` (kept), with a finite gradient at x = 0 (a plain norm's is NaN there, which
+  RKD's self-differences and coinciding samples hit)."""
+  squared = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  positive = squared > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
+
+
+def _unit(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
+  """x / ‖x‖₂ along `axis`; a zero vector stays zero, with finite gradients (see `_safe_norm`)."""
+  norm = _safe_norm(x, axis)
+  return x / jnp.where(norm > 0, norm, 1.0)
+
+
+def _off_diagonal(size: int) -> jnp.ndarray:
+  return 1.0 - jnp.eye(size, dtype=jnp.float32)
+
+
 # --- attention transfer ------------------------------------------------------------------------------
 
 
@@ -82,7 +124,7 @@ def attention_map(feature: jnp.ndarray, normalize: str = "sample") -> jnp.ndarra
     axis = 0
   else:
     raise InputError(f"attention normalize={normalize!r} is not one of ['batch', 'sample'].")
-  return q / jnp.maximum(jnp.linalg.norm(q, axis=axis, keepdims=True), _EPS)
+  return _row_normalize(q, axis)
 
 
 def attention_transfer(teacher: jnp.ndarray, student: jnp.ndarray, normalize: str = "sample",
@@ -129,6 +171,20 @@ class HintRegressor(nn.Module):
     return nn.Dense(self.features, name="conv1x1")(_f32(x))
 
 
+def _hint(teacher: jnp.ndarray, student: jnp.ndarray, params: Any) -> jnp.ndarray:
+  """The student's map through FitNet's connector r: a `HintRegressor`, or the identity without
+  `params`."""
+  if params is None:
+    return _f32(student)
+  return HintRegressor(teacher.shape[-1]).apply({"params": params}, _f32(student))
+
+
+def _init_on_channels(module: nn.Module, channels: int, rng: jax.Array) -> Any:
+  """Parameters of a convolutional `module` applied to maps of `channels` channels (a 1×1 dummy
+  suffices: convolution parameters do not depend on the spatial size)."""
+  return module.init(rng, jnp.zeros((1, 1, 1, channels)))["params"]
+
+
 def fitnet(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None) -> jnp.ndarray:
   """FitNet hints (Romero et al., ICLR 2015): L = mean (F_T − r(F_S))² over every element.
 
@@ -137,22 +193,15 @@ def fitnet(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None) -> jn
   `init_feature_params`). Romero et al. also use a convolutional regressor when spatial sizes differ;
   the models here keep the size, so that case is an error.
   """
-  _check_maps("fitnet", teacher, student, same_channels=False)
-  guided = _f32(student)
-  if params is not None:
-    guided = HintRegressor(teacher.shape[-1]).apply({"params": params}, guided)
-  elif teacher.shape[-1] != student.shape[-1]:
-    raise InputError(f"fitnet: the student map has {student.shape[-1]} channels and the teacher's "
-                     f"{teacher.shape[-1]}; create the 1×1 regressor with init_feature_params and pass "
-                     "its params.")
-  return jnp.mean(jnp.square(_f32(teacher) - guided))
+  _check_trainable_maps("fitnet", teacher, student, params)
+  return jnp.mean(jnp.square(_f32(teacher) - _hint(teacher, student, params)))
 
 
 def init_hint_regressor(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
   """Parameters of a `HintRegressor` for this pair, or None when the channel counts already match."""
   if teacher.shape[-1] == student.shape[-1]:
     return None
-  return HintRegressor(teacher.shape[-1]).init(rng, jnp.zeros((1, 1, 1, student.shape[-1])))["params"]
+  return _init_on_channels(HintRegressor(teacher.shape[-1]), student.shape[-1], rng)
 
 
 # --- FSP --------------------------------------------------------------------------------------------
@@ -188,10 +237,6 @@ def fsp(teacher: Sequence[jnp.ndarray], student: Sequence[jnp.ndarray]) -> jnp.n
 # --- batch-similarity methods: SP and CC --------------------------------------------------------------
 
 
-def _row_normalize(matrix: jnp.ndarray) -> jnp.ndarray:
-  return matrix / jnp.maximum(jnp.linalg.norm(matrix, axis=-1, keepdims=True), _EPS)
-
-
 def similarity_preserving(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
   """SP (Tung & Mori, ICCV 2019): L = ‖G̃_T − G̃_S‖_F² / B².
 
@@ -202,7 +247,7 @@ def similarity_preserving(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.nda
   b = teacher.shape[0]
 
   def gram(f):
-    q = _f32(f).reshape(b, -1)
+    q = _embeddings(f)
     return _row_normalize(q @ q.T)
 
   return jnp.sum(jnp.square(gram(teacher) - gram(student))) / (b * b)
@@ -278,24 +323,7 @@ def local_affinity(teacher: jnp.ndarray, student: jnp.ndarray, scale: float | No
   return jnp.mean(jnp.square(diff))
 
 
-# --- shared helpers of the methods below ----------------------------------------------------------
-
-
-def _norm_or_one(x: jnp.ndarray, axis: int = -1) -> jnp.ndarray:
-  """‖x‖₂ along `axis` (kept), and 1 where x = 0: dividing by it leaves zero vectors at zero with
-  finite gradients (a plain norm has a NaN gradient at 0, which RKD's self-differences hit)."""
-  squared = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
-  positive = squared > 0
-  return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 1.0)
-
-
-def _embeddings(feature: jnp.ndarray) -> jnp.ndarray:
-  """A map (B, H, W, C) as one vector per sample, (B, H·W·C), for the batch-relational methods."""
-  return _f32(feature).reshape(feature.shape[0], -1)
-
-
-def _off_diagonal(size: int) -> jnp.ndarray:
-  return 1.0 - jnp.eye(size, dtype=jnp.float32)
+# --- networks of the methods with trainable parts (VID, FT) ---------------------------------------
 
 
 class ConvStack(nn.Module):
@@ -315,10 +343,6 @@ class ConvStack(nn.Module):
         x = nn.leaky_relu(x, 0.1) if self.leaky else nn.relu(x)
       x = nn.Conv(width, (self.kernel, self.kernel), padding="SAME", name=f"conv_{i}")(x)
     return x
-
-
-def _init_stack(stack: ConvStack, channels: int, rng: jax.Array) -> Any:
-  return stack.init(rng, jnp.zeros((1, stack.kernel, stack.kernel, channels)))["params"]
 
 
 # --- VID ------------------------------------------------------------------------------------------
@@ -349,7 +373,7 @@ def variational_information(teacher: jnp.ndarray, student: jnp.ndarray, params: 
   loss may be negative once σ² < 1. Without `params`, μ is the identity (equal channel counts) and
   σ² = 1, so L = ½ mean (t − s)².
   """
-  _check_maps("vid", teacher, student, same_channels=params is None)
+  _check_trainable_maps("vid", teacher, student, params)
   t = _f32(teacher)
   if params is None:
     return 0.5 * jnp.mean(jnp.square(t - _f32(student)))
@@ -362,7 +386,8 @@ def init_vid(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
   """VID's trainable parts for one layer pair: the mean regressor and α with σ² = 1 at the start."""
   c_t = teacher.shape[-1]
   alpha = jnp.full((c_t,), math.log(math.expm1(1.0 - VID_EPS)), jnp.float32)  # softplus⁻¹(1 − ε)
-  return {"regressor": _init_stack(vid_regressor(c_t), student.shape[-1], rng), "alpha": alpha}
+  return {"regressor": _init_on_channels(vid_regressor(c_t), student.shape[-1], rng),
+          "alpha": alpha}
 
 
 # --- RKD ------------------------------------------------------------------------------------------
@@ -374,21 +399,24 @@ def _huber(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.where(a <= 1.0, 0.5 * jnp.square(x), a - 0.5)
 
 
+def _gaps(embedding: jnp.ndarray) -> jnp.ndarray:
+  """[j, i] = e_i − e_j, (B, B, D)."""
+  return embedding[None, :, :] - embedding[:, None, :]
+
+
 def rkd_distances(embedding: jnp.ndarray) -> jnp.ndarray:
   """ψ_D(i, j) = ‖e_i − e_j‖₂ / μ with μ the mean distance over pairs i ≠ j, (B, B); 0 on the
-  diagonal, and everywhere when all samples coincide (or B = 1)."""
+  diagonal and between coinciding samples, and everywhere when all samples coincide (or B = 1)."""
   b = embedding.shape[0]
-  gaps = embedding[None, :, :] - embedding[:, None, :]
-  distance = _norm_or_one(gaps)[..., 0] * _off_diagonal(b)
+  distance = _safe_norm(_gaps(embedding))[..., 0]
   mean = jnp.sum(distance) / max(b * (b - 1), 1)
   return distance / jnp.maximum(mean, _EPS)
 
 
 def rkd_angles(embedding: jnp.ndarray) -> jnp.ndarray:
   """ψ_A(i, j, k) = ⟨(e_i − e_j)/‖e_i − e_j‖, (e_k − e_j)/‖e_k − e_j‖⟩, the cosine of the angle at
-  vertex j, as an array [j, i, k] of shape (B, B, B); 0 where i = j or k = j."""
-  gaps = embedding[None, :, :] - embedding[:, None, :]  # [j, i] = e_i − e_j
-  unit = gaps / _norm_or_one(gaps)
+  vertex j, as an array [j, i, k] of shape (B, B, B); 0 where e_i = e_j or e_k = e_j."""
+  unit = _unit(_gaps(embedding))
   return jnp.einsum("jid,jkd->jik", unit, unit)
 
 
@@ -416,7 +444,7 @@ def pkt_probabilities(embedding: jnp.ndarray) -> jnp.ndarray:
   """p_{j|i} = K(e_i, e_j) / Σ_{k≠i} K(e_i, e_k) for j ≠ i (0 for j = i), (B, B), with the cosine
   kernel K(a, b) = ½(aᵀb / (‖a‖‖b‖) + 1) ∈ [0, 1]."""
   b = embedding.shape[0]
-  unit = embedding / _norm_or_one(embedding)
+  unit = _unit(embedding)
   kernel = 0.5 * (unit @ unit.T + 1.0) * _off_diagonal(b)
   return kernel / jnp.maximum(jnp.sum(kernel, axis=1, keepdims=True), _EPS)
 
@@ -461,10 +489,8 @@ def activation_boundary(teacher: jnp.ndarray, student: jnp.ndarray, params: Any 
   pre-activation): with the identity connector an off teacher neuron then costs at least μ² (at
   s = 0), a floor a post-ReLU student cannot go below.
   """
-  _check_maps("ab", teacher, student, same_channels=params is None)
-  response = _f32(student)
-  if params is not None:
-    response = HintRegressor(teacher.shape[-1]).apply({"params": params}, response)
+  _check_trainable_maps("ab", teacher, student, params)
+  response = _hint(teacher, student, params)
   on = (_f32(teacher) > 0).astype(jnp.float32)
   hinge = on * jnp.square(jax.nn.relu(margin - response)) + (1 - on) * jnp.square(
       jax.nn.relu(margin + response))
@@ -486,11 +512,6 @@ def ft_networks(teacher_channels: int, student_channels: int) -> dict[str, ConvS
           "translator": ConvStack((student_channels, m, m), 3, leaky=True)}
 
 
-def _unit_per_sample(factor: jnp.ndarray) -> jnp.ndarray:
-  flat = _embeddings(factor)
-  return flat / _norm_or_one(flat)
-
-
 def factor_transfer(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None) -> jnp.ndarray:
   """FT (Kim et al., NeurIPS 2018): L = mean over (b, d) of |F_T/‖F_T‖₂ − F_S/‖F_S‖₂| (p = 1, the
   paper's choice; factors vectorised per sample, norms per sample; the mean instead of the paper's
@@ -506,17 +527,20 @@ def factor_transfer(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = No
   converging. Without `params`, both factors are the maps themselves (equal channel counts) and
   there is no reconstruction term.
   """
-  _check_maps("ft", teacher, student, same_channels=params is None)
+  _check_trainable_maps("ft", teacher, student, params)
   t, s = _f32(teacher), _f32(student)
   if params is None:
-    return jnp.mean(jnp.abs(_unit_per_sample(t) - _unit_per_sample(s)))
+    return _factor_gap(t, s)
   nets = ft_networks(teacher.shape[-1], student.shape[-1])
   encoded = nets["encoder"].apply({"params": params["encoder"]}, t)
-  reconstruction = jnp.mean(jnp.square(t - nets["decoder"].apply({"params": params["decoder"]},
-                                                                   encoded)))
+  decoded = nets["decoder"].apply({"params": params["decoder"]}, encoded)
   factor_s = nets["translator"].apply({"params": params["translator"]}, s)
-  factor_t = jax.lax.stop_gradient(encoded)
-  return jnp.mean(jnp.abs(_unit_per_sample(factor_t) - _unit_per_sample(factor_s))) + reconstruction
+  return _factor_gap(jax.lax.stop_gradient(encoded), factor_s) + jnp.mean(jnp.square(t - decoded))
+
+
+def _factor_gap(factor_t: jnp.ndarray, factor_s: jnp.ndarray) -> jnp.ndarray:
+  """FT's factor term: mean |F_T/‖F_T‖₂ − F_S/‖F_S‖₂|, each factor a vector per sample."""
+  return jnp.mean(jnp.abs(_unit(_embeddings(factor_t)) - _unit(_embeddings(factor_s))))
 
 
 def init_ft(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
@@ -525,7 +549,7 @@ def init_ft(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
   nets = ft_networks(c_t, c_s)
   inputs = {"encoder": c_t, "decoder": nets["encoder"].widths[-1], "translator": c_s}
   keys = dict(zip(nets, jax.random.split(rng, len(nets))))
-  return {name: _init_stack(net, inputs[name], keys[name]) for name, net in nets.items()}
+  return {name: _init_on_channels(net, inputs[name], keys[name]) for name, net in nets.items()}
 
 
 # --- NST ------------------------------------------------------------------------------------------
@@ -534,8 +558,7 @@ def init_ft(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
 def _channel_maps(feature: jnp.ndarray) -> jnp.ndarray:
   """Each channel's spatial map as an L2-normalised vector: (B, H, W, C) -> (B, C, H·W)."""
   b, h, w, c = feature.shape
-  maps = jnp.swapaxes(_f32(feature).reshape(b, h * w, c), 1, 2)
-  return maps / _norm_or_one(maps)
+  return _unit(jnp.swapaxes(_f32(feature).reshape(b, h * w, c), 1, 2))
 
 
 def _mean_poly_kernel(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:

@@ -174,16 +174,16 @@ def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
   stages = [s.strip() for s in config.evaluate.stages.split(",") if s.strip()]
   inputs = np.stack([np.asarray(val_source[i]["input"], np.float32) for i in range(len(val_source))])
   targets = np.stack([np.asarray(val_source[i]["target"], np.float32) for i in range(len(val_source))])
-  methods, objectives = {"zf": (inputs, None)}, {}
+  methods = {"zf": (inputs, None, None)}  # method -> (images, parameter count, recorded objective)
   for stage in stages:
     role = "teacher" if stage == "teacher" else "student"
     name, model = build_model(config, role)
     params, meta = load_stage_params(workdir, stage, name, "evaluate")
-    methods[stage] = (predict_all(model, params, val_source, batch_size, mesh), models.count_params(params))
-    objectives[stage] = meta.get("objective")
+    methods[stage] = (predict_all(model, params, val_source, batch_size, mesh),
+                      models.count_params(params), meta.get("objective"))
   summary = {"dataset": config.dataset, "acc": config.acc, "task": config.task, "methods": {}}
   ranges = volume_ranges(val_source)
-  for method, (images, num_params) in methods.items():
+  for method, (images, num_params, objective) in methods.items():
     volumes = [(name, targets[r.start:r.stop], images[r.start:r.stop]) for name, r in ranges]
     result = evaluate.evaluate_volumes(volumes, per_slice=True)
     folder = os.path.join(out_dir, method)
@@ -196,13 +196,13 @@ def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
             f.create_dataset("reconstruction", data=images[r.start:r.stop])
     summary["methods"][method] = {
         "name": DISPLAY_NAMES.get(method, method), "params": num_params,
-        "objective": objectives.get(method), "volumes": result["volumes"]}
+        "objective": objective, "volumes": result["volumes"]}
   if sharding.is_primary():
     # The report's figure needs one slice of each method: the middle slice of the first volume.
     name, r = ranges[0]
     middle = r.start + len(r) // 2
     np.savez_compressed(os.path.join(out_dir, "figure_slice.npz"), target=targets[middle],
-                        **{m: images[middle] for m, (images, _) in methods.items()})
+                        **{m: images[middle] for m, (images, *_) in methods.items()})
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
       json.dump(evaluate._json_safe(summary), f, indent=1)  # pylint: disable=protected-access
     with open(os.path.join(out_dir, train.DONE), "w") as f:

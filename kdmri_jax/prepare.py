@@ -1,7 +1,8 @@
 """Prepare a dataset in the KD-MRI reference layout from fully-sampled volumes.
 
   python -m kdmri_jax.prepare --input VOLUMES --dataset brain --acc 4x 5x 8x --out ROOT \
-      [--mask-dir DIR | --mask-family dccnn] [--mask-seed 22] [--split 0.8] [--seed 0] [--size H W] [--overwrite]
+      [--mask-dir DIR | --mask-family dccnn] [--mask-seed 172] [--split 0.8] [--seed 0] \
+      [--size H W] [--overwrite]
 
 VOLUMES are files or folders (searched recursively) of NIfTI (.nii/.nii.gz, slices along the last axis),
 .npy (S×H×W), h5 with --key (S×H×W), reference-layout h5 ('volfs', H×W×S; point --input at one acc_*
@@ -24,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from kdmri_jax import masks
 from kdmri_jax.errors import require, run_cli
 
 KNOWN_DATASETS = ("brain", "cardiac", "knee")
@@ -40,12 +42,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser.add_argument("--acc", nargs="+", default=["4x", "5x", "8x"], help="accelerations (default 4x 5x 8x)")
   parser.add_argument("--out", required=True, help="dataset root to create")
   parser.add_argument("--mask-dir", help="folder with mask_{acc}.npy (H×W, 0/1, unshifted); default: generate")
+  # No default: main refuses it beside --mask-dir, and uses masks.DEFAULT_FAMILY without it.
   parser.add_argument("--mask-family", default=None,
-                      help="generated masks: dccnn (default, the authors' DC-CNN style) | gaussian")
+                      help=f"generated masks: {' | '.join(masks.MASK_FAMILIES)} (default "
+                           f"{masks.DEFAULT_FAMILY}, the authors' DC-CNN style)")
   parser.add_argument("--split", type=float, default=0.8, help="fraction of volumes for training (0.8)")
   parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (0)")
-  parser.add_argument("--mask-seed", type=int, default=22,
-                      help="seed of the generated masks (22: the draw with the authors' brain statistics)")
+  parser.add_argument("--mask-seed", type=int, default=masks.DEFAULT_MASK_SEED,
+                      help=f"seed of the generated masks ({masks.DEFAULT_MASK_SEED}: the draw "
+                           f"with the authors' brain statistics)")
   parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="centre-crop/pad slices to H×W")
   parser.add_argument("--key", help="array key of plain h5 files")
   parser.add_argument("--slice-axis", type=int, help="slice axis of the input files (see module doc)")
@@ -106,7 +111,6 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, 
 
 
 def main(argv: Sequence[str]) -> int:
-  from kdmri_jax import masks
   from kdmri_jax.data import writer
   args = parse_args(argv)
   require(args.mask_dir is None or args.mask_family is None,

@@ -16,7 +16,7 @@ import os
 import pathlib
 import platform
 import tempfile
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -28,18 +28,33 @@ _HEADERS = {"PSNR": "PSNR (dB)", "SSIM": "SSIM", "NMSE": "NMSE", "HFN": "HFN"}
 _PARAM_KEYS = ("params", "parameters")
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+  """Runs `write(temporary path)` in `path`'s folder, then renames the file to `path`: readers see
+  the old file or the whole new one, never a part."""
   path = pathlib.Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  os.close(fd)
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    write(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file an ordinary file's mode
     os.replace(tmp, path)
-  except BaseException:
+  finally:
     if os.path.exists(tmp):
       os.remove(tmp)
-    raise
+
+
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+  """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+  def write(tmp: str) -> None:
+    with open(tmp, "w") as f:
+      f.write(text)
+  write_atomic(path, write)
 
 
 def _cell(values: Any, digits: int) -> str:
@@ -77,8 +92,10 @@ def results_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-# The feature stage's best-checkpoint criteria (config.kd.feature_best), in words.
-FEATURE_BEST_TEXT = {
+# A stage's best-checkpoint criterion (`train.describe_objective`'s 'best'), in words: 'val_mse' of
+# the reconstruction stages, config.kd.feature_best (`train.FEATURE_BEST`) of the feature stage.
+BEST_TEXT = {
+    "val_mse": "lowest validation MSE to the target",
     "attention_mse": "lowest validation MSE of the teacher/student attention maps "
                      "(`attention_mse`, the authors' code)",
     "objective": "lowest validation value of its own feature loss (`objective`)",
@@ -90,27 +107,23 @@ def _loss_name(loss: str | None) -> str:
 
 
 def _best_text(objective: Mapping[str, Any]) -> str:
-  best = objective.get("best")
-  if best == "val_mse":
-    return "lowest validation MSE to the target"
-  return FEATURE_BEST_TEXT.get(best, f"`{best}`")
+  return BEST_TEXT.get(objective.get("best"), f"`{objective.get('best')}`")
 
 
 def _feature_text(objective: Mapping[str, Any]) -> str:
-  weight = objective.get("feature_weight", 1.0)
-  scale = "" if weight in (None, 1, 1.0) else f" × {weight:g}"
+  weight = objective.get("feature_weight")
+  scale = "" if weight in (None, 1) else f" × {weight:g}"
   return (f"feature stage, `{objective.get('feature_loss')}`{scale} on layer pairs "
           f"`{objective.get('layer_pairs')}`, best checkpoint by {_best_text(objective)}")
 
 
 def _kd_text(objective: Mapping[str, Any]) -> str:
   text = f"imitation `{objective.get('imitation')}`: {objective.get('formula')}"
-  if objective.get("uses_alpha"):
-    text += f", α = {objective.get('alpha'):g}"
-  else:
-    text += " (α not used)"
-  if _loss_name(objective.get("loss")) != "L1":
-    text += f", with {_loss_name(objective.get('loss'))} in place of L1"
+  alpha = objective.get("alpha")  # recorded only for an objective that uses it
+  text += " (α not used)" if alpha is None else f", α = {alpha:g}"
+  loss = _loss_name(objective.get("loss"))
+  if loss != "L1":
+    text += f", with {loss} in place of L1"
   if objective.get("kd_feature_weight"):
     text += f", plus {objective['kd_feature_weight']:g} × the feature loss"
   init, start = objective.get("init_from"), objective.get("init")
@@ -207,18 +220,9 @@ def qualitative_figure(path: str | os.PathLike, images: Mapping[str, np.ndarray]
   from matplotlib.figure import Figure  # Agg canvas without touching pyplot's global state
 
   target = np.asarray(target, dtype=np.float64)
-  panels = [(name, np.asarray(im, dtype=np.float64)) for name, im in images.items()]
-  for name, im in panels:
-    if im.shape != target.shape:
-      raise ValueError(f"image {name!r} has shape {im.shape}, target {target.shape}")
-  columns: list[tuple[str, np.ndarray | None]] = list(panels)
-  columns.insert(min(max(target_position, 0), len(columns)), ("Target", None))
-  errors = {name: np.abs(im - target) for name, im in panels}
-  if error_scale:
-    vmax_err = float(error_scale)
-  else:  # a few outlier pixels would otherwise darken every map; larger errors saturate
-    vmax_err = float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]), 99.5)) if errors else 1.0
-  vmax_err = vmax_err if vmax_err > 0 else 1.0
+  columns = _figure_columns(images, target, target_position)
+  errors = {name: np.abs(im - target) for name, im in columns if im is not None}
+  vmax_err = _error_scale(errors, error_scale)
   vmax = float(target.max()) if target.max() > 0 else 1.0
 
   n = len(columns)
@@ -229,16 +233,9 @@ def qualitative_figure(path: str | os.PathLike, images: Mapping[str, np.ndarray]
   for j, (name, im) in enumerate(columns):
     top, bottom = fig.add_subplot(grid[0, j]), fig.add_subplot(grid[1, j])
     if im is None:
-      top.imshow(target, cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
-      top.set_title("Target", fontsize=9)
-      bottom.axis("off")
+      _draw_target(top, bottom, target, vmax)
     else:
-      top.imshow(im, cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
-      p = metrics.psnr(target, im, data_range=vmax)
-      s = metrics.ssim(target, im, data_range=vmax)
-      top.set_title(f"{name}\n{p:.2f} dB / {s:.4f}", fontsize=9)
-      err_artist = bottom.imshow(errors[name], cmap="inferno", vmin=0.0, vmax=vmax_err,
-                                 interpolation="nearest")
+      err_artist = _draw_method(top, bottom, name, im, errors[name], target, vmax, vmax_err)
     for ax in (top, bottom):
       ax.set_xticks([])
       ax.set_yticks([])
@@ -251,12 +248,47 @@ def qualitative_figure(path: str | os.PathLike, images: Mapping[str, np.ndarray]
     fig.suptitle(title, fontsize=10)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-  os.close(fd)
-  try:
-    fig.savefig(tmp, format="png", dpi=dpi, pil_kwargs={"optimize": True})
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi,
+                                             pil_kwargs={"optimize": True}))
   return path
+
+
+def _figure_columns(images: Mapping[str, np.ndarray], target: np.ndarray, target_position: int
+                    ) -> list[tuple[str, np.ndarray | None]]:
+  """(name, image) per column, with ('Target', None) at `target_position`; shapes checked."""
+  columns: list[tuple[str, np.ndarray | None]] = []
+  for name, im in images.items():
+    im = np.asarray(im, dtype=np.float64)
+    if im.shape != target.shape:
+      raise ValueError(f"image {name!r} has shape {im.shape}, target {target.shape}")
+    columns.append((name, im))
+  columns.insert(min(max(target_position, 0), len(columns)), ("Target", None))
+  return columns
+
+
+def _error_scale(errors: Mapping[str, np.ndarray], error_scale: float | None) -> float:
+  """The top of the error maps' colour scale: `error_scale`, else the 99.5th percentile of all the
+  errors (a few outlier pixels would otherwise darken every map; larger errors saturate)."""
+  if error_scale:
+    scale = float(error_scale)
+  elif errors:
+    scale = float(np.percentile(np.concatenate([e.ravel() for e in errors.values()]), 99.5))
+  else:
+    scale = 1.0
+  return scale if scale > 0 else 1.0
+
+
+def _draw_target(top: Any, bottom: Any, target: np.ndarray, vmax: float) -> None:
+  top.imshow(target, cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
+  top.set_title("Target", fontsize=9)
+  bottom.axis("off")
+
+
+def _draw_method(top: Any, bottom: Any, name: str, image: np.ndarray, error: np.ndarray,
+                 target: np.ndarray, vmax: float, vmax_err: float) -> Any:
+  """The image with its PSNR/SSIM above its error map; returns the error map's artist."""
+  top.imshow(image, cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
+  p = metrics.psnr(target, image, data_range=vmax)
+  s = metrics.ssim(target, image, data_range=vmax)
+  top.set_title(f"{name}\n{p:.2f} dB / {s:.4f}", fontsize=9)
+  return bottom.imshow(error, cmap="inferno", vmin=0.0, vmax=vmax_err, interpolation="nearest")

@@ -135,27 +135,58 @@ def _mse_per_example(prediction: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(prediction.astype(jnp.float32) - target), axis=tuple(range(1, target.ndim)))
 
 
+def _unknown_stage(stage: str) -> InputError:
+  return InputError(f"unknown training stage {stage!r}; choose teacher, student, feature or kd.")
+
+
 def make_objective(stage: str, config: Any, model: nn.Module, teacher: nn.Module | None = None) -> Objective:
   """The objective of `stage` ('teacher', 'student', 'feature', 'kd') for `model` (and frozen `teacher`)."""
   recon = losses.RECONSTRUCTION_LOSSES.get(config.train.loss)
   if recon is None:
     raise InputError(f"config.train.loss={config.train.loss!r} is not one of "
                      f"{sorted(losses.RECONSTRUCTION_LOSSES)}.")
-
-  def mse_eval(params, teacher_params, batch):
-    del teacher_params
-    return _mse_per_example(models.apply(model, params, batch)[0], batch["target"])
-
   if stage in ("teacher", "student"):
-    def loss(params, teacher_params, batch):
-      del teacher_params
-      image = models.apply(model, params, batch)[0]
-      value = recon(image.astype(jnp.float32), batch["target"])
-      return value, {"loss": value}
-    return Objective(stage, model, loss, mse_eval)
-
+    return _baseline_objective(stage, model, recon)
+  if stage not in ("feature", "kd"):
+    raise _unknown_stage(stage)
   if teacher is None:
     raise InputError(f"stage {stage!r} needs a teacher model.")
+  distill = _distillation(stage, config, model, teacher)
+  if stage == "feature":
+    return _feature_objective(config, model, teacher, distill)
+  return _kd_objective(config, model, teacher, distill, recon)
+
+
+def _mse_eval(model: nn.Module) -> EvalFn:
+  """Per-example MSE of `model`'s image to the target (the baselines' and KD's validation loss)."""
+  def eval_loss(params, teacher_params, batch):
+    del teacher_params
+    return _mse_per_example(models.apply(model, params, batch)[0], batch["target"])
+  return eval_loss
+
+
+def _baseline_objective(stage: str, model: nn.Module, recon: losses.Distance) -> Objective:
+  """teacher / student: `recon`(x, target), validated on the MSE to the target."""
+  def loss(params, teacher_params, batch):
+    del teacher_params
+    image = models.apply(model, params, batch)[0]
+    value = recon(image.astype(jnp.float32), batch["target"])
+    return value, {"loss": value}
+  return Objective(stage, model, loss, _mse_eval(model))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Distillation:
+  """What the feature and KD stages share: the feature loss, its layer pairs and own parameters, and
+  `features(params, teacher_params, batch)` -> (t_image, t_feats, s_image, s_feats, loss_params)."""
+
+  name: str
+  pairs: tuple
+  init_loss_params: Callable[[jax.Array], Any] | None
+  features: Callable[..., tuple]
+
+
+def _distillation(stage: str, config: Any, model: nn.Module, teacher: nn.Module) -> _Distillation:
   name = config.kd.feature_loss
   feature_losses.get_feature_loss(name)  # one sentence for an unknown name, before any compilation
   pairs = parse_layer_pairs(config.kd.layer_pairs, model)
@@ -171,48 +202,61 @@ def make_objective(stage: str, config: Any, model: nn.Module, teacher: nn.Module
     s_image, s_feats = models.apply(model, params, batch)
     return t_image, t_feats, s_image, s_feats, loss_params
 
-  if stage == "feature":
-    weight = config.kd.feature_weight
-    best_by = feature_best(config)
+  return _Distillation(name, pairs, init_loss_params, features)
+
+
+def _feature_objective(config: Any, model: nn.Module, teacher: nn.Module, distill: _Distillation
+                       ) -> Objective:
+  """feature: w · the feature loss; validated by config.kd.feature_best."""
+  weight, name, pairs, features = (config.kd.feature_weight, distill.name, distill.pairs,
+                                   distill.features)
+
+  def loss(params, teacher_params, batch):
+    _, t_feats, _, s_feats, loss_params = features(params, teacher_params, batch)
+    value = weight * feature_losses.feature_distillation(name, t_feats, s_feats, pairs, loss_params)
+    return value, {"loss": value}
+
+  if feature_best(config) == "attention_mse":
     normalize = attention_normalization(name)
 
-    def loss(params, teacher_params, batch):
-      _, t_feats, _, s_feats, loss_params = features(params, teacher_params, batch)
-      value = weight * feature_losses.feature_distillation(name, t_feats, s_feats, pairs, loss_params)
-      return value, {"loss": value}
-
     def eval_loss(params, teacher_params, batch):
-      if best_by == "attention_mse":
-        _, t_feats, _, s_feats, _ = features(params, teacher_params, batch)
-        return losses.attention_mse(t_feats, s_feats, pairs, normalize)
+      _, t_feats, _, s_feats, _ = features(params, teacher_params, batch)
+      return losses.attention_mse(t_feats, s_feats, pairs, normalize)
+  else:
+    def eval_loss(params, teacher_params, batch):
       value = loss(params, teacher_params, batch)[0]  # a batch-level loss, spread over the examples
       return jnp.full(batch["target"].shape[:1], value)
 
-    return Objective(stage, model, loss, eval_loss, teacher, init_loss_params)
+  return Objective("feature", model, loss, eval_loss, teacher, distill.init_loss_params)
 
-  if stage == "kd":
-    alpha, feature_weight = config.kd.alpha, config.kd.kd_feature_weight
-    objective = config.kd.imitation
-    losses.get_imitation(objective)  # one sentence for an unknown name, before any compilation
 
-    def loss(params, teacher_params, batch):
-      t_image, t_feats, s_image, s_feats, loss_params = features(params, teacher_params, batch)
-      s_image = s_image.astype(jnp.float32)
-      imitation = losses.imitation(s_image, t_image.astype(jnp.float32), batch["target"], alpha,
-                                   config.train.loss, objective)
-      value = imitation
-      if feature_weight:
-        value = value + feature_weight * feature_losses.feature_distillation(name, t_feats, s_feats, pairs,
-                                                                             loss_params)
-      return value, {"loss": value, "imitation": imitation,
-                     "reconstruction": recon(s_image, batch["target"])}
+def _kd_objective(config: Any, model: nn.Module, teacher: nn.Module, distill: _Distillation,
+                  recon: losses.Distance) -> Objective:
+  """kd: the imitation objective config.kd.imitation (+ kd_feature_weight · the feature loss);
+  validated on the MSE to the target."""
+  alpha, feature_weight = config.kd.alpha, config.kd.kd_feature_weight
+  objective = config.kd.imitation
+  losses.get_imitation(objective)  # one sentence for an unknown name, before any compilation
+  name, pairs, features = distill.name, distill.pairs, distill.features
+  with_loss_params = distill.init_loss_params is not None
+  mse_eval = _mse_eval(model)
 
-    def eval_loss(params, teacher_params, batch):
-      return mse_eval(_split(params, with_loss_params)[0], teacher_params, batch)
+  def loss(params, teacher_params, batch):
+    t_image, t_feats, s_image, s_feats, loss_params = features(params, teacher_params, batch)
+    s_image = s_image.astype(jnp.float32)
+    imitation = losses.imitation(s_image, t_image.astype(jnp.float32), batch["target"], alpha,
+                                 config.train.loss, objective)
+    value = imitation
+    if feature_weight:
+      value = value + feature_weight * feature_losses.feature_distillation(
+          name, t_feats, s_feats, pairs, loss_params)
+    return value, {"loss": value, "imitation": imitation,
+                   "reconstruction": recon(s_image, batch["target"])}
 
-    return Objective(stage, model, loss, eval_loss, teacher, init_loss_params)
+  def eval_loss(params, teacher_params, batch):
+    return mse_eval(_split(params, with_loss_params)[0], teacher_params, batch)
 
-  raise InputError(f"unknown training stage {stage!r}; choose teacher, student, feature or kd.")
+  return Objective("kd", model, loss, eval_loss, teacher, distill.init_loss_params)
 
 
 FEATURE_BEST = ("attention_mse", "objective")
@@ -234,17 +278,20 @@ def attention_normalization(feature_loss: str) -> str:
 
 
 def describe_objective(stage: str, config: Any) -> dict[str, Any]:
-  """What a stage optimises and how its best checkpoint is chosen (kept in its checkpoint meta)."""
+  """What a stage optimises and how its best checkpoint is chosen (kept in its checkpoint meta);
+  α is recorded only for an objective that uses it."""
   if stage in ("teacher", "student"):
     return {"loss": config.train.loss, "best": "val_mse"}
   if stage == "feature":
     return {"feature_loss": config.kd.feature_loss, "layer_pairs": config.kd.layer_pairs,
             "feature_weight": config.kd.feature_weight, "best": feature_best(config)}
+  if stage != "kd":
+    raise _unknown_stage(stage)
   name = config.kd.imitation
-  return {"imitation": name, "formula": losses.imitation_formula(name), "alpha": config.kd.alpha,
-          "uses_alpha": name in losses.IMITATION_USES_ALPHA, "loss": config.train.loss,
-          "kd_feature_weight": config.kd.kd_feature_weight, "init_from": config.kd.init_from,
-          "best": "val_mse"}
+  alpha = config.kd.alpha if name in losses.IMITATION_USES_ALPHA else None
+  return {"imitation": name, "formula": losses.imitation_formula(name), "alpha": alpha,
+          "loss": config.train.loss, "kd_feature_weight": config.kd.kd_feature_weight,
+          "init_from": config.kd.init_from, "best": "val_mse"}
 
 
 def _param_shapes(model: nn.Module, height: int = 8, width: int = 8) -> Any:
@@ -462,9 +509,9 @@ def _fetch(values: list[jax.Array]) -> np.ndarray:
   return np.asarray(jax.device_get(values), np.float64)
 
 
-def _first_bad(losses_seen: list[jax.Array], first_step: int) -> int | None:
-  """Index (as a global step) of the first non-finite loss among the pending per-step losses."""
-  bad = np.flatnonzero(~np.isfinite(_fetch(losses_seen)))
+def _first_bad(values: np.ndarray, first_step: int) -> int | None:
+  """The global step index of the first non-finite loss among per-step losses from `first_step`."""
+  bad = np.flatnonzero(~np.isfinite(values))
   return None if bad.size == 0 else first_step + int(bad[0])
 
 
@@ -479,181 +526,269 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
   """
   train = config.train
   mesh = sharding.make_mesh() if mesh is None else mesh
-  sharding.check_batch_size(train.batch_size, mesh)
-  if train.log_every_steps < 1:
-    raise InputError(f"config.train.log_every_steps={train.log_every_steps} must be at least 1.")
-  steps_per_epoch = train_data.steps_per_epoch
-  if steps_per_epoch < 1:
-    raise InputError(f"the training set has {len(train_data.source)} slices, fewer than one batch of "
-                     f"config.train.batch_size={train.batch_size}; lower the batch size or add data.")
-  total_steps = steps_per_epoch * train.num_epochs
+  _check_loop_settings(train, train_data, mesh)
   paths = stage_paths(stage_dir)
-  primary = sharding.is_primary()
-  stage = objective.stage
-  tx = make_optimizer(train, steps_per_epoch)
-
-  def learning_rate(step: int) -> float:  # the schedule's value, on the host (no device dispatch)
-    return train.learning_rate * train.lr_gamma ** (step // (train.lr_step_epochs * steps_per_epoch))
-
-  # The feature loss's own parameters (FitNet's regressor), if any, start from a key of their own.
-  trainable = objective.trainable(init_params, jax.random.fold_in(jax.random.PRNGKey(train.seed), 1))
-  host_state = sharding.to_host(create_train_state(trainable, tx, train.seed))
+  tx = make_optimizer(train, train_data.steps_per_epoch)
   state_mngr = _state_manager(paths["checkpoints"], train.keep_checkpoints)
   best_mngr = checkpoints.manager(paths["best"])
-  progress = {"best_val_loss": math.inf, "best_step": -1}
-
-  # The newest readable checkpoint; a damaged one is named, moved aside and the previous one used.
-  latest, restored = checkpoints.restore_newest_good(
-      state_mngr, lambda step: state_mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(host_state), meta=ocp.args.JsonRestore())),
-      say=lambda text: print(text, flush=True) if primary else None)
-  if latest is not None:
-    saved = restored.meta
-    if saved.get("steps_per_epoch") != steps_per_epoch:
-      raise InputError(f"{paths['checkpoints']} was written with {saved.get('steps_per_epoch')} steps per "
-                       f"epoch but the data now gives {steps_per_epoch}; use the same data and batch size "
-                       f"or a new --workdir.")
-    host_state = restored.state
-    best = saved["best_val_loss"]
-    progress.update(best_val_loss=math.inf if best is None else best, best_step=saved["best_step"])
-  state = sharding.replicate(host_state, mesh)
-  step = int(host_state.step)
-  model_meta = dict(meta or {})
-
-  step_fn = make_train_step(objective, tx, mesh, teacher_params)
-  eval_fn = make_eval_step(objective, mesh, teacher_params)
-  predict = make_predict(objective.model, mesh)
-  log = _Log(paths, primary)
-  # One global batch of validation examples for the image summaries; each process feeds its rows.
-  image_batch = val_data.examples([i % len(val_data.source) for i in range(train.batch_size)])
-  shown = min(train.num_image_examples, len(val_data.source), train.batch_size)
-
-  def save(state: TrainState, step: int) -> None:
-    if not bool(_all_finite(state.params)):
-      raise TrainingStopped(f"stage {stage}: parameters became NaN/Inf by step {step}; kept the last good "
-                            f"checkpoint in {paths['checkpoints']} (lower config.train.learning_rate).")
-    best = progress["best_val_loss"]
-    meta_item = {"stage": stage, "step": step, "epoch": step // steps_per_epoch,
-                 "steps_per_epoch": steps_per_epoch, "best_step": progress["best_step"],
-                 "best_val_loss": best if math.isfinite(best) else None}
-    state_mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(sharding.to_host(state)),
-                                                  meta=ocp.args.JsonSave(meta_item)), force=True)
-
-  def check(pending: list, first_step: int) -> None:
-    if pending:
-      bad = _first_bad(pending, first_step)
-      if bad is not None:
-        last = state_mngr.latest_step()
-        kept = f"kept the last good checkpoint (step {last})" if last is not None else "no checkpoint saved yet"
-        raise TrainingStopped(f"stage {stage}: the loss is NaN/Inf at step {bad + 1} (epoch "
-                              f"{bad // steps_per_epoch + 1}); {kept} in {paths['checkpoints']}; lower "
-                              f"config.train.learning_rate or check the data.")
-
-  def interrupted(state: TrainState | None, step: int, epoch: int) -> StageResult:
-    if state is not None:
-      save(state, step)
-    state_mngr.wait_until_finished()
-    log.line(f"{stage}: stopped by {stop.signal} at step {step} (epoch {epoch + 1}); saved "
-             f"{paths['checkpoints']}; rerun the same command to resume.")
-    return StageResult("interrupted", step, progress["best_val_loss"], progress["best_step"])
-
-  def validate(params) -> tuple[float, float]:
-    """(validation loss, mean validation PSNR in dB) over the validation slices."""
-    total, psnr, count = 0.0, 0.0, 0.0
-    for local, weight in val_data.evaluation():
-      s, p, c = eval_fn(params, sharding.global_batch(local, mesh),
-                        sharding.global_batch({"w": weight}, mesh)["w"])
-      total, psnr, count = total + float(s), psnr + float(p), count + float(c)
-    return total / max(count, 1.0), psnr / max(count, 1.0)
-
+  log = None
   try:
+    host_state, progress = restore_or_init(state_mngr, paths["checkpoints"], objective, init_params,
+                                           tx, train, train_data.steps_per_epoch)
+    state = sharding.replicate(host_state, mesh)
+    log = _Log(paths, sharding.is_primary())
+    loop = _EpochLoop(objective, train, train_data, val_data, mesh, tx, teacher_params, paths,
+                      state_mngr, best_mngr, log, progress, dict(meta or {}))
     with _StopRequest() as stop:
-      if step >= total_steps:
-        log.line(f"{stage}: already trained to step {step}.")
-      epoch = step // steps_per_epoch
-      while step < total_steps:
-        offset = step - epoch * steps_per_epoch
-        bar = None
-        if primary and train.progress_bar:
-          from tqdm import tqdm
-          bar = tqdm(total=steps_per_epoch, initial=offset, desc=f"{stage} {epoch + 1}/{train.num_epochs}",
-                     unit="step", leave=False, dynamic_ncols=True)
-        start_time, epoch_loss, epoch_count = time.time(), 0.0, 0
-        pending, pending_from = [], step
-        for local in train_data.epoch(epoch, offset):
-          state, metrics = step_fn(state, sharding.global_batch(local, mesh))
-          pending.append(metrics["loss"])
-          step += 1
-          if bar is not None:
-            bar.update()
-          if stop_at_step is not None and step >= stop_at_step and not stop.signal:
-            stop.signal = f"stop_at_step={stop_at_step}"
-          mid_checkpoint = bool(train.checkpoint_every_steps) and step % train.checkpoint_every_steps == 0
-          boundary = step % train.log_every_steps == 0 or mid_checkpoint
-          # A stop at an epoch's last step waits for its validation and checkpoint below.
-          stopping = step % steps_per_epoch != 0 and stop.requested(boundary)
-          if boundary or stopping:
-            check(pending, pending_from)
-            values = _fetch(pending)
-            epoch_loss, epoch_count = epoch_loss + float(values.sum()), epoch_count + values.size
-            pending, pending_from = [], step
-            if bar is not None:
-              bar.set_postfix(loss=f"{values[-1]:.4g}", lr=f"{learning_rate(step):.1e}")
-            log.scalars({"train/loss": float(values[-1])}, step)
-          if stopping:
-            if bar is not None:
-              bar.close()
-            return interrupted(state, step, epoch)
-          if mid_checkpoint and step % steps_per_epoch:
-            save(state, step)
-        check(pending, pending_from)
-        if pending:
-          values = _fetch(pending)
-          epoch_loss, epoch_count = epoch_loss + float(values.sum()), epoch_count + values.size
-        if bar is not None:
-          bar.close()
-        train_time = time.time() - start_time
-        val_loss, val_psnr = validate(state.params)
-        if not math.isfinite(val_loss):
-          raise TrainingStopped(f"stage {stage}: the validation loss is NaN/Inf after step {step} (epoch "
-                                f"{epoch + 1}); kept the last good checkpoint in {paths['checkpoints']}.")
-        if val_loss < progress["best_val_loss"]:
-          progress.update(best_val_loss=val_loss, best_step=step)
-          params = sharding.to_host(objective.model_params(state.params))
-          if step not in best_mngr.all_steps():  # else saved by a run killed after it (same params)
-            best_mngr.save(step, args=checkpoints.save_args(params, {**model_meta, "stage": stage, "step": step,
-                                                                      "val_loss": val_loss}),
-                           metrics={"val_loss": val_loss}, force=True)
-            # The training state saved next records this step as the best: the best model must be on
-            # disk first, or a kill between the two writes would leave a resumed run with no best/.
-            best_mngr.wait_until_finished()
-        save(state, step)
-        epoch += 1
-        train_loss = epoch_loss / max(epoch_count, 1)
-        lr = learning_rate(step - 1)
-        log.scalars({"train/epoch_loss": train_loss, "val/loss": val_loss, "val/psnr": val_psnr,
-                     "train/learning_rate": lr,
-                     "train/epoch_seconds": train_time}, step)
-        shown_batch = sharding.global_batch({k: v[val_data.rows] for k, v in image_batch.items()}, mesh)
-        prediction = np.asarray(sharding.to_host(predict(objective.model_params(state.params), shown_batch)))
-        if shown:
-          log.image("validation/input_target_reconstruction_error",
-                    summary_images({k: v[:shown] for k, v in image_batch.items()}, prediction[:shown]), step)
-        log.line(f"{stage} epoch {epoch}/{train.num_epochs} step {step} train_loss {train_loss:.6g} "
-                 f"val_loss {val_loss:.6g} val_psnr {val_psnr:.2f} "
-                 f"best {progress['best_val_loss']:.6g}@{progress['best_step']} "
-                 f"lr {lr:.1e} time {train_time:.1f}s")
-        if step < total_steps and stop.requested(True):
-          return interrupted(None, step, epoch - 1)
-      state_mngr.wait_until_finished()
-      best_mngr.wait_until_finished()
-      if primary:
-        with open(paths["done"], "w") as f:
-          json.dump({"stage": stage, "step": step, **progress}, f)
-      return StageResult("done", step, progress["best_val_loss"], progress["best_step"])
+      return loop.run(state, int(host_state.step), stop, stop_at_step)
   finally:
     state_mngr.wait_until_finished()
     best_mngr.wait_until_finished()
     state_mngr.close()
     best_mngr.close()
-    log.close()
+    if log is not None:
+      log.close()
+
+
+def _check_loop_settings(train: Any, train_data: Batches, mesh: jax.sharding.Mesh) -> None:
+  """One sentence for settings the loop cannot run with, before anything is written."""
+  sharding.check_batch_size(train.batch_size, mesh)
+  if train.log_every_steps < 1:
+    raise InputError(f"config.train.log_every_steps={train.log_every_steps} must be at least 1.")
+  if train_data.steps_per_epoch < 1:
+    raise InputError(f"the training set has {len(train_data.source)} slices, fewer than one batch of "
+                     f"config.train.batch_size={train.batch_size}; lower the batch size or add data.")
+
+
+def restore_or_init(state_mngr: ocp.CheckpointManager, where: str, objective: Objective,
+                    init_params: Any, tx: optax.GradientTransformation, train: Any,
+                    steps_per_epoch: int) -> tuple[TrainState, dict[str, Any]]:
+  """(host training state, {'best_val_loss', 'best_step'}) from the newest readable checkpoint, or a
+  fresh state from `init_params` when there is none; a damaged checkpoint is named, moved aside and
+  the previous one used. `where` names the checkpoints' folder in messages."""
+  # The feature loss's own parameters (FitNet's regressor), if any, start from a key of their own.
+  loss_params_key = jax.random.fold_in(jax.random.PRNGKey(train.seed), 1)
+  trainable = objective.trainable(init_params, loss_params_key)
+  host_state = sharding.to_host(create_train_state(trainable, tx, train.seed))
+  progress = {"best_val_loss": math.inf, "best_step": -1}
+  latest, restored = checkpoints.restore_newest_good(
+      state_mngr, lambda step: state_mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(host_state), meta=ocp.args.JsonRestore())),
+      say=lambda text: print(text, flush=True) if sharding.is_primary() else None)
+  if latest is None:
+    return host_state, progress
+  saved = restored.meta
+  if saved.get("steps_per_epoch") != steps_per_epoch:
+    raise InputError(f"{where} was written with {saved.get('steps_per_epoch')} steps "
+                     f"per epoch but the data now gives {steps_per_epoch}; use the same data and "
+                     f"batch size or a new --workdir.")
+  best = saved["best_val_loss"]
+  progress.update(best_val_loss=math.inf if best is None else best, best_step=saved["best_step"])
+  return restored.state, progress
+
+
+@dataclasses.dataclass(frozen=True)
+class _EpochTrained:
+  """What one epoch's steps leave for the end-of-epoch actions."""
+
+  loss: float  # mean training loss over the epoch's steps run in this process
+  seconds: float
+
+
+class _EpochLoop:
+  """The epochs of one `fit` call: `run_epoch`, then `end_of_epoch` (validate, keep the best,
+  checkpoint, log), until the last epoch or a stop."""
+
+  def __init__(self, objective: Objective, train: Any, train_data: Batches, val_data: Batches,
+               mesh: jax.sharding.Mesh, tx: optax.GradientTransformation, teacher_params: Any,
+               paths: Mapping[str, str], state_mngr: ocp.CheckpointManager,
+               best_mngr: ocp.CheckpointManager, log: _Log, progress: dict[str, Any],
+               model_meta: dict[str, Any]):
+    self.objective, self.stage, self.train, self.mesh = objective, objective.stage, train, mesh
+    self.train_data, self.val_data, self.paths, self.log = train_data, val_data, paths, log
+    self.state_mngr, self.best_mngr = state_mngr, best_mngr
+    self.progress, self.model_meta = progress, model_meta
+    self.primary = sharding.is_primary()
+    self.steps_per_epoch = train_data.steps_per_epoch
+    self.total_steps = self.steps_per_epoch * train.num_epochs
+    self.schedule = learning_rate_schedule(train, self.steps_per_epoch)  # what `tx` follows
+    self.step_fn = make_train_step(objective, tx, mesh, teacher_params)
+    self.eval_fn = make_eval_step(objective, mesh, teacher_params)
+    self.predict = make_predict(objective.model, mesh)
+    # One global batch of validation examples for the image summaries; each process feeds its rows.
+    self.image_batch = val_data.examples(
+        [i % len(val_data.source) for i in range(train.batch_size)])
+    self.shown = min(train.num_image_examples, len(val_data.source), train.batch_size)
+
+  def run(self, state: TrainState, step: int, stop: _StopRequest, stop_at_step: int | None
+          ) -> StageResult:
+    """Epochs from `step` (of replicated `state`) to the last, or to a stop."""
+    if step >= self.total_steps:
+      self.log.line(f"{self.stage}: already trained to step {step}.")
+    epoch = step // self.steps_per_epoch
+    while step < self.total_steps:
+      state, step, trained = self.run_epoch(state, step, epoch, stop, stop_at_step)
+      if trained is None:
+        return self.interrupted(state, step, epoch, stop)
+      self.end_of_epoch(state, step, epoch, trained)
+      epoch += 1
+      if step < self.total_steps and stop.requested(True):
+        return self.interrupted(None, step, epoch - 1, stop)
+    return self.finish(step)
+
+  def learning_rate(self, step: int) -> float:
+    """The rate `tx` used at `step`, read from its schedule."""
+    return float(self.schedule(step))
+
+  def run_epoch(self, state: TrainState, step: int, epoch: int, stop: _StopRequest,
+                stop_at_step: int | None) -> tuple[TrainState, int, _EpochTrained | None]:
+    """Trains from `step` to the end of `epoch`, checking losses and logging at boundaries, saving
+    mid-epoch checkpoints; the epoch's loss and time, or None when a stop came before its end."""
+    train, steps_per_epoch = self.train, self.steps_per_epoch
+    offset = step - epoch * steps_per_epoch  # steps of the epoch already run (a resumed run)
+    bar = self._progress_bar(epoch, offset)
+    start_time, loss_sum, loss_count = time.time(), 0.0, 0
+    pending, pending_from = [], step
+    for local in self.train_data.epoch(epoch, offset):
+      state, metrics = self.step_fn(state, sharding.global_batch(local, self.mesh))
+      pending.append(metrics["loss"])
+      step += 1
+      if bar is not None:
+        bar.update()
+      if stop_at_step is not None and step >= stop_at_step and not stop.signal:
+        stop.signal = f"stop_at_step={stop_at_step}"
+      every = train.checkpoint_every_steps
+      mid_checkpoint = bool(every) and step % every == 0
+      boundary = step % train.log_every_steps == 0 or mid_checkpoint
+      # A stop at an epoch's last step waits for its validation and checkpoint below.
+      stopping = step % steps_per_epoch != 0 and stop.requested(boundary)
+      if boundary or stopping:
+        values = self._checked_losses(pending, pending_from)
+        loss_sum, loss_count = loss_sum + float(values.sum()), loss_count + values.size
+        pending, pending_from = [], step
+        if bar is not None:
+          bar.set_postfix(loss=f"{values[-1]:.4g}", lr=f"{self.learning_rate(step):.1e}")
+        self.log.scalars({"train/loss": float(values[-1])}, step)
+      if stopping:
+        if bar is not None:
+          bar.close()
+        return state, step, None
+      if mid_checkpoint and step % steps_per_epoch:
+        self.save(state, step)
+    if pending:
+      values = self._checked_losses(pending, pending_from)
+      loss_sum, loss_count = loss_sum + float(values.sum()), loss_count + values.size
+    if bar is not None:
+      bar.close()
+    return state, step, _EpochTrained(loss_sum / max(loss_count, 1), time.time() - start_time)
+
+  def _progress_bar(self, epoch: int, offset: int) -> Any:
+    if not (self.primary and self.train.progress_bar):
+      return None
+    from tqdm import tqdm
+    return tqdm(total=self.steps_per_epoch, initial=offset,
+                desc=f"{self.stage} {epoch + 1}/{self.train.num_epochs}", unit="step", leave=False,
+                dynamic_ncols=True)
+
+  def _checked_losses(self, pending: list[jax.Array], first_step: int) -> np.ndarray:
+    """The pending per-step losses on the host; `TrainingStopped` at the first non-finite one."""
+    values = _fetch(pending)  # one transfer, then the check on the host
+    bad = _first_bad(values, first_step)
+    if bad is not None:
+      last = self.state_mngr.latest_step()
+      kept = ("no checkpoint saved yet" if last is None
+              else f"kept the last good checkpoint (step {last})")
+      raise TrainingStopped(f"stage {self.stage}: the loss is NaN/Inf at step {bad + 1} (epoch "
+                            f"{bad // self.steps_per_epoch + 1}); {kept} in "
+                            f"{self.paths['checkpoints']}; lower config.train.learning_rate or "
+                            f"check the data.")
+    return values
+
+  def end_of_epoch(self, state: TrainState, step: int, epoch: int, trained: _EpochTrained) -> None:
+    """After `epoch` (0-based) ends at `step`: validate, keep the best, checkpoint, log."""
+    val_loss, val_psnr = self.validate(state.params)
+    if not math.isfinite(val_loss):
+      raise TrainingStopped(f"stage {self.stage}: the validation loss is NaN/Inf after step {step} "
+                            f"(epoch {epoch + 1}); kept the last good checkpoint in "
+                            f"{self.paths['checkpoints']}.")
+    self.keep_best(state.params, step, val_loss)
+    self.save(state, step)
+    self.log_epoch(state.params, step, epoch, trained, val_loss, val_psnr)
+
+  def validate(self, params: Any) -> tuple[float, float]:
+    """(validation loss, mean validation PSNR in dB) over the validation slices."""
+    total, psnr, count = 0.0, 0.0, 0.0
+    for local, weight in self.val_data.evaluation():
+      s, p, c = self.eval_fn(params, sharding.global_batch(local, self.mesh),
+                             sharding.global_batch({"w": weight}, self.mesh)["w"])
+      total, psnr, count = total + float(s), psnr + float(p), count + float(c)
+    return total / max(count, 1.0), psnr / max(count, 1.0)
+
+  def keep_best(self, params: Any, step: int, val_loss: float) -> None:
+    """Saves the model's parameters to `best/` when `val_loss` is the lowest so far."""
+    if not val_loss < self.progress["best_val_loss"]:
+      return
+    self.progress.update(best_val_loss=val_loss, best_step=step)
+    if step in self.best_mngr.all_steps():  # saved by a run killed after it (same params)
+      return
+    host_params = sharding.to_host(self.objective.model_params(params))
+    meta = {**self.model_meta, "stage": self.stage, "step": step, "val_loss": val_loss}
+    self.best_mngr.save(step, args=checkpoints.save_args(host_params, meta),
+                        metrics={"val_loss": val_loss}, force=True)
+    # The training state saved next records this step as the best: the best model must be on disk
+    # first, or a kill between the two writes would leave a resumed run with no best/.
+    self.best_mngr.wait_until_finished()
+
+  def save(self, state: TrainState, step: int) -> None:
+    """The full training state and the loop's progress, as checkpoint `step` (asynchronously)."""
+    if not bool(_all_finite(state.params)):
+      raise TrainingStopped(f"stage {self.stage}: parameters became NaN/Inf by step {step}; kept "
+                            f"the last good checkpoint in {self.paths['checkpoints']} (lower "
+                            f"config.train.learning_rate).")
+    best = self.progress["best_val_loss"]
+    meta_item = {"stage": self.stage, "step": step, "epoch": step // self.steps_per_epoch,
+                 "steps_per_epoch": self.steps_per_epoch, "best_step": self.progress["best_step"],
+                 "best_val_loss": best if math.isfinite(best) else None}
+    self.state_mngr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(sharding.to_host(state)), meta=ocp.args.JsonSave(meta_item)),
+        force=True)
+
+  def log_epoch(self, params: Any, step: int, epoch: int, trained: _EpochTrained, val_loss: float,
+                val_psnr: float) -> None:
+    """TensorBoard scalars and validation images, and the epoch's line in log.txt."""
+    lr = self.learning_rate(step - 1)  # the rate of the epoch's last step
+    self.log.scalars({"train/epoch_loss": trained.loss, "val/loss": val_loss, "val/psnr": val_psnr,
+                      "train/learning_rate": lr, "train/epoch_seconds": trained.seconds}, step)
+    rows = {k: v[self.val_data.rows] for k, v in self.image_batch.items()}
+    prediction = np.asarray(sharding.to_host(self.predict(self.objective.model_params(params),
+                                                          sharding.global_batch(rows, self.mesh))))
+    if self.shown:
+      shown = {k: v[:self.shown] for k, v in self.image_batch.items()}
+      self.log.image("validation/input_target_reconstruction_error",
+                     summary_images(shown, prediction[:self.shown]), step)
+    self.log.line(f"{self.stage} epoch {epoch + 1}/{self.train.num_epochs} step {step} "
+                  f"train_loss {trained.loss:.6g} val_loss {val_loss:.6g} val_psnr {val_psnr:.2f} "
+                  f"best {self.progress['best_val_loss']:.6g}@{self.progress['best_step']} "
+                  f"lr {lr:.1e} time {trained.seconds:.1f}s")
+
+  def interrupted(self, state: TrainState | None, step: int, epoch: int, stop: _StopRequest
+                  ) -> StageResult:
+    """Saves `state` (None: already saved), waits for the write and says how to resume."""
+    if state is not None:
+      self.save(state, step)
+    self.state_mngr.wait_until_finished()
+    self.log.line(f"{self.stage}: stopped by {stop.signal} at step {step} (epoch {epoch + 1}); "
+                  f"saved {self.paths['checkpoints']}; rerun the same command to resume.")
+    return self._result("interrupted", step)
+
+  def _result(self, status: str, step: int) -> StageResult:
+    return StageResult(status, step, self.progress["best_val_loss"], self.progress["best_step"])
+
+  def finish(self, step: int) -> StageResult:
+    """Waits for every write, then the stage's `done` marker."""
+    self.state_mngr.wait_until_finished()
+    self.best_mngr.wait_until_finished()
+    if self.primary:
+      with open(self.paths["done"], "w") as f:
+        json.dump({"stage": self.stage, "step": step, **self.progress}, f)
+    return self._result("done", step)

@@ -93,6 +93,20 @@ def write_reconstruction(path: str, reconstruction: np.ndarray, attrs: dict[str,
       os.remove(temporary)
 
 
+def read_checked(path: str, acc: str | None, reconstruction: bool, mask: np.ndarray | None,
+                 mask_path: str | None):
+  """One input volume; for a DC-CNN, refused unless `mask` fits it and holds all its k-space samples
+  (data undersampled with another mask would get wrong data consistency)."""
+  from kdmri_jax import masks
+  from kdmri_jax.data import reference
+
+  volume = reference.read_volume(path, acc, require_target=not reconstruction)
+  if reconstruction:
+    masks.check_mask(mask, volume.shape, name=f"mask file {mask_path}")
+    reference.require_kspace_within_mask(volume.kspace, mask, path, mask_path)
+  return volume
+
+
 def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = None, acc: str | None = None,
         batch_size: int = 8, overwrite: bool = False, sr_keep: int | None = None,
         progress: bool = True) -> list[str]:
@@ -133,12 +147,10 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
   with tqdm(total=len(files), desc="volumes", unit="vol", disable=None if progress else True) as bar:
     for path, out_path in zip(files, outputs):
       if first is not None:
-        volume, first = first, None
+        volume, first = first, None  # read and checked before the model was loaded
       else:
-        volume = reference.read_volume(path, acc, require_target=not reconstruction)
+        volume = read_checked(path, acc, reconstruction, mask, mask_path)
       if reconstruction:
-        masks.check_mask(mask, volume.shape, name=f"mask file {mask_path}")
-        reference.require_kspace_within_mask(volume.kspace, mask, path, mask_path)
         image = volume.input
         if getattr(model, "complex_images", False):
           image = np.fft.ifft2(volume.kspace, norm="ortho").astype(np.complex64)

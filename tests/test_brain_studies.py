@@ -116,6 +116,14 @@ def test_reproduce_rejects_a_studies_acc_without_runs_and_unknown_methods(tmp_pa
     rb.main(["--collect-only", "--methods", "attention,fitnett", "--out", out])
 
 
+def test_resolve_says_why_a_difference_is_not_resolved():
+  assert bs.resolve((30.0, 0.0), (30.5, 0.0), seeds=1) == "one seed"
+  assert bs.resolve((30.0, 0.2), (30.5, 0.6), seeds=2) == "spread"
+  assert bs.resolve((30.0, 0.2), (30.5, 0.1), seeds=2, p=0.2) == "p"
+  assert bs.resolve((30.5, 0.1), (30.0, 0.2), seeds=2, p=0.03) == "below"
+  assert bs.paired_p({"wilcoxon_p": None}) == 1.0 and bs.p_text(None) == "—"
+
+
 def test_step_needs_a_difference_beyond_the_larger_seed_std_and_a_significant_pair_test():
   assert bs.step((30.0, 0.2), (30.5, 0.1), seeds=2) == "above"
   assert bs.step((30.5, 0.1), (30.0, 0.2), seeds=2) == "below"

@@ -67,3 +67,12 @@ def test_demo_is_small():
   config = load(os.path.join(REPO, "configs", "demo.py"))
   assert config.data.root is None and config.dataset == "brain"  # the embedded brain
   assert config.data.image_size <= 96 and config.train.num_epochs <= 20
+
+
+def test_generated_mask_defaults_are_the_masks_modules():
+  from kdmri_jax import masks
+  from kdmri_jax.data import embedded
+  data = load(os.path.join(REPO, "configs", "default.py")).data
+  spec = embedded.BrainSpec()
+  assert data.mask_seed == spec.mask_seed == masks.DEFAULT_MASK_SEED
+  assert data.mask_family == spec.mask_family == masks.DEFAULT_FAMILY

@@ -81,9 +81,11 @@ def test_augmentation_is_seeded_and_changes_the_image():
 
 
 def test_folder_name_records_the_mask_family_and_non_default_parameters():
-  assert embedded.BrainSpec(size=240).folder_name() == "mni_icbm152_2009a_240_dccnn_v2"
+  seed = masks.DEFAULT_MASK_SEED
+  assert embedded.BrainSpec(size=240).folder_name() == f"mni_icbm152_2009a_240_dccnn_seed{seed}_v2"
+  assert embedded.BrainSpec(size=240, mask_seed=3).folder_name() == "mni_icbm152_2009a_240_dccnn_seed3_v2"
   gaussian = embedded.BrainSpec(size=240, mask_family="gaussian")
-  assert gaussian.folder_name() == "mni_icbm152_2009a_240_gaussian_v2"
+  assert gaussian.folder_name() == f"mni_icbm152_2009a_240_gaussian_seed{seed}_v2"
   assert "copies1" in embedded.BrainSpec(size=32, copies=1).folder_name()
 
 
@@ -92,7 +94,7 @@ def test_masks_are_the_dccnn_family_by_default_and_recorded(small_root):
   manifest = json.loads(open(os.path.join(root, "manifest.json")).read())
   assert manifest["mask_family"] == "dccnn" and manifest["accelerations"]["4x"]["mask_family"] == "dccnn"
   np.testing.assert_array_equal(np.load(os.path.join(root, "masks", "mask_4x.npy")),
-                                masks.cartesian_mask((32, 32), "4x", seed=22, family="dccnn"))
+                                masks.cartesian_mask((32, 32), "4x", seed=masks.DEFAULT_MASK_SEED, family="dccnn"))
 
 
 def test_a_cache_of_the_other_family_is_never_reused(small_root):
@@ -102,6 +104,6 @@ def test_a_cache_of_the_other_family_is_never_reused(small_root):
   assert other != root and "gaussian" in os.path.basename(other)
   assert json.load(open(os.path.join(other, "manifest.json")))["mask_family"] == "gaussian"
   np.testing.assert_array_equal(np.load(os.path.join(other, "masks", "mask_4x.npy")),
-                                masks.cartesian_mask((32, 32), "4x", seed=22, family="gaussian"))
+                                masks.cartesian_mask((32, 32), "4x", seed=masks.DEFAULT_MASK_SEED, family="gaussian"))
   with pytest.raises(InputError, match="config.data.mask_family 'dc' is not one of"):
     embedded.ensure(cache, accs=("4x",), mask_family="dc", **SMALL)

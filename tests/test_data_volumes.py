@@ -226,12 +226,18 @@ def test_mat_cells_and_unreadable_files(tmp_path):
     f.create_dataset("c", (2, 1), dtype=h5py.ref_dtype).attrs["MATLAB_class"] = np.bytes_("cell")
   with pytest.raises(InputError, match=r"\(key 'c'\) is a MATLAB cell"):
     volumes.read_any(str(tmp_path / "c73.mat"), key="c")
+  with h5py.File(tmp_path / "s73.mat", "w") as f:  # v7.3 sparse: a group with MATLAB_sparse
+    group = f.create_group("s")
+    group.attrs["MATLAB_class"], group.attrs["MATLAB_sparse"] = np.bytes_("double"), 4
+    group["data"] = np.ones(2)
+  with pytest.raises(InputError, match=r"\(key 's'\) is a MATLAB sparse matrix, not a numeric"):
+    volumes.read_any(str(tmp_path / "s73.mat"), key="s")
   (tmp_path / "text.mat").write_text("not a mat file")
   with pytest.raises(InputError, match=r"text\.mat is not a readable MATLAB \.mat file"):
     volumes.read_any(str(tmp_path / "text.mat"))
   assert volumes.kind_of("x/K.MAT") == "mat"
   assert [p.split("/")[-1] for p in volumes.find_files(str(tmp_path))] == [
-      "c.mat", "c73.mat", "text.mat"]
+      "c.mat", "c73.mat", "s73.mat", "text.mat"]
 
 
 def test_prepare_from_mat_volumes_end_to_end(tmp_path):

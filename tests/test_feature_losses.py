@@ -112,6 +112,24 @@ def test_rkd_hand_example():
   assert float(fl.relational(teacher, 3 * teacher)) == pytest.approx(0.0, abs=1e-6)
 
 
+def test_rkd_distance_is_zero_between_coinciding_samples():
+  # Samples 0 and 1 coincide: their distance is 0 (not the norm's stand-in 1), the others 5, 5;
+  # the mean over the 6 ordered pairs is 20/6.
+  distances = fl.rkd_distances(jnp.array([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]]))
+  np.testing.assert_allclose(distances, [[0, 0, 1.5], [0, 0, 1.5], [1.5, 1.5, 0]], rtol=1e-6)
+  grads = jax.grad(lambda e: jnp.sum(fl.rkd_distances(e)) + jnp.sum(fl.rkd_angles(e)))(
+      jnp.array([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]]))
+  assert bool(jnp.all(jnp.isfinite(grads)))
+
+
+@pytest.mark.parametrize("name", ["ab", "vid", "ft"])
+def test_trainable_methods_without_params_need_equal_channels(name):
+  t, s = _maps(2, 3, 3, 4), _maps(2, 3, 3, 2)
+  message = rf"^{name}: the student map has 2 channels .*init_feature_params"
+  with pytest.raises(InputError, match=message):
+    fl.FEATURE_LOSSES[name](t, s)
+
+
 def test_pkt_hand_example():
   # Teacher cosines c01 = 0, c02 = 1, c12 = 0 -> K = (c + 1)/2; rows over the two other samples:
   # p_{·|0} = (1/3, 2/3), p_{·|1} = (1/2, 1/2), p_{·|2} = (2/3, 1/3). Student: all equal -> q = 1/2.

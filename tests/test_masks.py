@@ -150,11 +150,17 @@ def test_inspection_cli_prints_the_statistics(tmp_path, capsys):
   mask[[0, 1, 39, 20]] = 1
   np.save(tmp_path / "m.npy", mask)
   assert run_cli(masks.main, ["--mask", str(tmp_path / "m.npy"), "--generate", "240", "240", "--acc", "8x",
-                              "--family", "gaussian"]) == 0
+                              "--family", "gaussian", "--seed", "0"]) == 0
   out = capsys.readouterr().out.splitlines()
   assert out[0].endswith("40×40: 4/40 rows, 10.00x, 3 contiguous centre lines, mean |ky| 5.5")
   assert out[1].startswith("gaussian 8x seed 0: 240×240: 30/240 rows, 8.00x")
   assert run_cli(masks.main, []) == 2 and "nothing to inspect" in capsys.readouterr().err
+
+
+def test_inspection_cli_generates_the_default_masks_by_default(capsys):
+  assert run_cli(masks.main, ["--generate", "240", "240", "--acc", "4x"]) == 0
+  expected = masks.describe(masks.cartesian_mask((240, 240), "4x", seed=masks.DEFAULT_MASK_SEED))
+  assert capsys.readouterr().out.strip() == f"dccnn 4x seed {masks.DEFAULT_MASK_SEED}: {expected}"
 
 
 def test_default_mask_seed_gives_the_authors_brain_statistics():

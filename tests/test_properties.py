@@ -170,6 +170,7 @@ def test_every_registered_feature_loss_is_covered_and_documented():
   table = feature_losses.__doc__
   assert [name for name in _FEATURE_NAMES if f"`{name}`" not in table] == []
   assert _SAME_CHANNELS <= set(_FEATURE_NAMES) and len(_FEATURE_NAMES) >= 2
+  assert set(_FEATURE_NAMES) == set(feature_losses.FEATURE_LOSSES)
 
 
 images = hnp.arrays(np.float32, st.sampled_from(_SHAPES3), elements=st.floats(0, 2, width=32))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -121,3 +123,32 @@ def test_report_places_the_objectives_after_the_table(tmp_path):
   needles = ("| KD |", "Training objectives:", "- KD: imitation `authors_sr`")
   places = [text.index(needle) for needle in needles]
   assert places == sorted(places)
+
+
+def test_every_best_checkpoint_criterion_has_words():
+  from kdmri_jax import train
+
+  assert set(train.FEATURE_BEST) | {"val_mse"} <= set(report.BEST_TEXT)
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
+  report.write_text_atomic(tmp_path / "a.md", "old")
+
+  def fail(tmp):
+    with open(tmp, "w") as f:
+      f.write("half")
+    raise OSError("disk full")
+
+  with pytest.raises(OSError, match="disk full"):
+    report.write_atomic(tmp_path / "a.md", fail)
+  assert [p.name for p in tmp_path.iterdir()] == ["a.md"]
+  assert (tmp_path / "a.md").read_text() == "old"
+
+
+def test_atomic_writes_get_an_ordinary_files_mode(tmp_path):
+  old = os.umask(0o022)
+  try:
+    report.write_text_atomic(tmp_path / "a.md", "x")
+  finally:
+    os.umask(old)
+  assert (tmp_path / "a.md").stat().st_mode & 0o777 == 0o644

@@ -340,6 +340,31 @@ def test_reverdict_rederives_the_verdict_from_the_tables_and_changes_nothing_els
     rb.main(["--reverdict", str(tmp_path / "other.md")])
 
 
+def test_reverdict_of_an_unchanged_verdict_leaves_the_file_byte_for_byte(tmp_path):
+  two_seed_runs(tmp_path)
+  out = tmp_path / "brain.md"
+  written = collect_two_seeds(tmp_path, out)
+  out.write_text(written.replace(verdict_section(written), "\nold verdict\n\n"))
+  assert rb.main(["--reverdict", str(out)]) == 0
+  once = out.read_text()
+  dated = once.replace("re-derived on 20", "re-derived on 19", 1)  # as if derived long ago
+  out.write_text(dated)
+  assert rb.main(["--reverdict", str(out)]) == 0
+  assert out.read_text() == dated  # the same verdict keeps its note: no new date, no change
+
+
+def test_reverdict_of_a_damaged_table_is_one_sentence(tmp_path):
+  two_seed_runs(tmp_path)
+  out = tmp_path / "brain.md"
+  written = collect_two_seeds(tmp_path, out)
+  out.write_text(written.replace("| Seeds |", "| Seedz |", 1))
+  with pytest.raises(rb.common.InputError, match="tables are not as this script writes them"):
+    rb.main(["--reverdict", str(out)])
+  out.write_text(written.replace("## Verdict\n", "## Verdikt\n", 1))
+  with pytest.raises(rb.common.InputError, match="no section '## Verdict'"):
+    rb.main(["--reverdict", str(out)])
+
+
 def test_the_setting_line_names_each_runs_masks_and_imitation_objective(tmp_path):
   two_seed_runs(tmp_path)
   records = {42: {"data": {"mask_family": "dccnn"}, "kd": {"imitation": "authors_code"}},

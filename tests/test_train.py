@@ -372,3 +372,47 @@ def test_attention_mse_criterion_works_for_every_feature_method(feature_loss):
   else:
     want = _hand_attention_mse(t_map, s_map)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_describe_objective_records_alpha_only_where_the_objective_uses_it():
+  config = tiny_config()
+  config.kd.alpha = 0.3
+  assert train.describe_objective("kd", config)["alpha"] == 0.3  # 'paper'
+  config.kd.imitation = "authors_code"
+  assert train.describe_objective("kd", config)["alpha"] is None
+  with pytest.raises(train.InputError, match="unknown training stage 'evaluate'"):
+    train.describe_objective("evaluate", config)
+
+
+def test_restore_or_init_starts_fresh_then_resumes_and_refuses_other_data(tmp_path):
+  config = tiny_config(num_epochs=1)  # 3 steps per epoch (7 slices, batch 2)
+  model = tiny_model()
+  objective = train.make_objective("student", config, model)
+  tx = train.make_optimizer(config.train, steps_per_epoch=3)
+  folder = str(tmp_path / "checkpoints")
+
+  def restore(steps_per_epoch):
+    mngr = train._state_manager(folder, 2)  # pylint: disable=protected-access
+    try:
+      return train.restore_or_init(mngr, folder, objective, params_of(model), tx, config.train,
+                                   steps_per_epoch)
+    finally:
+      mngr.close()
+
+  state, progress = restore(3)
+  assert int(state.step) == 0 and progress == {"best_val_loss": float("inf"), "best_step": -1}
+  result = _fit(tmp_path, config)
+  state, progress = restore(3)
+  assert int(state.step) == result.step == 3
+  assert progress == {"best_val_loss": result.best_val_loss, "best_step": result.best_step}
+  with pytest.raises(train.InputError, match=rf"^{folder} was written with 3 steps per epoch but "
+                                             r"the data now gives 4; .* or a new --workdir\.$"):
+    restore(4)
+
+
+def test_the_epoch_log_reads_the_learning_rate_from_the_schedule(tmp_path):
+  config = tiny_config(num_epochs=2, lr_step_epochs=1, lr_gamma=0.1, learning_rate=1e-3)
+  _fit(tmp_path, config)
+  lines = (tmp_path / "log.txt").read_text().splitlines()
+  rates = [line.split(" lr ")[1].split()[0] for line in lines]
+  assert rates == ["1.0e-03", "1.0e-04"]  # the rate of each epoch's last step

@@ -1,6 +1,7 @@
 """`valid`: one h5 per volume with `reconstruction` S×H×W float32, and one-line refusals of bad input."""
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -176,3 +177,16 @@ def test_cli_subprocess_refuses_a_mask_the_data_was_not_made_with(setup, tmp_pat
   assert "vol_a.h5 has k-space samples where the mask" in result.stderr and "other.npy" in result.stderr
   assert "pass the mask the data was made with" in result.stderr
   assert not (tmp_path / "out").exists()
+
+def test_a_later_volume_undersampled_with_another_mask_is_refused(setup, tmp_path, capsys):
+  root, _, _, mask = setup
+  data = tmp_path / "data"
+  shutil.copytree(root / "data", data)
+  target = np.random.default_rng(1).random((3,) + SHAPE).astype(np.float32)
+  kspace = np.fft.fft2(target, norm="ortho") * masks.cartesian_mask(SHAPE, 4, seed=7)
+  reference.write_volume(data / "vol_b.h5", target, np.abs(np.fft.ifft2(kspace, norm="ortho")),
+                         kspace, "4x")
+  argv = _argv(root, tmp_path / "out")
+  argv[argv.index("--data-path") + 1] = str(data)
+  expected = f"{data / 'vol_b.h5'} has k-space samples where the mask {root / 'mask_4x.npy'} is 0"
+  _assert_one_line_error(run_cli(valid.main, argv), capsys, "vol_b.h5", expected)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from kdmri_jax import masks
 from kdmri_jax.data import reference
 from kdmri_jax.data.pipeline import eval_batches, num_train_batches, train_batches
 from kdmri_jax.data.reference import Volume, list_volumes, read_volume, write_volume
@@ -57,11 +58,12 @@ def data_root(config, acc: str | None = None) -> str:
   if dataset == "brain":
     task = _get(config, "task", "reconstruction")
     size = int(_get(config, "data.image_size", 256 if task == "super_resolution" else 240))
+    mask_seed = int(_get(config, "data.mask_seed", masks.DEFAULT_MASK_SEED))
     return embedded_brain_root(_get(config, "data.cache_dir"), size=size,
                                accs=(acc or _get(config, "acc", "4x"),),
                                seed=int(_get(config, "data.seed", 0)),
-                               mask_family=_get(config, "data.mask_family", "dccnn"),
-                               mask_seed=int(_get(config, "data.mask_seed", 22)))
+                               mask_family=_get(config, "data.mask_family", masks.DEFAULT_FAMILY),
+                               mask_seed=mask_seed)
   raise InputError(
       f"dataset '{dataset}' needs a data root: set config.data.root (e.g. --config.data.root=ROOT) to a folder "
       f"in the reference layout ROOT/{{train,validation}}/acc_<acc>/*.h5, or prepare one from fully-sampled "
@@ -75,7 +77,6 @@ def mask_file_for(config, root: str, acc: str) -> str:
 
 
 def load_mask_for(config, root: str, acc: str, shape: tuple[int, int]):
-  from kdmri_jax import masks
   path = mask_file_for(config, root, acc)
   require(os.path.isfile(path), f"no undersampling mask at {path}; set config.data.mask_path to the "
           f"{acc} mask (.npy, H×W, 0/1, unshifted) or prepare the data with `python -m kdmri_jax.prepare`, "

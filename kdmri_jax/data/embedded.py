@@ -14,12 +14,12 @@ turn them into a brain set in the KD-MRI reference layout:
   anterior-posterior flip (p=1/4), rotation ±10°, scale 0.92–1.08, shift ±4%, and a contrast change from the
   tissue maps, image·(1 + a·GM + b·WM) with a, b ~ U(−0.25, 0.25), then a gamma in [0.8, 1.25];
 - each volume is normalised by its maximum (targets in [0, 1]); masks are 1-D Cartesian rows masks
-  (`masks.cartesian_mask` of the spec's `mask_family`, default "dccnn", the authors' kind; seeded
-  with the spec's mask_seed, 22: the draw that has the authors' statistics at 240×240); zero-filled images are |IFFT2(m·FFT2(target))|.
+  (`masks.cartesian_mask` of the spec's `mask_family`, by default `masks.DEFAULT_FAMILY`, the
+  authors' kind, seeded with the spec's `mask_seed`, by default `masks.DEFAULT_MASK_SEED`: the draw
+  that has the authors' statistics at 240×240); zero-filled images are |IFFT2(m·FFT2(target))|.
 
-It is built once per (size, parameters) into `{cache_dir}/mni_icbm152_2009a_{size}_{family}[...]/`
-with
-`masks/mask_{acc}.npy` and `manifest.json`, under a file lock, acceleration by acceleration as they are
+It is built once per (size, parameters) into `{cache_dir}/mni_icbm152_2009a_{size}_{family}_seed{mask_seed}[...]/`
+with `masks/mask_{acc}.npy` and `manifest.json`, under a file lock, acceleration by acceleration as they are
 first asked for; later calls reuse it.
 """
 
@@ -35,6 +35,7 @@ import tempfile
 
 import numpy as np
 
+from kdmri_jax import masks
 from kdmri_jax.errors import InputError, require
 
 FORMAT_VERSION = 2
@@ -51,14 +52,15 @@ class BrainSpec:
   gap: int = 3
   min_brain_fraction: float = 0.2
   slice_step: int = 1  # >1 keeps every n-th slice: small sets for tests
-  mask_family: str = "dccnn"  # masks.MASK_FAMILIES
-  mask_seed: int = 22  # = masks.DEFAULT_MASK_SEED: the draw with the authors' statistics at 240×240
+  mask_family: str = masks.DEFAULT_FAMILY  # one of masks.MASK_FAMILIES
+  mask_seed: int = masks.DEFAULT_MASK_SEED
 
   def folder_name(self) -> str:
-    # The family is always named: a cache of another family (or from before) is never reused.
-    name = f"mni_icbm152_2009a_{self.size}_{self.mask_family}"
+    # The mask family and seed are always named: a cache made with other masks (another family, or a
+    # default seed since changed) is never reused.
+    name = f"mni_icbm152_2009a_{self.size}_{self.mask_family}_seed{self.mask_seed}"
     default = BrainSpec(size=self.size)
-    named = ("size", "mask_family")
+    named = ("size", "mask_family", "mask_seed")
     extras = [f"{f.name}{getattr(self, f.name)}" for f in dataclasses.fields(self)
               if f.name not in named and getattr(self, f.name) != getattr(default, f.name)]
     return "_".join([name] + extras) + f"_v{FORMAT_VERSION}"
@@ -160,7 +162,6 @@ def build_targets(spec: BrainSpec) -> tuple[dict[str, dict[str, np.ndarray]], di
 
 def write_acceleration(root: str, volumes: dict, acc: str, spec: BrainSpec) -> dict:
   """Writes mask_{acc}.npy and the {split}/acc_{acc}/*.h5 files of one acceleration into `root`."""
-  from kdmri_jax import masks
   from kdmri_jax.data import reference
   from kdmri_jax.data.writer import undersample
   mask = masks.cartesian_mask((spec.size, spec.size), acc, seed=spec.mask_seed, direction="rows",
@@ -203,7 +204,6 @@ def _write_manifest(root: str, manifest: dict) -> None:
 
 def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fields) -> str:
   """The embedded dataset's root, built (or extended with missing accelerations) if needed."""
-  from kdmri_jax import masks
   spec = BrainSpec(size=int(size), **spec_fields)
   masks.check_family(spec.mask_family, "config.data.mask_family")
   accs = [f"{masks.parse_acceleration(a):g}x" for a in accs]

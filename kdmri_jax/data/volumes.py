@@ -169,9 +169,14 @@ def mat73_keys(path: str) -> list[str]:
   return [k for k in h5_keys(path) if not k.startswith("#")]
 
 
-def _matlab_class(node) -> str:
+def _mat73_class(node) -> str:
+  """A v7.3 variable's MATLAB class ('' when unstated); sparse matrices and structs are groups."""
+  import h5py
+  if "MATLAB_sparse" in node.attrs:
+    return "sparse matrix"
   value = node.attrs.get("MATLAB_class", b"")
-  return value.decode() if isinstance(value, bytes) else str(value)
+  name = value.decode() if isinstance(value, bytes) else str(value)
+  return name or ("struct" if isinstance(node, h5py.Group) else "")
 
 
 def _mat73_numbers(data: np.ndarray, what: str) -> np.ndarray:
@@ -191,10 +196,8 @@ def read_mat73_array(path: str, key: str | None) -> tuple[str, np.ndarray]:
   what = f"{path} (key '{key}')"
   with h5py.File(path, "r") as h5file:
     node = h5file[key]
-    matlab_class = _matlab_class(node) or ("struct" if isinstance(node, h5py.Group) else "")
-    if isinstance(node, h5py.Group) or "MATLAB_sparse" in node.attrs:
-      raise _not_a_volume(what, "sparse matrix" if "MATLAB_sparse" in node.attrs else matlab_class)
-    if matlab_class and matlab_class not in MATLAB_NUMERIC_CLASSES:
+    matlab_class = _mat73_class(node)
+    if isinstance(node, h5py.Group) or matlab_class not in MATLAB_NUMERIC_CLASSES | {""}:
       raise _not_a_volume(what, matlab_class)
     # An empty MATLAB array is stored as its dimensions, flagged by MATLAB_empty.
     require(not node.attrs.get("MATLAB_empty", 0), f"{what} is an empty MATLAB array.")

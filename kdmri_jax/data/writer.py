@@ -78,57 +78,19 @@ def write_dataset(out: str, volumes: Mapping[str, np.ndarray], accs, split: floa
   out = os.path.abspath(os.fspath(out))
   masks_lib.check_family(mask_family, "--mask-family")
   accs = [normalise_acc(a) for a in accs]
-  require(len(accs) > 0, "no acceleration given; pass e.g. --acc 4x 5x 8x.")
-  require(len(volumes) > 0, "no volumes to prepare.")
-  require(overwrite or not os.path.exists(out), f"{out} already exists; choose another --out or pass "
-          f"--overwrite to replace it.")
-  shapes = {tuple(v.shape[1:]) for v in volumes.values()}
-  require(len(shapes) == 1, f"the volumes have different slice sizes {sorted(shapes)}; crop or pad them to "
-          f"one size with --size H W.")
-  shape = shapes.pop()
+  shape = _check_inputs(out, volumes, accs, overwrite)
   masks = masks_for(shape, accs, mask_seed, direction, mask_dir, mask_family)
-  train, validation = split_names(list(volumes), split, seed)
+  splits = dict(zip(("train", "validation"), split_names(list(volumes), split, seed)))
 
   parent = os.path.dirname(out)
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
   try:
-    counts = {"train": {}, "validation": {}}
-    for split_name, names in (("train", train), ("validation", validation)):
-      for name in names:
-        target = volumes_lib.normalise(np.asarray(volumes[name], np.float32))
-        counts[split_name][name] = int(target.shape[0])
-        for acc, mask in masks.items():
-          image, kspace = undersample(target, mask)
-          folder = os.path.join(staging, split_name, f"acc_{acc}")
-          if one_slice_per_file:  # the reference knee layout: one H×W slice per file
-            for index in range(target.shape[0]):
-              reference.write_volume(os.path.join(folder, f"{name}_s{index:03d}.h5"), target[index:index + 1],
-                                     image[index:index + 1], kspace[index:index + 1], acc, squeeze=True)
-          else:
-            reference.write_volume(os.path.join(folder, f"{name}.h5"), target, image, kspace, acc)
-    os.makedirs(os.path.join(staging, "masks"))
-    for acc, mask in masks.items():
-      np.save(os.path.join(staging, "masks", f"mask_{acc}.npy"), mask)
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "seed": seed, "split": split, "shape": list(shape),
-        "normalisation": "per-volume max (target max = 1)",
-        "zero_filled": "|IFFT2(mask * FFT2(target))|, orthonormal, unshifted",
-        "kspace": "mask * FFT2(target), orthonormal, unshifted, complex64",
-        "layout": "one H x W slice per file" if one_slice_per_file else "H x W x S per file (slices last)",
-        "mask_family": mask_family if mask_dir is None else None,
-        "mask_seed": mask_seed if mask_dir is None else None,
-        "masks": {acc: {"file": f"masks/mask_{acc}.npy", "generated": mask_dir is None,
-                        "family": mask_family if mask_dir is None else None,
-                        "source": None if mask_dir is None else os.path.abspath(mask_dir),
-                        "direction": direction, **_mask_summary(m)}
-                  for acc, m in masks.items()},
-        "counts": {s: {"volumes": len(c), "slices": int(sum(c.values()))} for s, c in counts.items()},
-        "volumes": counts,
-        "sources": dict(sources or {}),
-    }
+    counts = {name: _write_split(staging, name, names, volumes, masks, one_slice_per_file)
+              for name, names in splits.items()}
+    _write_masks(staging, masks)
+    mask_fields = _mask_fields(masks, direction, mask_dir, mask_family, mask_seed)
+    manifest = _manifest(seed, split, shape, one_slice_per_file, mask_fields, counts, sources)
     manifest.update(extra or {})
     with open(os.path.join(staging, "manifest.json"), "w") as handle:
       json.dump(manifest, handle, indent=2)
@@ -137,6 +99,78 @@ def write_dataset(out: str, volumes: Mapping[str, np.ndarray], accs, split: floa
     shutil.rmtree(staging, ignore_errors=True)
     raise
   return out
+
+
+def _check_inputs(out: str, volumes: Mapping[str, np.ndarray], accs: list[str],
+                  overwrite: bool) -> tuple[int, int]:
+  """The volumes' common (H, W) slice shape, after the checks that need no writing."""
+  require(len(accs) > 0, "no acceleration given; pass e.g. --acc 4x 5x 8x.")
+  require(len(volumes) > 0, "no volumes to prepare.")
+  require(overwrite or not os.path.exists(out),
+          f"{out} already exists; choose another --out or pass --overwrite to replace it.")
+  shapes = {tuple(v.shape[1:]) for v in volumes.values()}
+  require(len(shapes) == 1, f"the volumes have different slice sizes {sorted(shapes)}; crop or pad "
+          f"them to one size with --size H W.")
+  return shapes.pop()
+
+
+def _write_split(staging: str, split_name: str, names: list[str], volumes: Mapping[str, np.ndarray],
+                 masks: dict[str, np.ndarray], one_slice_per_file: bool) -> dict[str, int]:
+  """Writes the normalised targets of `names` at every acceleration; returns {name: slices}."""
+  counts = {}
+  for name in names:
+    target = volumes_lib.normalise(np.asarray(volumes[name], np.float32))
+    counts[name] = int(target.shape[0])
+    for acc, mask in masks.items():
+      image, kspace = undersample(target, mask)
+      folder = os.path.join(staging, split_name, f"acc_{acc}")
+      if one_slice_per_file:  # the reference knee layout: one H×W slice per file
+        for index in range(target.shape[0]):
+          one = slice(index, index + 1)
+          reference.write_volume(os.path.join(folder, f"{name}_s{index:03d}.h5"), target[one],
+                                 image[one], kspace[one], acc, squeeze=True)
+      else:
+        reference.write_volume(os.path.join(folder, f"{name}.h5"), target, image, kspace, acc)
+  return counts
+
+
+def _write_masks(staging: str, masks: dict[str, np.ndarray]) -> None:
+  os.makedirs(os.path.join(staging, "masks"))
+  for acc, mask in masks.items():
+    np.save(os.path.join(staging, "masks", f"mask_{acc}.npy"), mask)
+
+
+def _manifest(seed: int, split: float, shape: tuple[int, int], one_slice_per_file: bool,
+              mask_fields: dict, counts: dict[str, dict[str, int]],
+              sources: Mapping[str, str] | None) -> dict:
+  """Everything needed to redo the dataset (`mask_fields`: `_mask_fields`)."""
+  return {
+      "format_version": FORMAT_VERSION,
+      "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+      "seed": seed, "split": split, "shape": list(shape),
+      "normalisation": "per-volume max (target max = 1)",
+      "zero_filled": "|IFFT2(mask * FFT2(target))|, orthonormal, unshifted",
+      "kspace": "mask * FFT2(target), orthonormal, unshifted, complex64",
+      "layout": ("one H x W slice per file" if one_slice_per_file
+                 else "H x W x S per file (slices last)"),
+      **mask_fields,
+      "counts": {s: {"volumes": len(c), "slices": int(sum(c.values()))} for s, c in counts.items()},
+      "volumes": counts,
+      "sources": dict(sources or {}),
+  }
+
+
+def _mask_fields(masks: dict[str, np.ndarray], direction: str, mask_dir: str | None, family: str,
+                 seed: int) -> dict:
+  """The manifest's mask entries: the family and seed of generated masks (None for masks read from
+  `mask_dir`) and, per acceleration, the file, its origin and its statistics."""
+  generated = mask_dir is None
+  family, seed = (family, seed) if generated else (None, None)
+  source = None if generated else os.path.abspath(mask_dir)
+  return {"mask_family": family, "mask_seed": seed,
+          "masks": {acc: {"file": f"masks/mask_{acc}.npy", "generated": generated, "family": family,
+                          "source": source, "direction": direction, **_mask_summary(m)}
+                    for acc, m in masks.items()}}
 
 
 def _mask_summary(mask: np.ndarray) -> dict:

@@ -8,14 +8,16 @@ YNNPACK and costs ~30× more than it has to (experiments/results/speed.md).
 `conv_general_dilated` below is `lax.conv_general_dilated` with a custom VJP that, on CPU, computes
 that gradient as the equivalent convolution with the operands' roles swapped (output feature = the
 layer's input channels), which YNNPACK takes. GPUs and TPUs keep JAX's own gradient
-(`lax.platform_dependent`).
+(`lax.platform_dependent`). Values equal JAX's gradient to rounding. It is a workaround for this
+XLA:CPU: once a jaxlib takes those gradients itself, tests/test_conv_layers.py skips its YNNPACK
+check, and this VJP can go.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,13 +25,15 @@ import jax.numpy as jnp
 from jax import lax
 
 NHWC = ("NHWC", "HWIO", "NHWC")
+# The same layout as Flax passes it (a ConvDimensionNumbers of axis indices), built once.
+_NHWC_NUMBERS = lax.conv_dimension_numbers((1,) * 4, (1,) * 4, NHWC)
 # Batches up to this size get one weight-gradient conv per image (the sum is unrolled in the HLO):
 # YNNPACK runs the batch-folded conv ~1.5× slower at batch 4.
 MAX_UNROLLED_BATCH = 16
 
 
 def torch_uniform(fan_in: int):
-  """U(−1/√fan_in, 1/√fan_in): PyTorch's conv weight and bias init."""
+  """U(−1/√fan_in, 1/√fan_in): PyTorch's conv weight (kaiming_uniform, a=√5) and bias init."""
   bound = 1.0 / math.sqrt(fan_in)
 
   def init(key, shape, dtype=jnp.float32):
@@ -71,21 +75,22 @@ def _conv_cpu_fwd(x, kernel, padding, precision):
 
 
 def _conv_cpu_bwd(padding, precision, residuals, g):
+  """JAX's input gradient; the weight gradient per image (small batches) in YNNPACK's form."""
   x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, padding, precision), x)
+  input_grad = jax.linear_transpose(lambda x: _conv(x, kernel, padding, precision), x)(g)[0]
   if x.shape[0] <= MAX_UNROLLED_BATCH:
     weight = sum(_weight_gradient(x[i:i + 1], g[i:i + 1], kernel, padding, precision)
                  for i in range(x.shape[0]))
   else:
     weight = _weight_gradient(x, g, kernel, padding, precision)
-  return input_vjp(g)[0], weight.astype(kernel.dtype)
+  return input_grad, weight.astype(kernel.dtype)
 
 
 def _weight_gradient(x, g, kernel, padding, precision):
+  """∂L/∂kernel: swapped for a narrowing layer, JAX's own (the conv's transpose) otherwise."""
   if _use_swapped(x.shape, g.shape):
     return weight_gradient_swapped(x, g, padding, kernel.shape[:2], precision)
-  _, weight_vjp = jax.vjp(lambda k: _conv(x, k, padding, precision), kernel)
-  return weight_vjp(g)[0]
+  return jax.linear_transpose(lambda k: _conv(x, k, padding, precision), kernel)(g)[0]
 
 
 _conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
@@ -108,9 +113,10 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                                 default=lambda x, k: _conv(x, k, padding, precision))
 
 
-def _is_nhwc(dimension_numbers: Sequence[str] | Any) -> bool:
+def _is_nhwc(dimension_numbers: Any) -> bool:
+  """NHWC/HWIO/NHWC as strings (`NHWC`) or as Flax's ConvDimensionNumbers."""
   if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
-    return dimension_numbers == lax.conv_dimension_numbers((1,) * 4, (1,) * 4, NHWC)
+    return dimension_numbers == _NHWC_NUMBERS
   return dimension_numbers is not None and tuple(dimension_numbers) == NHWC
 
 
