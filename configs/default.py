@@ -2,6 +2,8 @@
 
 Every other config imports this one and changes a few fields. Override any field from the command line,
 e.g. `--config.train.num_epochs=10 --config.stages=teacher,student`.
+Each field's accepted range (type, bounds, choices) is declared in kdmri_jax/config_ranges.py and
+checked when `kdmri_jax.main` starts; a new field here needs an entry there (tests/test_config_ranges.py).
 """
 
 from __future__ import annotations
@@ -9,9 +11,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from kdmri_jax import masks
-
-ALL_STAGES = "teacher,student,feature,kd,evaluate,report"
+from kdmri_jax import masks, pipeline
+from kdmri_jax.data import sr
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -20,10 +21,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.acc = "4x"  # '4x' | '5x' | '8x' (undersampling; unused for super-resolution)
   config.task = "reconstruction"  # 'reconstruction' (DC-CNN) | 'super_resolution' (VDSR)
   # Comma-separated stages to run, in this order; a stage whose `done` marker exists is skipped.
-  config.stages = ALL_STAGES
+  config.stages = ",".join(pipeline.STAGES)  # every stage
   # None -> experiments/{dataset}/acc_{acc}; `--workdir` on the command line wins over both.
   config.workdir = placeholder(str)
+  # None -> the teacher stage trains its own teacher. A finished teacher stage folder (`done` + `best/`)
+  # -> copied into WORKDIR/teacher when that is absent, so the teacher stage finds it finished
+  # (kdmri_jax.pretrained; configs/demo.py uses the committed experiments/pretrained/ one).
+  config.pretrained_teacher = placeholder(str)
   config.data = data_config()
+  config.sr = sr_config()
   config.models = models_config()
   config.kd = kd_config()
   config.train = train_config()
@@ -48,7 +54,17 @@ def data_config() -> ml_collections.ConfigDict:
   data.mask_family = masks.DEFAULT_FAMILY  # "dccnn"
   # None -> every slice; an int keeps that many per split (demos, tests)
   data.max_slices = placeholder(int)
+  data.tfds_dir = placeholder(str)  # source 'tfds': None -> its datasets are built in {root}/tfds
   return data
+
+
+def sr_config() -> ml_collections.ConfigDict:
+  """Super-resolution (config.task = 'super_resolution', `kdmri_jax.data.sr`)."""
+  sr_section = ml_collections.ConfigDict()
+  # The low-resolution input keeps the central keep×keep of the centred k-space: 64 (the paper's,
+  # with 256×256 targets: 4× lower resolution per axis).
+  sr_section.keep = sr.DEFAULT_KEEP
+  return sr_section
 
 
 def models_config() -> ml_collections.ConfigDict:

@@ -10,8 +10,6 @@ embedded MNI brain resampled to 256×256 (`config.data.image_size`), or `--confi
 
 from __future__ import annotations
 
-import ml_collections
-
 from configs import default
 
 
@@ -26,6 +24,5 @@ def get_config():
   config.kd.feature_loss = "attention"
   config.kd.layer_pairs = "paper"  # feature_losses.PAPER_LAYER_PAIRS['vdsr'] = (((5,), (3,)),)
   config.kd.alpha = 0.5
-  config.sr = ml_collections.ConfigDict()
   config.sr.keep = 64  # central keep×keep of the centred k-space: 256/64 = 4× lower resolution per axis
   return config

@@ -1,1 +1,2 @@
-"""Scripts that regenerate kdmri_jax's recorded results; `experiments.pytorch_reference` is importable."""
+"""Scripts that regenerate kdmri_jax's recorded results, run from the repository root as
+`python -m experiments.NAME`; what they share is experiments/common.py."""

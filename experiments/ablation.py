@@ -1,6 +1,6 @@
 """The paper's ablation of attention transfer (AT) and imitation, written to experiments/results/ablation.md.
 
-  python experiments/ablation.py --base demo --workdir experiments/runs/ablation --set train.num_epochs=2
+  python -m experiments.ablation --base demo --workdir experiments/runs/ablation --set train.num_epochs=2
 
 Runs the four variants of configs/ablation.py (student, imitation_only, feature_only, attention_imitation)
 through `python -m kdmri_jax.main`, each in WORKDIR/<variant>, sharing what they have in common: one teacher
@@ -15,10 +15,8 @@ import os
 import sys
 from typing import Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import compare_methods as common  # noqa: E402  (the shared run/collect helpers)
-from kdmri_jax.errors import require, run_cli  # noqa: E402
+from experiments import common
+from kdmri_jax.errors import require, run_cli
 
 # variant -> (label, AT, imitation, stages linked in from other variants: {stage: variant}, trained stages)
 VARIANTS = {
@@ -73,7 +71,7 @@ def main(argv: Sequence[str]) -> int:
            "teacher unless it was reused). Times depend on the "
            "machine's load: on a CPU shared with other jobs they are only indicative.")
   notes = common.table_notes(args, rows, "Student alone", notes)
-  commands.insert(0, common.script_command(argv, "ablation.py"))
+  commands.insert(0, common.script_command(argv, "ablation"))
   table = common.markdown_table(rows, [("at", "AT"), ("imitation", "Imitation")])
   common.write_results(args.out, "Ablation: attention transfer and imitation", intro, table, commands, notes,
                        args.overwrite)

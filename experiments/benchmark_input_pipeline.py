@@ -1,11 +1,12 @@
 """Input-pipeline throughput next to the teacher's CPU training-step consumption (not a test).
 
-  python experiments/benchmark_input_pipeline.py [--cache-dir DIR] [--batches 150] [--reps 5]
+  python -m experiments.benchmark_input_pipeline [--cache-dir DIR] [--batches 150] [--reps 5]
 
 Measures, on the embedded 240×240 brain data at batch 4: slices/s of `train_batches` over the h5 source
 held in memory, over the same files read slice by slice (the large-dataset path), and over the TFDS
-array_record source; then the median time of a jitted DC-CNN teacher train step (forward, L1, gradient,
-optax.adam update) on one 4×240×240 batch, i.e. the slices/s training consumes. Prints the ratio.
+array_record source; then the median time of the project's DC-CNN teacher train step
+(`train.make_train_step`: forward, L1, gradient, Adam update) on one 4×240×240 batch, i.e. the
+slices/s training consumes. Prints the ratio.
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def pipeline_rate(source, batch_size: int, batches: int, threads: int) -> float:
@@ -34,35 +32,21 @@ def pipeline_rate(source, batch_size: int, batches: int, threads: int) -> float:
 
 
 def teacher_rate(batch, reps: int) -> tuple[float, float]:
+  """(median seconds, first call's seconds) of the project's teacher training step on `batch`
+  (`kdmri_jax.benchmark.jax_train_step`: `train.make_train_step` with the stage's objective)."""
   import jax
-  import jax.numpy as jnp
-  import optax
 
-  from kdmri_jax import losses, models
+  from kdmri_jax import benchmark, models
   model = models.build_model("teacher")
   params = models.init_params(model, jax.random.PRNGKey(0), *batch["target"].shape[1:])
-  optimizer = optax.adam(1e-3)
-  opt_state = optimizer.init(params)
-
-  @jax.jit
-  def step(params, opt_state, batch):
-    def loss_fn(p):
-      image, _ = models.apply(model, p, batch)
-      return losses.l1(image, batch["target"])
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  batch = {k: jnp.asarray(v) for k, v in batch.items()}
+  step = benchmark.jax_train_step("teacher", model, params, dict(batch), jax.devices("cpu")[0])
   start = time.perf_counter()
-  params, opt_state, loss = step(params, opt_state, batch)
-  jax.block_until_ready(loss)
+  step()
   compile_s = time.perf_counter() - start
   times = []
   for _ in range(reps):
     start = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, batch)
-    jax.block_until_ready(loss)
+    step()
     times.append(time.perf_counter() - start)
   return statistics.median(times), compile_s
 
@@ -76,14 +60,16 @@ def main() -> None:
   parser.add_argument("--reps", type=int, default=5)
   args = parser.parse_args()
 
-  from kdmri_jax.data import embedded_brain_root, list_volumes, load_mask_for, tfds_builder, train_batches
+  from kdmri_jax import masks
+  from kdmri_jax.data import (embedded_brain_root, list_volumes, mask_path_for, tfds_builder,
+                              train_batches)
   from kdmri_jax.data.sources import ReferenceSource
 
   start = time.perf_counter()
   root = embedded_brain_root(args.cache_dir, size=240, accs=("4x",))
   print(f"embedded brain root {root} ready in {time.perf_counter() - start:.1f} s")
   paths = list_volumes(root, "train", "4x")
-  mask = load_mask_for({"data": {}}, root, "4x", (240, 240))
+  mask = masks.load_mask(mask_path_for(root, "4x"), (240, 240))
   sources = {"h5 in memory": ReferenceSource(paths, "4x", mask),
              "h5 slice by slice": ReferenceSource(paths, "4x", mask, max_memory_bytes=0)}
   sources["tfds array_record"] = tfds_builder.load_source(root, "train", "4x", mask=mask)

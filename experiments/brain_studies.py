@@ -20,14 +20,13 @@ table.
 from __future__ import annotations
 
 import datetime
-import json
 import os
 from typing import Sequence
 
 import numpy as np
 
-import compare_methods as common
-from seed_stats import mean_std, paired_test
+from experiments import common
+from experiments.seed_stats import mean_std, paired_test
 
 ABLATION = (  # (row key, label, AT, imitation)
     ("student", "Student alone", "", ""),
@@ -89,11 +88,10 @@ def run_studies(run_workdir: str, base: str, overrides: Sequence[str], methods: 
 
 def read_method(workdir: str, method: str) -> dict | None:
   """{'params': n, 'volumes': {name: {'PSNR': x, 'SSIM': y}}} of one evaluated model, else None."""
-  path = os.path.join(workdir, "results", method, "metrics.json")
-  if not os.path.exists(path):
+  from kdmri_jax import evaluate  # here: it imports jax
+  document = evaluate.read_metrics(os.path.join(workdir, "results", method))
+  if document is None:
     return None
-  with open(path) as f:
-    document = json.load(f)
   return {"params": document.get("params"),
           "volumes": {v["name"]: {"PSNR": v["PSNR"], "SSIM": v["SSIM"]} for v in document["volumes"]}}
 

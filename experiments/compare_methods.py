@@ -1,278 +1,47 @@
 """Compares feature-distillation methods in KD-MRI's pipeline and writes the table (PSNR, SSIM, parameters,
 wall time) to experiments/results/methods.md.
 
-  python experiments/compare_methods.py --base demo --workdir experiments/runs/methods_demo \
+  python -m experiments.compare_methods --base demo --workdir experiments/runs/methods_demo \
       --methods attention,fitnet,fsp,sp,cc,local_affinity --set train.num_epochs=2
 
 One teacher serves every method: it is trained once in WORKDIR/base (with the student baseline, both
 evaluated), or taken from `--teacher-from DIR` (a finished run with the same base config), and linked into
 each method's workdir WORKDIR/<method>, which then runs `configs/methods.py:BASE,METHOD` (feature stage with
 the method, KD stage from it, evaluation) through `python -m kdmri_jax.main`. Rerunning resumes: finished
-stages are skipped. The shared helpers here are used by experiments/ablation.py too.
+stages are skipped. The run/collect/table helpers are in experiments/common.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
-import re
-import shlex
-import subprocess
 import sys
-import time
 from typing import Sequence
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)
-
-from kdmri_jax.errors import InputError, require, run_cli  # noqa: E402
-
-RESULTS = os.path.join(REPO, "experiments", "results")
-
-
-# --- running the pipeline ------------------------------------------------------------------------------
-
-def main_command(config_arg: str, workdir: str, overrides: Sequence[str] = ()) -> list[str]:
-  """The `python -m kdmri_jax.main` command of one run; overrides are 'field=value' (dotted)."""
-  return [sys.executable, "-m", "kdmri_jax.main", f"--config={config_arg}", f"--workdir={workdir}",
-          *[f"--config.{o}" for o in overrides]]
-
-
-def show(command: Sequence[str]) -> str:
-  """A command as one shell line, with this interpreter shown as `python` and the repository's paths
-  relative, so the tables carry commands anyone can paste."""
-  words = ["python" if w == sys.executable else w for w in command]
-  return " ".join(shlex.quote(w.replace(REPO + os.sep, "")) for w in words)
-
-
-def run_pipeline(command: Sequence[str], workdir: str, label: str, dry_run: bool = False) -> float | None:
-  """Runs one pipeline command (output to WORKDIR/run.log and the console); returns its wall seconds."""
-  print(f"[{label}] {show(command)}", flush=True)
-  if dry_run:
-    return None
-  os.makedirs(workdir, exist_ok=True)
-  log_path = os.path.join(workdir, "run.log")
-  start = time.time()
-  with open(log_path, "a") as log:
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:
-      log.write(line)
-      if not line.startswith("\r"):
-        print(f"[{label}] {line}", end="", flush=True)
-    status = process.wait()
-  if status != 0:
-    raise InputError(f"the {label} run failed with exit status {status}; its output is in {log_path}.")
-  return time.time() - start
-
-
-def timed_run(command: Sequence[str], workdir: str, label: str, stages: Sequence[str],
-              dry_run: bool = False) -> float | None:
-  """`run_pipeline`, remembering its wall time in WORKDIR/wall_seconds.json when it trained any of
-  `stages`; a rerun that only skips finished stages returns the remembered time."""
-  path = os.path.join(workdir, "wall_seconds.json")
-  todo = [s for s in stages if not os.path.exists(os.path.join(workdir, s, "done"))]
-  wall = run_pipeline(command, workdir, label, dry_run)
-  if wall is None:
-    return None
-  if todo:
-    with open(path, "w") as f:
-      json.dump({"seconds": wall, "trained": todo, "command": show(command)}, f, indent=1)
-    return wall
-  if os.path.exists(path):
-    with open(path) as f:
-      return float(json.load(f)["seconds"])
-  return None
-
-
-def link_stage(source_workdir: str, workdir: str, stage: str) -> None:
-  """Makes WORKDIR/<stage> a link to a finished stage of another workdir (kept if it already exists)."""
-  source = os.path.abspath(os.path.join(source_workdir, stage))
-  require(os.path.exists(os.path.join(source, "done")),
-          f"{source} is not a finished {stage} stage (no `done` file); train it first or point at a run "
-          f"that has it.")
-  target = os.path.join(workdir, stage)
-  os.makedirs(workdir, exist_ok=True)
-  if not os.path.lexists(target):
-    os.symlink(source, target)
-
-
-# --- collecting the numbers ------------------------------------------------------------------------------
-
-def read_metrics(workdir: str, method: str) -> dict:
-  """The evaluate stage's WORKDIR/results/<method>/metrics.json (summary over volumes, parameters)."""
-  path = os.path.join(workdir, "results", method, "metrics.json")
-  require(os.path.exists(path), f"{path} does not exist; the evaluate stage of that run has not finished.")
-  with open(path) as f:
-    return json.load(f)
-
-
-def stage_seconds(workdir: str, stages: Sequence[str]) -> float | None:
-  """Training seconds of `stages` (the sum of the per-epoch `time` in each stage's log.txt)."""
-  total, found = 0.0, False
-  for stage in stages:
-    path = os.path.join(workdir, stage, "log.txt")
-    if not os.path.exists(path):
-      continue
-    with open(path) as f:
-      for line in f:
-        match = re.search(r"\bepoch \d+/\d+ .* time ([\d.]+)s\s*$", line)
-        if match:
-          total, found = total + float(match.group(1)), True
-  return total if found else None
-
-
-def row(label: str, workdir: str, method: str, stages: Sequence[str] = (), run_wall: float | None = None,
-        **extra) -> dict:
-  """One table row from a run's metrics: PSNR/SSIM mean and std over validation volumes."""
-  document = read_metrics(workdir, method)
-  summary = document["summary"]
-  return {"label": label, "psnr": summary["PSNR"], "ssim": summary["SSIM"], "n": document["n_volumes"],
-          "params": document.get("params"), "train_s": stage_seconds(workdir, stages), "wall_s": run_wall,
-          **extra}
-
-
-def _mean_std(stat: dict, digits: int) -> str:
-  if stat.get("mean") is None:
-    return "—"
-  return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
-
-
-def _number(value, fmt: str) -> str:
-  return "—" if value is None else format(value, fmt)
-
-
-def markdown_table(rows: Sequence[dict], extra_columns: Sequence[tuple[str, str]] = ()) -> str:
-  """Rows as a markdown table; `extra_columns` are (key, heading) shown after the label."""
-  head = ["Model", *[h for _, h in extra_columns], "PSNR (dB)", "SSIM", "Parameters", "Train time (s)",
-          "Run wall (s)"]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-  for r in rows:
-    cells = [r["label"], *[str(r.get(k, "")) for k, _ in extra_columns], _mean_std(r["psnr"], 2),
-             _mean_std(r["ssim"], 4), _number(r["params"], ","), _number(r["train_s"], ".0f"),
-             _number(r["wall_s"], ".0f")]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines)
-
-
-def table_notes(args, rows: Sequence[dict], student_label: str, notes: str) -> str:
-  """The notes under a table: where the teacher came from, the user's --note lines, a caveat, `notes`."""
-  parts = []
-  if args.teacher_from:
-    epochs = stage_seconds(args.teacher_from, ["teacher"])
-    parts.append(f"The teacher is reused from `{show([os.path.abspath(args.teacher_from)])}`"
-                 f"{f' ({epochs:.0f} s of training epochs)' if epochs else ''}.")
-  parts += list(args.note)
-  parts += [teacher_caveat(rows, student_label), notes]
-  return "\n\n".join(p for p in parts if p)
-
-
-def teacher_caveat(rows: Sequence[dict], student_label: str) -> str:
-  """A sentence when the teacher is no better than the student alone (KD then has nothing to transfer)."""
-  by_label = {r["label"]: r for r in rows}
-  teacher, student = by_label.get("Teacher"), by_label.get(student_label)
-  if not teacher or not student or teacher["psnr"].get("mean") is None or student["psnr"].get("mean") is None:
-    return ""
-  if teacher["psnr"]["mean"] > student["psnr"]["mean"]:
-    return ""
-  return (f"**Caveat:** here the teacher ({teacher['psnr']['mean']:.2f} dB) is no better than the student "
-          f"alone ({student['psnr']['mean']:.2f} dB) — the deeper teacher has not converged in this short "
-          f"schedule — so imitating it cannot help and these rows only show that the pipeline runs end to "
-          f"end; compare methods with a converged teacher (the paper trains 150 epochs, or pass "
-          f"`--teacher-from` a longer-trained one).")
-
-
-def machine() -> str:
-  """CPU model, core count and OS of this machine, and the JAX version."""
-  model = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    model = names[0] if names else model
-  except OSError:
-    pass
-  try:
-    import jax
-    jax_version = jax.__version__
-  except ImportError:
-    jax_version = "?"
-  usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return (f"{model}, {usable} usable CPU cores ({os.cpu_count()} visible), {platform.system()} "
-          f"{platform.release()}, Python {platform.python_version()}, JAX {jax_version} on CPU")
-
-
-def write_results(path: str, title: str, intro: str, table: str, commands: Sequence[str], notes: str,
-                  overwrite: bool) -> None:
-  """The markdown file with the table, the exact commands and the machine."""
-  require(overwrite or not os.path.exists(path), f"{path} exists; pass --overwrite to replace it.")
-  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  text = [f"# {title}", "", intro, "", table, "", notes, "", "## Commands", "", "```",
-          *commands, "```", "", f"Machine: {machine()}. Written {now}.", ""]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join(text))
-  print(f"wrote {path}")
-
-
-def common_arguments(parser: argparse.ArgumentParser, workdir: str, out: str) -> None:
-  parser.add_argument("--base", default="demo", help="base config in configs/ (demo, brain_4x, sr_demo, ...)")
-  parser.add_argument("--workdir", default=workdir, help="folder holding one workdir per run")
-  parser.add_argument("--teacher-from", default=None,
-                      help="reuse the finished teacher of this workdir (same base config) instead of training one")
-  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                      help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)")
-  parser.add_argument("--note", action="append", default=[],
-                      help="a sentence added under the table, e.g. how the --teacher-from teacher was trained")
-  parser.add_argument("--out", default=out, help="markdown file for the table")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-  parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
-
-
-def check_overrides(overrides: Sequence[str]) -> list[str]:
-  for o in overrides:
-    require(re.fullmatch(r"[A-Za-z_][\w.]*=.*", o) is not None,
-            f"--set {o!r} is not FIELD=VALUE with a dotted config field, e.g. train.num_epochs=2.")
-  return list(overrides)
-
-
-def script_command(argv: Sequence[str], script: str) -> str:
-  return show([sys.executable, os.path.join("experiments", script), *argv])
-
-
-# --- the method comparison -------------------------------------------------------------------------------
-
-def default_methods() -> list[str]:
-  from kdmri_jax.feature_losses import FEATURE_LOSSES
-  seen, names = set(), []
-  for name, fn in FEATURE_LOSSES.items():  # one name per function (pairwise = local_affinity)
-    if fn not in seen:
-      seen.add(fn)
-      names.append(name)
-  return names
+from experiments import common
+from kdmri_jax.errors import require, run_cli
 
 
 def run_base(args, commands: list[str]) -> tuple[str, float | None]:
   """WORKDIR/base: the teacher (trained or linked) and the student baseline, both evaluated."""
   base_dir = os.path.join(os.path.abspath(args.workdir), "base")
   if args.teacher_from and not args.dry_run:
-    link_stage(args.teacher_from, base_dir, "teacher")
-  command = main_command(f"configs/ablation.py:{args.base},student", base_dir, args.overrides)
-  commands.append(show(command))
-  return base_dir, timed_run(command, base_dir, "base", ["teacher", "student"], args.dry_run)
+    common.link_stage(args.teacher_from, base_dir, "teacher")
+  command = common.main_command(f"configs/ablation.py:{args.base},student", base_dir,
+                                args.overrides)
+  commands.append(common.show(command))
+  return base_dir, common.timed_run(command, base_dir, "base", ["teacher", "student"], args.dry_run)
 
 
 def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  common_arguments(parser, os.path.join("experiments", "runs", "methods"),
-                   os.path.join(RESULTS, "methods.md"))
-  parser.add_argument("--methods", default=",".join(default_methods()),
+  common.common_arguments(parser, os.path.join("experiments", "runs", "methods"),
+                          os.path.join(common.RESULTS, "methods.md"))
+  parser.add_argument("--methods", default=",".join(common.default_methods()),
                       help="comma-separated kdmri_jax.feature_losses names (default: all)")
   args = parser.parse_args(argv)
-  args.overrides = check_overrides(args.overrides)
+  args.overrides = common.check_overrides(args.overrides)
   from kdmri_jax.feature_losses import get_feature_loss
   methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   require(bool(methods), "--methods is empty; give comma-separated names such as attention,fitnet.")
@@ -287,20 +56,21 @@ def main(argv: Sequence[str]) -> int:
   for method in methods:
     workdir = os.path.join(os.path.abspath(args.workdir), method)
     if not args.dry_run:
-      link_stage(base_dir, workdir, "teacher")
-    command = main_command(f"configs/methods.py:{args.base},{method}", workdir, args.overrides)
-    commands.append(show(command))
-    walls[method] = timed_run(command, workdir, method, ["feature", "kd"], args.dry_run)
+      common.link_stage(base_dir, workdir, "teacher")
+    command = common.main_command(f"configs/methods.py:{args.base},{method}", workdir,
+                                  args.overrides)
+    commands.append(common.show(command))
+    walls[method] = common.timed_run(command, workdir, method, ["feature", "kd"], args.dry_run)
   if args.dry_run:
     return 0
 
-  rows = [row("ZF", base_dir, "zf"),
-          row("Teacher", base_dir, "teacher", ["teacher"]),
-          row("Student (no KD)", base_dir, "student", ["student"], base_wall)]
+  rows = [common.row("ZF", base_dir, "zf"),
+          common.row("Teacher", base_dir, "teacher", ["teacher"]),
+          common.row("Student (no KD)", base_dir, "student", ["student"], base_wall)]
   for method in methods:
     workdir = os.path.join(os.path.abspath(args.workdir), method)
     label = f"KD: {method}" + (" (paper)" if method == "attention" else "")
-    rows.append(row(label, workdir, "kd", ["feature", "kd"], walls[method]))
+    rows.append(common.row(label, workdir, "kd", ["feature", "kd"], walls[method]))
   intro = (f"Feature-distillation methods in KD-MRI's pipeline on `{args.base}`"
            f"{' with ' + ', '.join(args.overrides) if args.overrides else ''}: each method trains the "
            f"student's feature stage against the same teacher on the paper's layer pairs, then the KD stage "
@@ -310,10 +80,10 @@ def main(argv: Sequence[str]) -> int:
            "row (startup, compilation, training, validation and evaluation; the base run also trains the "
            "teacher unless it was reused). Times depend on the "
            "machine's load: on a CPU shared with other jobs they are only indicative.")
-  notes = table_notes(args, rows, "Student (no KD)", notes)
-  commands.insert(0, script_command(argv, "compare_methods.py"))
-  write_results(args.out, "Feature-distillation methods", intro, markdown_table(rows), commands, notes,
-                args.overwrite)
+  notes = common.table_notes(args, rows, "Student (no KD)", notes)
+  commands.insert(0, common.script_command(argv, "compare_methods"))
+  common.write_results(args.out, "Feature-distillation methods", intro, common.markdown_table(rows),
+                       commands, notes, args.overwrite)
   return 0
 
 

@@ -62,7 +62,7 @@ case "${1:-}" in
     seeds=${2:-42} limit=${3:-560}
     versions
     # Three runs (4x, 5x, 8x) share the GPU; each takes 1/3 of its memory (reproduce_brain --parallel).
-    timeout "$limit" python3 experiments/reproduce_brain.py --setting gpu --accs 4x,5x,8x --seeds "$seeds" \
+    timeout "$limit" python3 -m experiments.reproduce_brain --setting gpu --accs 4x,5x,8x --seeds "$seeds" \
       --parallel 3 --workdir /tmp/runs --out "$out/brain_gpu.md" --overwrite > "$out/brain_gpu.log" 2>&1
     echo "reproduce_brain exit $?"
     # Logs, metrics and report figures of every run (no checkpoints or reconstructions), for --collect-only.

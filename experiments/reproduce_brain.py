@@ -33,14 +33,12 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import brain_figures  # noqa: E402  (the qualitative figures and training curves)
-import brain_studies  # noqa: E402  (the ablation and methods at one acc)
-import compare_methods as common  # noqa: E402  (the shared run/collect helpers)
-from brain_studies import ALPHA, p_text, paired_p, resolve  # noqa: E402  (the one rule, its p)
-from seed_stats import mean_std, paired_test  # noqa: E402
-from kdmri_jax.errors import InputError, require, run_cli  # noqa: E402
+from experiments import brain_figures  # the qualitative figures and training curves
+from experiments import brain_studies  # the ablation and methods at one acc
+from experiments import common  # the shared run/collect helpers
+from experiments.brain_studies import ALPHA, p_text, paired_p, resolve  # the one rule, its p
+from experiments.seed_stats import mean_std, paired_test
+from kdmri_jax.errors import InputError, require, run_cli
 
 ACCS = ("4x", "5x", "8x")
 SEEDS = (42, 43, 44)
@@ -594,7 +592,7 @@ def gains_from_markdown(text: str) -> dict:
 def overrides_from_markdown(text: str) -> list[str]:
   """The `--set` overrides of the reproduce_brain command in the Commands block (epochs)."""
   block = text.split("## Commands", 1)[-1]
-  line = next((ln for ln in block.split("\n") if "reproduce_brain.py" in ln), "")
+  line = next((ln for ln in block.split("\n") if "reproduce_brain.py" in ln or "experiments.reproduce_brain" in ln), "")
   words = shlex.split(line) if line else []
   return [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--set"]
 

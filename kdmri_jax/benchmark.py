@@ -4,7 +4,7 @@
         --modes inference train --precision float32 bfloat16 --repeats 5 --json speed.json
 
 For each (model, mode, shape, batch) every available implementation is built with the same weights (random
-init through JAX, converted with `experiments.pytorch_reference.jax_to_torch_state_dict`), compiled and
+init through JAX, converted with `kdmri_jax.torch_reference.jax_to_torch_state_dict`), compiled and
 warmed up (the first call's time is reported as `compile_s`), then timed round-robin: repetition r runs each
 implementation once before repetition r+1 starts, so load from other processes falls on all of them alike.
 Reported: the median over repetitions.
@@ -14,7 +14,10 @@ Implementations: `jax_jit` (the jitted inference function / train step), `jax_ex
 `torch_eager` (the reference as written, NCHW, `torch.inference_mode`; on a GPU with
 `cudnn.benchmark` on, as PyTorch advises for fixed shapes), `torch_eager_cl` (the same in
 channels_last memory format, oneDNN's fast CPU layout) and `torch_compile` (inductor; "unavailable: reason"
-if it fails). A training step is forward, L1 loss to the target, backward and an Adam update (lr 1e-3).
+if it fails). A training step is forward, L1 loss to the target, backward and an Adam update
+(lr 1e-3): for JAX the project's own step (`train.make_train_step` on the `student`/`teacher` objective and
+`train.make_optimizer`, as training runs it), for PyTorch `torch.optim.Adam`. Without torch (the
+optional `torch` extra), the torch rows report "unavailable" and why; the rest run as usual.
 
 GFLOP/s use the analytic convolution count, 2·H·W·Cin·Cout·9 per conv and image (×3 for a training step:
 forward, input gradient, weight gradient); the DFTs are not counted. `% peak` relates them to the machine's
@@ -27,8 +30,8 @@ datasheet peak. Peak device memory is reported on GPU (PyTorch's allocator, JAX'
 cuDNN would otherwise use TF32 on Ampere/Hopper GPUs); `tf32` allows TensorFloat-32 convolutions and products
 (NVIDIA GPUs only: skipped on CPU, where it would be float32 again); `bfloat16` computes the convolutions in
 bf16 with float32 parameters and Adam state (the Flax models with `dtype=bfloat16`, which run `model.apply`:
-the `export.fast_forward` rewrites are float32-only; PyTorch under `torch.autocast`; no ONNX graph). The
-PyTorch flags are restored after every call. Each inference row reports `max_abs_diff_vs_fp32`, the max
+the `inference.JAX_OPS` rewrites are float32-only; PyTorch under `torch.autocast`; no ONNX graph).
+The PyTorch flags are restored after every call. Each inference row reports `max_abs_diff_vs_fp32`, the max
 |difference| of its output from the float32 JAX model's on the same batch (float32 rows: the rounding floor).
 The roofline is measured in float32; `× torch_eager` compares with PyTorch eager at the same precision.
 """
@@ -50,11 +53,13 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+from ml_collections import ConfigDict
 
 from kdmri_jax import export as export_lib
-from kdmri_jax import losses, models
-from kdmri_jax.errors import require, run_cli
+from kdmri_jax import convert, inference, models, sharding, train
+from kdmri_jax.models import layout
+from kdmri_jax.atomic import write_text_atomic
+from kdmri_jax.errors import require, require_writable_output, run_cli
 
 IMPLS = ("jax_jit", "jax_export", "onnxruntime", "torch_eager", "torch_eager_cl", "torch_compile")
 TRAIN_IMPLS = ("jax_jit", "torch_eager", "torch_eager_cl", "torch_compile")
@@ -62,6 +67,10 @@ MODES = ("inference", "train")
 PRECISIONS = ("float32", "tf32", "bfloat16")
 TF32_ONLY_GPU = "tf32 applies to NVIDIA GPUs only (on CPU it would time float32 again)"
 LEARNING_RATE = 1e-3
+# The training step's settings: L1 and Adam at the paper's rate (configs/default.py); the step decay
+# (×0.1 every 40 epochs) does not change the rate within the timed steps.
+TRAIN_SETTINGS = {"loss": "l1", "learning_rate": LEARNING_RATE, "lr_step_epochs": 40,
+                  "lr_gamma": 0.1}
 
 
 # ---------------------------------------------------------------------------------------------- counting
@@ -69,14 +78,9 @@ LEARNING_RATE = 1e-3
 
 def conv_flops(model: Any, batch: int, height: int, width: int, mode: str = "inference") -> float:
   """Analytic conv FLOPs: Σ 2·H·W·Cin·Cout·9 per image; a training step counts 3× the forward."""
-  if models.is_reconstruction(model):
-    ch, f = (2 if model.complex_images else 1), model.features
-    per_cascade = [(ch, f)] + [(f, f)] * (model.num_convs - 2) + [(f, ch)]
-    layers = per_cascade * model.num_cascades
-  else:
-    f = model.features
-    layers = [(1, f)] + [(f, f)] * (model.num_layers - 2) + [(f, 1)]
-  forward = sum(2.0 * height * width * cin * cout * 9 for cin, cout in layers) * batch
+  taps = np.prod(layout.KERNEL_SIZE)
+  forward = sum(2.0 * height * width * conv.in_features * conv.out_features * taps
+                for stack in layout.conv_stacks(model) for conv in stack) * batch
   return forward * (3.0 if mode == "train" else 1.0)
 
 
@@ -118,17 +122,19 @@ class Impl:
 
 @contextlib.contextmanager
 def precision_scope(precision: str):
-  """JAX's default matmul/conv precision and PyTorch's TF32 flags for `precision`; restores the flags."""
-  import torch
-
-  flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+  """JAX's default matmul/conv precision and, once torch is loaded, PyTorch's TF32 flags for
+  `precision`; restores the flags."""
+  torch = sys.modules.get("torch")  # not loaded (or not installed): no flags to set
   tf32 = precision == "tf32"
-  torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
+  if torch is not None:
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
   try:
     with jax.default_matmul_precision("tensorfloat32" if tf32 else "highest"):
       yield
   finally:
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    if torch is not None:
+      torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
 
 
 def _scoped(function: Callable[[], Any], precision: str) -> Callable[[], Any]:
@@ -147,12 +153,6 @@ def usable_precisions(requested: Sequence[str], device: str) -> tuple[list[str],
   return [p for p in requested if p != "tf32"], [f"tf32 skipped: {TF32_ONLY_GPU}."]
 
 
-def _model_inputs(model, batch: dict) -> list[np.ndarray]:
-  """The model's positional inputs from a batch: image (and k-space, mask for a DC-CNN)."""
-  keys = ("input", "kspace", "mask") if models.is_reconstruction(model) else ("input",)
-  return [batch[key] for key in keys]
-
-
 def max_abs_diff(output: Any, reference: np.ndarray) -> float:
   """Max |output − reference| for a JAX/NumPy array or a torch tensor of the same elements."""
   if hasattr(output, "detach"):  # torch: (B, 1, H, W), possibly bf16 or on the GPU
@@ -164,37 +164,35 @@ def max_abs_diff(output: Any, reference: np.ndarray) -> float:
 
 
 def _jax_inference(model, params, batch, kind: str, device) -> Callable[[], Any]:
-  args = [jax.device_put(array, device) for array in _model_inputs(model, batch)]
+  args = [jax.device_put(array, device) for array in inference.model_inputs(model, batch)]
   b, h, w = batch["input"].shape
   if kind == "jax_jit":
-    function = jax.jit(export_lib.inference_function(model, params))
+    function = jax.jit(inference.image_function(model, params))
   else:
     exported = export_lib.export_jax(model, params, b, h, w)
     function = jax.jit(jax.export.deserialize(bytearray(exported.serialize())).call)
   return lambda: function(*args).block_until_ready()
 
 
-def _jax_train(model, params, batch, device) -> Callable[[], Any]:
-  optimizer = optax.adam(LEARNING_RATE)
-  data = jax.device_put(batch, device)
-
-  def loss_fn(p, data):
-    return losses.l1(models.apply(model, p, data)[0], data["target"])
-
-  def step(p, opt_state, data):
-    loss, grads = jax.value_and_grad(loss_fn)(p, data)
-    updates, opt_state = optimizer.update(grads, opt_state, p)
-    return optax.apply_updates(p, updates), opt_state, loss
-
-  # Donating params and optimizer state lets XLA update them in place.
-  step = jax.jit(step, donate_argnums=(0, 1))
-  state = {"params": jax.device_put(jax.tree.map(jnp.array, params), device)}
-  # Committed to the device like the step's outputs, or the second call compiles the step again.
-  state["opt"] = jax.device_put(optimizer.init(state["params"]), device)
+def jax_train_step(model_name: str, model: Any, params: Any, batch: dict, device
+                   ) -> Callable[[], Any]:
+  """A function running the project's training step once on `batch` (and waiting for it):
+  `train.make_train_step` on a one-device mesh, with the `teacher`/`student` stage's objective
+  (L1 to the target) and `train.make_optimizer` (Adam); the state is donated, as in training."""
+  config = ConfigDict({"train": TRAIN_SETTINGS})
+  stage = "teacher" if "teacher" in model_name else "student"
+  objective = train.make_objective(stage, config, model)
+  tx = train.make_optimizer(config.train, steps_per_epoch=1)
+  mesh = sharding.make_mesh([device])
+  step = train.make_train_step(objective, tx, mesh)
+  # A copy: the donated state must not share buffers with the parameters other rows use.
+  own_params = jax.tree.map(np.array, params)
+  state = {"state": sharding.replicate(train.create_train_state(own_params, tx, seed=0), mesh)}
+  data = sharding.global_batch(batch, mesh)
 
   def run():
-    state["params"], state["opt"], loss = step(state["params"], state["opt"], data)
-    return loss.block_until_ready()
+    state["state"], metrics = step(state["state"], data)
+    return metrics["loss"].block_until_ready()
 
   return run
 
@@ -209,21 +207,41 @@ def _jax_memory(device) -> Callable[[], int | None]:
 # ---------------------------------------------------------------------------------------------- PyTorch
 
 
-def _torch_setup(model_name: str, params: Any, batch: dict, device: str, channels_last: bool):
-  import torch
-  from experiments import pytorch_reference
+class Unavailable(Exception):
+  """An implementation this machine cannot run; the message says why (its row's status)."""
 
-  net = pytorch_reference.build(model_name)
+
+def optional_torch() -> Any:
+  """The torch module, or None where it is not installed (the optional `torch` extra)."""
+  try:
+    import torch
+  except ImportError:
+    return None
+  return torch
+
+
+def _require_torch() -> Any:
+  torch = optional_torch()
+  if torch is None:
+    raise Unavailable(f"torch is not installed (pip install '.[torch]', i.e. {convert.TORCH_PIN})")
+  return torch
+
+
+def _torch_setup(model_name: str, params: Any, batch: dict, device: str, channels_last: bool):
+  torch = _require_torch()
+  from kdmri_jax import torch_reference
+
+  net = torch_reference.build(model_name)
   # Writable NumPy copies: torch.from_numpy warns on JAX's read-only buffers.
   params = jax.tree.map(np.array, params)
-  net.load_state_dict(pytorch_reference.jax_to_torch_state_dict(model_name, params))
+  net.load_state_dict(torch_reference.jax_to_torch_state_dict(model_name, params))
   net = net.to(device)
   image = torch.from_numpy(batch["input"]).unsqueeze(1).to(device)
   if channels_last:
     net = net.to(memory_format=torch.channels_last)
     image = image.contiguous(memory_format=torch.channels_last)
   args = [image]
-  if pytorch_reference.is_reconstruction(model_name):
+  if torch_reference.is_reconstruction(model_name):
     args += [torch.from_numpy(batch["kspace"]).to(device), torch.from_numpy(batch["mask"]).to(device)]
   target = torch.from_numpy(batch["target"]).unsqueeze(1).to(device)
   return torch, net, args, target
@@ -312,7 +330,7 @@ def _build_impl(name, mode, model_name, model, params, batch, device, ort_thread
     if precision == "bfloat16":
       model = model.clone(dtype=jnp.bfloat16)  # bf16 compute, float32 parameters
     run = (_jax_inference(model, params, batch, name, jax_device) if mode == "inference"
-           else _jax_train(model, params, batch, jax_device))
+           else jax_train_step(model_name, model, params, batch, jax_device))
     return Impl(name, run, device, _jax_memory(jax_device))
   if name == "onnxruntime":
     require(device == "cpu", "onnxruntime is benchmarked on CPU only.")
@@ -336,7 +354,7 @@ def applicable(name: str, mode: str) -> str | None:
 
 def _reason(error: Exception) -> str:
   first_line = str(error).strip().splitlines()[0][:160] if str(error).strip() else ""
-  return f"{type(error).__name__}: {first_line}"
+  return first_line if isinstance(error, Unavailable) else f"{type(error).__name__}: {first_line}"
 
 
 def time_case(impls: list[Impl], repeats: int, warmup: int) -> dict[str, dict[str, Any]]:
@@ -367,8 +385,6 @@ def time_case(impls: list[Impl], repeats: int, warmup: int) -> dict[str, dict[st
 
 def measure_peak(device: str, repeats: int, ort_threads: int, spin: bool = True) -> dict[str, float]:
   """GFLOP/s of one 32→32 conv3x3 + ReLU at 256×256 per implementation; the best is the machine peak."""
-  import torch
-
   size, channels = 256, 32
   images = 32 if device == "gpu" else 1  # one 256×256 conv cannot fill a GPU
   rng = np.random.default_rng(0)
@@ -377,33 +393,40 @@ def measure_peak(device: str, repeats: int, ort_threads: int, spin: bool = True)
   bias = np.zeros(channels, np.float32)
   flops = 2.0 * size * size * channels * channels * 9 * images
   jax_device = jax.devices("gpu")[0] if device == "gpu" else jax.devices("cpu")[0]
-  torch_device = "cuda" if device == "gpu" else "cpu"
 
   xj, kj = jax.device_put(x, jax_device), jax.device_put(kernel, jax_device)
   conv = jax.jit(lambda x, k: jax.nn.relu(jax.lax.conv_general_dilated(
       x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))
   runs = {"jax_jit": lambda: conv(xj, kj).block_until_ready()}
-  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(torch_device)
-  wt = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()).to(torch_device)
-  bt = torch.from_numpy(bias).to(torch_device)
-  xt_cl = xt.contiguous(memory_format=torch.channels_last)
-  wt_cl = wt.contiguous(memory_format=torch.channels_last)
-
-  def torch_conv(x, w):
-    def run():
-      with torch.inference_mode():
-        out = torch.relu(torch.nn.functional.conv2d(x, w, bt, padding=1))
-      _torch_sync(torch, torch_device)
-      return out
-    return run
-
-  runs["torch_eager"] = torch_conv(xt, wt)
-  runs["torch_eager_cl"] = torch_conv(xt_cl, wt_cl)
+  runs.update(_torch_conv_runs(x, kernel, bias, "cuda" if device == "gpu" else "cpu"))
   if device == "cpu":
     runs["onnxruntime"] = _onnx_conv(kernel, bias, size, channels, ort_threads, spin)
   impls = [Impl(name, run, device) for name, run in runs.items()]
   stats = time_case(impls, repeats, warmup=2)
   return {name: flops / statistics.median(s["times"]) / 1e9 for name, s in stats.items() if s["status"] == "ok"}
+
+
+def _torch_conv_runs(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, device: str
+                     ) -> dict[str, Callable[[], Any]]:
+  """The roofline conv in PyTorch, NCHW and channels_last; none where torch is not installed."""
+  torch = optional_torch()
+  if torch is None:
+    return {}
+  xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy()).to(device)
+  wt = torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()).to(device)
+  bt = torch.from_numpy(bias).to(device)
+
+  def torch_conv(x, w):
+    def run():
+      with torch.inference_mode():
+        out = torch.relu(torch.nn.functional.conv2d(x, w, bt, padding=1))
+      _torch_sync(torch, device)
+      return out
+    return run
+
+  return {"torch_eager": torch_conv(xt, wt),
+          "torch_eager_cl": torch_conv(xt.contiguous(memory_format=torch.channels_last),
+                                       wt.contiguous(memory_format=torch.channels_last))}
 
 
 def _onnx_conv(kernel, bias, size, channels, threads, spin):
@@ -524,8 +547,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   device = args.device
   if device == "auto":
     device = "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
-  if device == "gpu":
-    import torch
+  torch = optional_torch()  # loaded first, so that every precision scope sets its flags
+  if device == "gpu" and torch is not None:
     # PyTorch's advice for fixed input shapes: cuDNN times its algorithms and keeps the fastest (for the
     # roofline and every PyTorch case alike).
     torch.backends.cudnn.benchmark = True
@@ -536,66 +559,95 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
   load_before = os.getloadavg()
   with precision_scope("float32"):
     peak = {} if args.no_peak else measure_peak(device, max(args.repeats, 3), args.ort_threads, args.busy_wait)
-  best_peak = max(peak.values()) if peak else None
   built = {}
   for model_name in args.models:
     model = models.build_model(model_name)
     built[model_name] = (model, models.init_params(model, jax.random.PRNGKey(args.seed), 8, 8))
-  param_counts = {name: models.count_params(params) for name, (_, params) in built.items()}
   rows = []
   for mode in args.modes:
     for height, width in (parse_shape(s) for s in args.shapes):
       for batch_size in args.batch:
-        # All models and precisions of one (mode, shape, batch) are timed in the same interleaved rounds,
-        # so the student/teacher and bf16/fp32 ratios compare calls made under the same machine load.
-        batches = {name: make_batch(model, batch_size, height, width, args.seed)
-                   for name, (model, _) in built.items()}
-        cases = [(m, p, n) for m in built for p in precisions for n in args.impls if not applicable(n, mode)]
-        impls, stats = [], {}
-        for model_name, precision, name in cases:
-          model, params = built[model_name]
-          try:
-            impl = build_impl(name, mode, model_name, model, params, batches[model_name], device,
-                              args.ort_threads, args.busy_wait, precision)
-            impl.name = (model_name, precision, name)
-            impls.append(impl)
-          except Exception as error:
-            stats[(model_name, precision, name)] = {"status": f"unavailable: {_reason(error)}"}
-        stats.update(time_case(impls, args.repeats, args.warmup))
-        if mode == "inference":
-          _add_diffs(stats, impls, built, batches)
-        for model_name, precision, name in cases:
-          s = stats[(model_name, precision, name)]
-          flops = conv_flops(built[model_name][0], batch_size, height, width, mode)
-          row = {"model": model_name, "mode": mode, "impl": name, "precision": precision, "device": device,
-                 "batch": batch_size, "height": height, "width": width, "median_ms": None, "gflops_per_s": None,
-                 "status": s["status"], "params": param_counts[model_name], "gflop": flops / 1e9,
-                 "max_abs_diff_vs_fp32": s.get("max_abs_diff_vs_fp32")}
-          if s["status"] == "ok":
-            median = statistics.median(s["times"])
-            row.update(median_ms=median * 1e3, gflops_per_s=flops / median / 1e9,
-                       min_ms=min(s["times"]) * 1e3, compile_s=s["compile_s"], repeats=len(s["times"]),
-                       peak_memory_bytes=s.get("peak_memory_bytes"))
-            row["pct_of_peak"] = 100.0 * row["gflops_per_s"] / best_peak if best_peak else None
-          rows.append(row)
-          print(f"{model_name} {mode} {height}x{width} b{batch_size} {name} {precision}: "
-                f"{row['median_ms'] and round(row['median_ms'], 1)} ms {'' if s['status'] == 'ok' else s['status']}",
-                file=sys.stderr, flush=True)
-  speedups = summarize(rows)
-  import torch
-  report = {"machine": machine_line() if device == "cpu" else str(jax.devices()[0].device_kind),
-            "device": device, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "command": "python -m kdmri_jax.benchmark " + " ".join(getattr(args, "argv", [])),
-            "versions": {"jax": jax.__version__, "torch": torch.__version__, "onnxruntime": _ort_version()},
-            "threads": {"torch": torch.get_num_threads(), "onnxruntime": args.ort_threads or "per core",
-                        "busy_wait": args.busy_wait, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
-            "load_average_1m": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
-            "precisions": precisions, "notes": notes,
-            "peak_gflops_per_s": peak, "params": param_counts, "rows": rows, "student_speedups": speedups}
-  print(markdown(rows, speedups, peak, notes))
+        shape = (height, width, batch_size)
+        rows += _time_cases(args, device, built, precisions, mode, shape, peak)
+  report = _report(args, device, torch, precisions, notes, peak, built, rows, load_before)
+  print(markdown(rows, report["student_speedups"], peak, notes))
   print(f"\n{report['machine']}; {report['date']}; 1-min load average {report['load_average_1m']['start']} at "
         f"start, {report['load_average_1m']['end']} at end.")
   return report
+
+
+def _time_cases(args: argparse.Namespace, device: str, built: dict, precisions: Sequence[str],
+                mode: str, shape: tuple[int, int, int], peak: dict[str, float]
+                ) -> list[dict[str, Any]]:
+  """The rows of one (mode, (H, W, batch)). All models and precisions are timed in the same
+  interleaved rounds, so the student/teacher and bf16/fp32 ratios compare calls made under the same
+  machine load."""
+  height, width, batch_size = shape
+  batches = {name: make_batch(model, batch_size, height, width, args.seed)
+             for name, (model, _) in built.items()}
+  cases = [(m, p, n) for m in built for p in precisions for n in args.impls
+           if not applicable(n, mode)]
+  impls, stats = [], {}
+  for case in cases:
+    model_name, precision, name = case
+    model, params = built[model_name]
+    try:
+      impl = build_impl(name, mode, model_name, model, params, batches[model_name], device,
+                        args.ort_threads, args.busy_wait, precision)
+      impl.name = case
+      impls.append(impl)
+    except Exception as error:
+      stats[case] = {"status": f"unavailable: {_reason(error)}"}
+  stats.update(time_case(impls, args.repeats, args.warmup))
+  if mode == "inference":
+    _add_diffs(stats, impls, built, batches)
+  best_peak = max(peak.values()) if peak else None
+  return [_row(case, stats[case], mode, device, shape, built, best_peak) for case in cases]
+
+
+def _row(case: tuple[str, str, str], s: dict[str, Any], mode: str, device: str,
+         shape: tuple[int, int, int], built: dict, best_peak: float | None) -> dict[str, Any]:
+  """One JSON row from an implementation's timing stats `s` (also printed as a progress line)."""
+  model_name, precision, name = case
+  height, width, batch_size = shape
+  model, params = built[model_name]
+  flops = conv_flops(model, batch_size, height, width, mode)
+  row = {"model": model_name, "mode": mode, "impl": name, "precision": precision, "device": device,
+         "batch": batch_size, "height": height, "width": width, "median_ms": None,
+         "gflops_per_s": None, "status": s["status"], "params": models.count_params(params),
+         "gflop": flops / 1e9, "max_abs_diff_vs_fp32": s.get("max_abs_diff_vs_fp32")}
+  if s["status"] == "ok":
+    median = statistics.median(s["times"])
+    row.update(median_ms=median * 1e3, gflops_per_s=flops / median / 1e9,
+               min_ms=min(s["times"]) * 1e3, compile_s=s["compile_s"], repeats=len(s["times"]),
+               peak_memory_bytes=s.get("peak_memory_bytes"))
+    row["pct_of_peak"] = 100.0 * row["gflops_per_s"] / best_peak if best_peak else None
+  status = "" if s["status"] == "ok" else s["status"]
+  print(f"{model_name} {mode} {height}x{width} b{batch_size} {name} {precision}: "
+        f"{row['median_ms'] and round(row['median_ms'], 1)} ms {status}",
+        file=sys.stderr, flush=True)
+  return row
+
+
+def _report(args: argparse.Namespace, device: str, torch: Any, precisions: Sequence[str],
+            notes: Sequence[str], peak: dict[str, float], built: dict, rows: list[dict[str, Any]],
+            load_before: tuple[float, ...]) -> dict[str, Any]:
+  """The JSON report: the machine, versions and threads (torch's None without torch), the rows."""
+  now = datetime.datetime.now(datetime.timezone.utc)
+  return {"machine": machine_line() if device == "cpu" else str(jax.devices()[0].device_kind),
+          "device": device, "date": now.isoformat(timespec="seconds"),
+          "command": "python -m kdmri_jax.benchmark " + " ".join(getattr(args, "argv", [])),
+          "versions": {"jax": jax.__version__,
+                       "torch": None if torch is None else torch.__version__,
+                       "onnxruntime": _ort_version()},
+          "threads": {"torch": None if torch is None else torch.get_num_threads(),
+                      "onnxruntime": args.ort_threads or "per core", "busy_wait": args.busy_wait,
+                      "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
+          "load_average_1m": {"start": round(load_before[0], 2),
+                              "end": round(os.getloadavg()[0], 2)},
+          "precisions": list(precisions), "notes": list(notes), "peak_gflops_per_s": peak,
+          "params": {name: models.count_params(params) for name, (_, params) in built.items()},
+          "rows": rows, "student_speedups": summarize(rows)}
 
 
 def _add_diffs(stats: dict, impls: list[Impl], built: dict, batches: dict) -> None:
@@ -603,7 +655,8 @@ def _add_diffs(stats: dict, impls: list[Impl], built: dict, batches: dict) -> No
   references = {}
   for model_name, (model, params) in built.items():
     with precision_scope("float32"):
-      references[model_name] = export_lib.reference_output(model, params, _model_inputs(model, batches[model_name]))
+      references[model_name] = export_lib.reference_output(
+          model, params, inference.model_inputs(model, batches[model_name]))
   for impl in impls:
     if stats[impl.name]["status"] == "ok":
       stats[impl.name]["max_abs_diff_vs_fp32"] = max_abs_diff(impl.run(), references[impl.name[0]])
@@ -632,17 +685,20 @@ def main(argv: Sequence[str]) -> int:
   for shape in args.shapes:
     parse_shape(shape)
   if args.json:
+    require_writable_output(args.json, "--json", "file")
     require(args.overwrite or not os.path.exists(args.json),
             f"output {args.json} already exists; choose another --json or pass --overwrite.")
+  if args.device == "gpu":
+    platforms = sorted({d.platform for d in jax.devices()})
+    require("gpu" in platforms, f"--device gpu: JAX sees no GPU here (platforms: "
+                                f"{', '.join(platforms)}); install jax[cuda] on a GPU machine or "
+                                f"pass --device cpu.")
   if not args.busy_wait:
     # Must precede the first `import torch` (OpenMP reads it once); a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
   report = run(args)
   if args.json:
-    temporary = args.json + ".tmp"
-    with open(temporary, "w") as file:
-      json.dump(report, file, indent=1)
-    os.replace(temporary, args.json)
+    write_text_atomic(args.json, json.dumps(report, indent=1))
   return 0
 
 

@@ -129,24 +129,60 @@ def _check_structure(expected: Any, params: Any, where: str) -> None:
 
 
 def restore_newest_good(mngr: ocp.CheckpointManager, restore: Callable[[int], Any],
-                        say: Callable[[str], None] = print) -> tuple[int | None, Any]:
+                        say: Callable[[str], None] = print, moved: list[int] | None = None
+                        ) -> tuple[int | None, Any]:
   """(step, restored) of the newest step of `mngr` that `restore(step)` reads; (None, None) if none does.
 
-  A step folder that cannot be read (truncated by a full disk, overwritten with garbage, emptied) is named
-  in one line through `say`, moved aside to `<step>.corrupt-<unix time>` (kept for inspection; orbax
-  ignores the name, so the step can be written again) and the next older step is tried. Orbax's own writes
-  are atomic (a `<step>.orbax-checkpoint-tmp` folder renamed when complete), so a crash mid-write leaves no
-  such folder; this is for damage after the fact.
+  A step folder that cannot be read (truncated by a full disk, overwritten with garbage, emptied) is
+  named in one line through `say`, moved aside to `<step>.corrupt-<unix time>` (kept for inspection;
+  orbax ignores the name, so the step can be written again; the step is appended to `moved`) and the
+  next older step is tried. An `InputError` from `restore` (a readable checkpoint that does not
+  fit) is raised as is. Orbax's own writes are atomic (a `<step>.orbax-checkpoint-tmp` folder
+  renamed when complete), so a crash mid-write leaves no such folder; this is for damage after the
+  fact.
   """
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       return step, restore(step)
+    except InputError:
+      raise  # the checkpoint is readable but does not fit the config: not damage
     except Exception as error:  # orbax/tensorstore raise many types for a damaged folder
       folder = os.path.join(os.fspath(mngr.directory), str(step))
-      aside = f"{folder}.corrupt-{int(time.time())}"
+      aside = move_aside(folder, "corrupt")
       say(f"warning: checkpoint {folder} is unreadable ({type(error).__name__}); moved it to {aside} and "
           f"trying the previous one.")
-      if os.path.exists(folder):
-        os.replace(folder, aside)
+      if moved is not None:
+        moved.append(step)
       mngr.reload()
   return None, None
+
+
+def move_aside(path: str | os.PathLike, label: str = "damaged") -> str:
+  """Renames file or folder `path` to `<path>.<label>-<unix time>` (kept for inspection, out of
+  every reader's way); returns the new name (`path` itself when it is already gone)."""
+  path = os.fspath(path)
+  if not os.path.lexists(path):
+    return path
+  stamp = int(time.time())
+  aside, n = f"{path}.{label}-{stamp}", 1
+  while os.path.lexists(aside):
+    aside, n = f"{path}.{label}-{stamp}-{n}", n + 1
+  os.replace(path, aside)
+  return aside
+
+
+def has_step(directory: str | os.PathLike) -> bool:
+  """Whether `directory` holds at least one committed checkpoint step (a `<step>` folder)."""
+  directory = os.fspath(directory)
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def damage(path: str | os.PathLike) -> str | None:
+  """Why the inference checkpoint at `path` cannot be loaded (a phrase), or None when it loads."""
+  try:
+    load_params(path)
+  except InputError as error:
+    return str(error).rstrip(".")
+  except Exception as error:  # orbax raises many types for a damaged folder
+    return f"{type(error).__name__} while reading it"
+  return None

@@ -27,44 +27,25 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kdmri_jax.errors import InputError, require, run_cli
+from kdmri_jax.errors import InputError, require, require_writable_output, run_cli
 
 TORCH_PIN = "torch==2.13.0"
 
 
 @functools.lru_cache(maxsize=None)
 def expected_shapes(model_name: str) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
-  """{torch key: (flax param path, torch shape)} for preset `model_name`, in the authors' key order."""
-  import jax
-
+  """{torch key: (flax param path, torch shape)} for preset `model_name`, in the authors' key order
+  (cascade, conv, weight before bias), from `models.layout`."""
   from kdmri_jax import models
+  from kdmri_jax.models import layout
 
-  model = models.build_model(model_name)
-  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0), 8, 8))
   table = {}
-  for path, leaf in jax.tree_util.tree_leaves_with_path(shapes):
-    names = tuple(str(getattr(k, "key", k)) for k in path)
-    shape = tuple(leaf.shape)
-    if names[-1] == "kernel":
-      shape = (shape[3], shape[2], shape[0], shape[1])  # HWIO -> OIHW
-    table[_torch_key(names)] = (names, shape)
-  return dict(sorted(table.items(), key=lambda item: _order(item[1][0])))
-
-
-def _torch_key(names: tuple[str, ...]) -> str:
-  """('cascade_0', 'conv_2', 'kernel') -> 'cascade1.conv3.weight'."""
-  *modules, leaf = names
-  parts = [f"{m.rsplit('_', 1)[0]}{int(m.rsplit('_', 1)[1]) + 1}" for m in modules]
-  return ".".join(parts + ["weight" if leaf == "kernel" else leaf])
-
-
-def _order(names: tuple[str, ...]) -> tuple:
-  """cascade, then conv index numerically, weight before bias (the authors' state_dict order)."""
-  key = []
-  for name in names:
-    base, _, index = name.rpartition("_")
-    key.append((base, int(index)) if index.isdigit() else ("", 0 if name == "kernel" else 1))
-  return tuple(key)
+  for stack in layout.conv_stacks(models.build_model(model_name)):
+    for conv in stack:
+      weight_shape = (conv.out_features, conv.in_features, *layout.KERNEL_SIZE)  # OIHW
+      table[f"{conv.torch_prefix}.weight"] = (conv.path + ("kernel",), weight_shape)
+      table[f"{conv.torch_prefix}.bias"] = (conv.path + ("bias",), (conv.out_features,))
+  return table
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -277,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--trust-pickle", action="store_true",
                       help="load with weights_only=False (only for files you trust)")
   args = parser.parse_args(argv)
+  require_writable_output(args.out, "--out", "folder")
   out = convert(args.torch_checkpoint, args.model, args.out, args.overwrite, args.trust_pickle)
   print(f"wrote {args.model} checkpoint to {out}")
   return 0

@@ -8,11 +8,14 @@ Anything else is a bug and keeps its traceback. `--debug` on any command shows t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
-from typing import Callable, Sequence
+import threading
+from typing import Callable, Iterator, Sequence
 
 
 class InputError(Exception):
@@ -69,3 +72,80 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
     print("interrupted", file=sys.stderr)
     return 130
   return int(status or 0)
+
+
+# --- outputs: writable at start-up, before any work ---------------------------------------------
+
+OUTPUT_KINDS = ("file", "folder", "staged-folder")
+
+
+def require_writable_output(path: str | os.PathLike, what: str, kind: str = "file") -> str:
+  """Proves at start-up, before any work, that output `path` can be written; otherwise one sentence
+  naming `what`. Creates nothing (a probe file comes and goes). Returns the absolute path.
+
+  kind 'file': a file written beside itself and renamed into place, in a folder that must exist;
+  'folder': a folder written into, created with its missing parents when the work is done;
+  'staged-folder': a folder built beside itself and renamed into place (a prepared dataset).
+  An existing path must be of that kind, and the folder that gets written (the folder itself, else
+  its parent; the nearest existing ancestor of a missing one) must be a folder that takes a file.
+  """
+  if kind not in OUTPUT_KINDS:
+    raise ValueError(f"kind {kind!r} is not one of {OUTPUT_KINDS}")
+  path = os.path.abspath(os.fspath(path))
+  want = "file" if kind == "file" else "folder"
+  if os.path.exists(path):
+    have = "folder" if os.path.isdir(path) else "file"
+    require(have == want, f"{what} {path} is a {have}, not a {want}; choose another {what}.")
+  written = path if kind == "folder" else os.path.dirname(path)
+  existing = _nearest_existing(written)
+  require(os.path.isdir(existing), f"{what} {path} cannot be created: {existing} is a file, not "
+                                   f"a folder; choose another {what}.")
+  require(kind != "file" or existing == written,
+          f"{what} {path} cannot be written: its folder {written} does not exist; create it first "
+          f"or choose another {what}.")
+  try:
+    with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
+      pass
+  except OSError as error:
+    raise InputError(f"{what} {path} cannot be written: {existing} takes no new files "
+                     f"({error.strerror or error}); choose a writable folder.") from None
+  return path
+
+
+def _nearest_existing(path: str) -> str:
+  """`path`, or its nearest ancestor that exists."""
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  return path
+
+
+class Terminated(BaseException):
+  """A termination signal (SIGTERM) arrived where no code of its own handles it (the training loop
+  does): raised from the signal handler that `terminate_as_exception` installs."""
+
+  def __init__(self, signum: int):
+    super().__init__(signal.Signals(signum).name)
+    self.signal = signal.Signals(signum).name
+    self.exit_status = 128 + signum  # what the shell reports for a process the signal killed
+
+
+@contextlib.contextmanager
+def terminate_as_exception(signum: int = signal.SIGTERM) -> Iterator[None]:
+  """While the block runs, `signum` raises `Terminated` once (not a silent death), so the command can
+  say what was left behind; further signals are ignored while it unwinds. No-op off the main thread."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+
+  def handle(number, frame):
+    del frame
+    if not received:
+      received.append(number)
+      raise Terminated(number)
+
+  previous = signal.signal(signum, handle)
+  try:
+    yield
+  finally:
+    signal.signal(signum, previous)

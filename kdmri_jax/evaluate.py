@@ -25,13 +25,13 @@ import pathlib
 import sys
 from typing import Any, Iterable, Iterator, Sequence
 
-import h5py
 import numpy as np
 
 from kdmri_jax import metrics
-from kdmri_jax.errors import InputError, require, run_cli
+from kdmri_jax.atomic import write_text_atomic
+from kdmri_jax.data import h5_read
+from kdmri_jax.errors import require, require_writable_output, run_cli
 from kdmri_jax.masks import parse_acceleration
-from kdmri_jax.report import write_text_atomic
 
 TARGET_KEY = "volfs"
 PREDICTION_KEY = "reconstruction"
@@ -39,18 +39,16 @@ OUTPUT_FILES = ("report.txt", "metrics.json", "metrics_per_volume.csv")
 PER_SLICE_FILE = "metrics_per_slice.csv"
 
 
+# Targets and predictions (`h5_read.Spec`): real S×H×W magnitude images (or one H×W slice).
+VOLUME_SPEC = h5_read.Spec(kinds="fiu", ranks=(2, 3), expected="real numbers (a magnitude image)",
+                           hint="store a real magnitude image of 2 or 3 axes, with finite values")
+
+
 def _read(path: pathlib.Path, key: str, what: str) -> np.ndarray:
-  try:
-    with h5py.File(path, "r") as f:
-      require(key in f, f"{what} file {path} has no dataset '{key}' (it holds {sorted(f.keys())}); "
-              f"write the {what} under '{key}'.")
-      data = np.asarray(f[key][()])
-  except OSError as error:
-    raise InputError(f"{what} file {path} cannot be read as HDF5 ({error}); check the file.") from None
-  require(not np.iscomplexobj(data), f"{what} '{key}' in {path} is complex; store the magnitude image.")
-  require(data.ndim in (2, 3), f"{what} '{key}' in {path} has shape {data.shape}; expected 2 or 3 axes.")
-  require(bool(np.all(np.isfinite(data))), f"{what} '{key}' in {path} contains NaN or inf values; "
-          f"fix or regenerate it.")
+  with h5_read.open_file(path) as f:
+    require(key in f, f"{what} file {path} has no dataset '{key}' (it holds {sorted(f.keys())}); "
+            f"write the {what} under '{key}'.")
+    data = h5_read.read(f, key, str(path), VOLUME_SPEC)
   return data.astype(np.float32, copy=False)
 
 
@@ -191,6 +189,15 @@ def write_outputs(report_dir: str | os.PathLike, result: dict[str, list[dict[str
   return [report_dir / name for name in texts]
 
 
+def read_metrics(report_dir: str | os.PathLike) -> dict[str, Any] | None:
+  """The metrics.json `write_outputs` wrote in `report_dir` (None values for NaN/inf), or None if
+  there is none."""
+  path = pathlib.Path(report_dir) / "metrics.json"
+  if not path.exists():
+    return None
+  return json.loads(path.read_text())
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m kdmri_jax.evaluate", description=__doc__.split("\n\n")[0],
@@ -212,14 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
   args = build_parser().parse_args(argv)
+  require_writable_output(args.report_path, "--report-path", "folder")
   target_dir = resolve_target_dir(args.target_path, args.acc)
   pairs = match_files(target_dir, args.predictions_path)
   outputs = output_paths(args.report_path, args.per_slice)
   existing = [str(p) for p in outputs if p.exists()]
   require(args.overwrite or not existing,
           f"report file {existing[0] if existing else ''} already exists; pass --overwrite or another --report-path.")
-  require(not args.report_path.exists() or args.report_path.is_dir(),
-          f"report path {args.report_path} exists and is not a folder; pass a folder.")
   # Every volume is read and checked before anything is written, so bad input leaves no partial report.
   result = evaluate_volumes(load_pairs(pairs, args.target_key), per_slice=args.per_slice)
   meta = {"target_path": str(target_dir), "predictions_path": str(args.predictions_path),

@@ -3,7 +3,8 @@
     python -m kdmri_jax.export --checkpoint CKPT --model teacher --shape 240 240 --batch 1 --out teacher.jax
     python -m kdmri_jax.export --checkpoint CKPT --model student --shape 240 240 --format onnx --out student.onnx
 
-The exported function is the reconstruction only (feature maps dropped), with the weights baked in:
+The exported function is `kdmri_jax.inference.image_function`: the reconstruction only (feature maps
+dropped), with the weights baked in:
   DC-CNN  (image (B, H, W) f32, kspace (B, H, W) c64, mask (B, H, W) f32) -> image (B, H, W) f32
   VDSR    (image (B, H, W) f32) -> image (B, H, W) f32
 A `.jax` file loads without the model code: `jax.export.deserialize(open(f, "rb").read()).call(*args)`.
@@ -17,98 +18,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdmri_jax import checkpoints, fft, models
-from kdmri_jax.errors import InputError, require, run_cli
+from kdmri_jax import checkpoints, inference, models
+from kdmri_jax.atomic import write_bytes_atomic
+from kdmri_jax.errors import InputError, require, require_writable_output, run_cli
 
 TOLERANCE = 1e-4
 FORMATS = ("jax", "onnx")
-
-
-def _taps(x: jnp.ndarray) -> list[jnp.ndarray]:
-  """The 9 zero-padded 3×3 neighbours of every pixel of x (B, H, W, ...), row-major tap order."""
-  height, width = x.shape[1], x.shape[2]
-  pad = [(0, 0), (1, 1), (1, 1)] + [(0, 0)] * (x.ndim - 3)
-  padded = jnp.pad(x, pad)
-  return [padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)]
-
-
-def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
-  """The models' conv3x3 (zero padding 1, bias; NHWC, HWIO), faster on XLA:CPU for 1 in or 1 out channel.
-
-  XLA's convolution runs the 1→F and F→1 layers of the DC-CNN at a few GFLOP/s (as slow as a 32→32
-  layer for 1/32 of the work). 1→F is a fused multiply-add over the 9 shifted copies of the image; F→1
-  contracts the channels first (one (H·W, F)×(F, 9) product) and then sums the 9 shifted tap planes.
-  Same arithmetic as the convolution up to float32 rounding order.
-  """
-  cin, cout = kernel.shape[2], kernel.shape[3]
-  if cin == 1:
-    taps = _taps(x[..., 0])
-    out = bias + sum(tap[..., None] * kernel[i // 3, i % 3, 0] for i, tap in enumerate(taps))
-    return out
-  if cout == 1:
-    per_tap = jnp.dot(x, kernel[..., 0].reshape(9, cin).T)  # (B, H, W, 9)
-    shifted = _taps(per_tap)
-    return (bias + sum(plane[..., i] for i, plane in enumerate(shifted)))[..., None]
-  out = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
-  return out + bias
-
-
-def conv_stack(layers: Sequence[Any], x: jnp.ndarray) -> jnp.ndarray:
-  """conv3x3 through `layers` ({'kernel', 'bias'} dicts), ReLU after all but the last."""
-  for index, layer in enumerate(layers):
-    x = conv3x3(x, layer["kernel"], layer["bias"])
-    if index < len(layers) - 1:
-      x = jax.nn.relu(x)
-  return x
-
-
-def fast_forward(model: Any, params: Any, image: jnp.ndarray, kspace: jnp.ndarray | None = None,
-                 mask: jnp.ndarray | None = None) -> jnp.ndarray:
-  """The model's reconstruction through `conv3x3` and a split data consistency (features dropped).
-
-  DC is linear in x: Re(IFFT2(m·k0 + (1−m)·FFT2(x))) = x0 + Re(IFFT2((1−m)·FFT2(x))) with
-  x0 = Re(IFFT2(m·k0)) computed once per call instead of once per cascade. Equal to `model.apply` to float32
-  rounding; covers the paper's DC-CNN (real images, hard DC, no residual) and VDSR.
-  """
-  x = image[..., None].astype(jnp.float32)
-  if not models.is_reconstruction(model):
-    layers = [params[f"conv_{j}"] for j in range(model.num_layers)]
-    return (x + conv_stack(layers, x))[..., 0]
-  sampled = mask > 0
-  measured = fft.ifft2(jnp.where(sampled, kspace, 0)).real
-  for c in range(model.num_cascades):
-    layers = [params[f"cascade_{c}"][f"conv_{j}"] for j in range(model.num_convs)]
-    out = conv_stack(layers, x)[..., 0]
-    x = (measured + fft.ifft2(jnp.where(sampled, 0, fft.fft2(out))).real)[..., None]
-  return x[..., 0]
-
-
-def has_fast_path(model: Any) -> bool:
-  """True when `fast_forward` computes exactly what the model does."""
-  if not models.is_reconstruction(model):
-    return model.dtype == jnp.float32
-  return not (model.complex_images or model.residual or model.noise_lambda is not None or model.learn_lambda
-              or model.dtype != jnp.float32)
-
-
-def inference_function(model: Any, params: Any, fast: bool = True) -> Callable[..., jnp.ndarray]:
-  """The forward pass returning only the image, with `params` closed over (baked in on export).
-
-  `fast` uses `fast_forward` where it applies; otherwise `model.apply` with the features dropped.
-  """
-  if fast and has_fast_path(model):
-    return lambda *inputs: fast_forward(model, params, *inputs)
-  if not models.is_reconstruction(model):
-    return lambda image: model.apply({"params": params}, image)[0]
-  return lambda image, kspace, mask: model.apply({"params": params}, image, kspace, mask)[0]
 
 
 def example_inputs(model: Any, batch: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -136,7 +57,7 @@ def export_jax(model: Any, params: Any, batch: int, height: int, width: int) -> 
   platforms = ["cpu"]
   if any(d.platform == "gpu" for d in jax.devices()):
     platforms.append("cuda")
-  function = jax.jit(inference_function(model, params))
+  function = jax.jit(inference.image_function(model, params))
   return jax.export.export(function, platforms=platforms)(*input_specs(model, batch, height, width))
 
 
@@ -148,7 +69,7 @@ def load_jax(path: str | os.PathLike) -> jax.export.Exported:
 
 def reference_output(model: Any, params: Any, inputs: Sequence[np.ndarray]) -> np.ndarray:
   """The jitted model's reconstruction (features dropped), the ground truth of every export check."""
-  return np.asarray(jax.jit(inference_function(model, params, fast=False))(*inputs))
+  return np.asarray(jax.jit(inference.image_function(model, params, fast=False))(*inputs))
 
 
 def max_abs_error(output: Any, reference: np.ndarray) -> float:
@@ -160,14 +81,7 @@ def _atomic_write(path: str, payload: bytes, overwrite: bool) -> None:
           f"output {path} already exists; choose another --out or pass --overwrite.")
   directory = os.path.dirname(os.path.abspath(path))
   require(os.path.isdir(directory), f"output folder {directory} does not exist; create it first.")
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix=".export-", suffix=".tmp")
-  try:
-    with os.fdopen(handle, "wb") as file:
-      file.write(payload)
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+  write_bytes_atomic(path, payload)
 
 
 def export(model: Any, params: Any, batch: int, height: int, width: int, out: str,
@@ -214,6 +128,7 @@ def main(argv: Sequence[str]) -> int:
   height, width = args.shape
   require(height > 0 and width > 0 and args.batch > 0,
           f"--shape {height} {width} and --batch {args.batch} must be positive.")
+  require_writable_output(args.out, "--out", "file")
   require(args.overwrite or not os.path.exists(args.out),
           f"output {args.out} already exists; choose another --out or pass --overwrite.")
   model, params, _ = checkpoints.load_params(args.checkpoint, expected_model=args.model)

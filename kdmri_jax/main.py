@@ -5,6 +5,12 @@ field can be overridden, e.g. `--config.stages=teacher,student --config.train.nu
 defaults to experiments/{dataset}/acc_{acc}/. Multi-host: `--config.distributed.coordinator_address=
 host0:1234 --config.distributed.num_processes=2 --config.distributed.process_id=$RANK` (or
 `--config.distributed.auto=true` on TPU pods and SLURM).
+
+Before any stage runs, every config field is checked against its declared range
+(`kdmri_jax.config_ranges`) and the workdir is locked (`kdmri_jax.workdir_lock`): a second run on
+a busy workdir is refused in one sentence naming the first. SIGTERM outside the training loops
+(which save and stop on it themselves) ends the command with one sentence saying what was left,
+and status 143.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import traceback
 from typing import Sequence
 
 from absl import flags
 from ml_collections import config_flags
 
-from kdmri_jax.errors import InputError, run_cli
+from kdmri_jax.errors import (InputError, Terminated, require_writable_dir, run_cli,
+                              terminate_as_exception)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -49,12 +57,34 @@ def _one_line(error: Exception) -> str:
 
 
 def main(argv: Sequence[str]) -> int:
-  # Configs import their defaults as `configs.default`: make the repository (and the config file's
-  # parent folder) importable wherever the command runs from.
-  for path in (_REPO, os.getcwd()):
-    if path not in sys.path:
-      sys.path.insert(0, path)
+  """The command; SIGTERM outside the training loops (which handle it themselves) ends it with one
+  sentence and status 143."""
+  with terminate_as_exception():
+    try:
+      return _main(argv)
+    except Terminated as stop:
+      print(f"error: {stopped_sentence(stop)}", file=sys.stderr)
+      return stop.exit_status
+
+
+def _main(argv: Sequence[str]) -> int:
   argv = ["kdmri_jax.main", *argv]
+  config, workdir = _parse(argv)
+  from kdmri_jax import config_ranges  # after flag parsing: JAX starts only for a valid command
+  config_ranges.check(config)
+  from kdmri_jax import pipeline, train, workdir_lock
+  command = "python -m kdmri_jax.main " + " ".join(shlex.quote(a) for a in argv[1:])
+  workdir = require_writable_dir(workdir or pipeline.default_workdir(config), "--workdir")
+  with workdir_lock.hold(workdir, command, workdir_lock.process_key(config.distributed)):
+    try:
+      return pipeline.run(config, workdir, command=command)
+    except train.TrainingStopped as error:
+      print(f"error: {error}", file=sys.stderr)
+      return 1
+
+
+def _parse(argv: list[str]):
+  """(config, --workdir or None) of the command line; one sentence for a bad flag or config file."""
   path = _config_path(argv)
   if path is not None and not os.path.isfile(path.split(":")[0]):
     raise InputError(f"config file {path} does not exist; pass e.g. --config configs/brain_4x.py.")
@@ -63,6 +93,12 @@ def main(argv: Sequence[str]) -> int:
     values(argv)
     config = values.config
     config.stages  # the config file loads lazily: fail here, not inside the pipeline
+  except ModuleNotFoundError as error:
+    if error.name != "configs" and not str(error.name).startswith("configs."):
+      raise
+    raise InputError(f"the config file imports {error.name!r}, which is not importable from "
+                     f"{os.getcwd()}; run the command from the repository root (where configs/ is) "
+                     f"or install the package (pip install .).") from None
   except (AttributeError, KeyError) as error:
     field = _one_line(error).strip("'\"")
     flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and field in a), "--config.*")
@@ -72,14 +108,33 @@ def main(argv: Sequence[str]) -> int:
     raise InputError(f"bad flag or config value: {_one_line(error)}.") from None
   except (FileNotFoundError, OSError) as error:
     raise InputError(f"cannot read the config file ({_one_line(error)}).") from None
+  return config, values.workdir
 
-  from kdmri_jax import pipeline, train  # after flag parsing: JAX starts only for a valid command
-  command = "python -m kdmri_jax.main " + " ".join(shlex.quote(a) for a in argv[1:])
-  try:
-    return pipeline.run(config, values.workdir, command=command)
-  except train.TrainingStopped as error:
-    print(f"error: {error}", file=sys.stderr)
-    return 1
+
+# kdmri_jax.pipeline's stage runners -> their stage (None: the runner's `stage` argument).
+STAGE_RUNNERS = {"run_training_stage": None, "run_evaluate": "evaluate", "run_report": "report"}
+
+
+def interrupted_stage(stop: BaseException) -> str | None:
+  """The stage whose runner `stop` interrupted; None when it came during start-up."""
+  for frame, _ in traceback.walk_tb(stop.__traceback__):
+    name = frame.f_code.co_name
+    if frame.f_globals.get("__name__") == "kdmri_jax.pipeline" and name in STAGE_RUNNERS:
+      return STAGE_RUNNERS[name] or frame.f_locals.get("stage")
+  return None
+
+
+def stopped_sentence(stop: Terminated) -> str:
+  """What a termination signal outside the training loops left behind, and what to do."""
+  stage = interrupted_stage(stop)
+  if stage is None:
+    return (f"stopped by {stop.signal} during start-up, before any stage began: no checkpoint or "
+            f"result was written; rerun the same command to start the run.")
+  if stage in ("evaluate", "report"):
+    return (f"stopped by {stop.signal} during the {stage} stage: it has no `done` marker, so rerun "
+            f"the same command to redo it (finished stages are kept).")
+  return (f"stopped by {stop.signal} in the {stage} stage outside its training loop: the "
+          f"checkpoints it saved are kept; rerun the same command to resume it.")
 
 
 if __name__ == "__main__":

@@ -3,16 +3,22 @@
 A mask is an (H, W) float32 array of 0/1, **unshifted** (the k-space centre at index [0, 0]), as the
 reference code stores them in `us_masks/{dataset}/mask_{acc}.npy`. "rows" masks sample whole rows
 (phase encoding along H: cardiac and brain), "columns" masks whole columns (knee). Generated masks
-come in two families (`MASK_FAMILIES`): "dccnn", the authors' kind and the default, and "gaussian", the
-one used before. `python -m kdmri_jax.masks --mask PATH [...]` prints a mask's statistics.
+come in families (`MASK_FAMILIES`): 1-D line families (`LINE_GENERATORS`) — "dccnn", the authors'
+kind and the default, "gaussian", the one used before, and fastMRI's "random", "equispaced",
+"equispaced_fraction", "magic" and "magic_fraction" (`kdmri_jax.subsample`, equal to the `fastmri`
+package's) — and 2-D point families (`POINT_GENERATORS`, `kdmri_jax.masks_2d`): "gaussian_2d" and
+"poisson_disc", which sample single k-space points and ignore the direction.
+`python -m kdmri_jax.masks --mask PATH [...]` prints a mask's statistics.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
 
+from kdmri_jax import masks_2d, subsample
 from kdmri_jax.errors import InputError, require
 
 DIRECTIONS = ("rows", "columns")
@@ -121,7 +127,13 @@ def dccnn_line_mask(num_lines: int, acc: float, seed: int = 0, center_fraction: 
   return _draw_lines(num_lines, total, min(total, num_center), density, np.random.default_rng(seed))
 
 
-LINE_GENERATORS = {"dccnn": dccnn_line_mask, "gaussian": gaussian_line_mask}
+# name -> f(num_lines, acc, seed, center_fraction) -> centred boolean lines.
+LINE_GENERATORS = {"dccnn": dccnn_line_mask, "gaussian": gaussian_line_mask,
+                   **{kind: functools.partial(subsample.family_lines, kind)
+                      for kind in subsample.KINDS}}
+# name -> f((H, W), acc, seed, center_fraction) -> centred boolean (H, W) points.
+POINT_GENERATORS = {"gaussian_2d": masks_2d.gaussian_mask,
+                    "poisson_disc": masks_2d.poisson_disc_mask}
 # The seed of generated masks unless one is given (config.data.mask_seed, prepare --mask-seed). Of
 # seeds 0-399, those whose 240×240 "dccnn" masks are within ±2 of the authors' brain masks in contiguous
 # centre lines and mean |ky| at 4x, 5x and 8x, ranked by zero-filled PSNR on the embedded validation set
@@ -129,12 +141,12 @@ LINE_GENERATORS = {"dccnn": dccnn_line_mask, "gaussian": gaussian_line_mask}
 # 36.1/29.6/20.2 (authors' 12/9/11, 37.0/28.3/20.5), zero-filled 25.74/23.12/23.27 dB (authors'
 # 25.39/23.27/23.34). Seed 0, for one, gives 9 centre lines at 4x and mean |ky| 26.3 at 8x.
 DEFAULT_MASK_SEED = 172
-MASK_FAMILIES = tuple(LINE_GENERATORS)
+MASK_FAMILIES = tuple(LINE_GENERATORS) + tuple(POINT_GENERATORS)
 DEFAULT_FAMILY = "dccnn"
 
 
 def check_family(family: str, name: str = "mask family") -> str:
-  require(family in LINE_GENERATORS, f"{name} {family!r} is not one of {MASK_FAMILIES}.")
+  require(family in MASK_FAMILIES, f"{name} {family!r} is not one of {MASK_FAMILIES}.")
   return family
 
 
@@ -165,15 +177,22 @@ def _draw_lines(num_lines: int, total: int, num_center: int, density: np.ndarray
 def cartesian_mask(shape: tuple[int, int], acc: float | str, seed: int = 0, direction: str = "rows",
                    center_fraction: float | None = None, family: str = DEFAULT_FAMILY
                    ) -> np.ndarray:
-  """A 1-D Cartesian variable-density mask of `shape`, unshifted, float32 0/1, of a family in
-  `MASK_FAMILIES` ("dccnn": the authors' kind, `dccnn_line_mask`; "gaussian": `gaussian_line_mask`).
+  """A Cartesian mask of `shape`, unshifted, float32 0/1, of a family in `MASK_FAMILIES`: whole
+  `direction` lines for `LINE_GENERATORS` ("dccnn": the authors' kind, `dccnn_line_mask`;
+  "gaussian": `gaussian_line_mask`; fastMRI's kinds: `subsample.family_lines`), single points for
+  `POINT_GENERATORS` (`masks_2d`; `direction` is not used).
 
-  The achieved acceleration is H·W / sampled = n / round(n / acc) for n lines: within 2% of `acc`
-  whenever n / acc ≥ 25 (e.g. 240 rows at 8x give exactly 8.0).
+  "dccnn", "gaussian" and the 2-D families sample exactly round(n / acc) of n lines (round(H·W /
+  acc) points): within 2% of `acc` whenever n / acc ≥ 25 (e.g. 240 rows at 8x give exactly 8.0).
+  fastMRI's kinds achieve what fastMRI's do: "random" about n / acc lines, "equispaced" and "magic"
+  more.
   """
   acc = parse_acceleration(acc)
   check_family(family)
   require(direction in DIRECTIONS, f"mask direction {direction!r} is not one of {DIRECTIONS}.")
+  if family in POINT_GENERATORS:
+    points = POINT_GENERATORS[family](tuple(shape), acc, seed, center_fraction)
+    return np.fft.ifftshift(points).astype(np.float32)
   height, width = shape
   num_lines = height if direction == "rows" else width
   lines = np.fft.ifftshift(LINE_GENERATORS[family](num_lines, acc, seed, center_fraction))
@@ -229,9 +248,30 @@ def contiguous_centre_lines(lines: np.ndarray) -> int:
   return after + before
 
 
+def fully_sampled_centre(mask: np.ndarray) -> int:
+  """Side 2k + 1 of the largest square |ky|, |kx| <= k around the k-space centre that the
+  (unshifted) `mask` samples fully, at most min(H, W); 0 when the centre itself is not sampled."""
+  mask = np.asarray(mask) > 0
+  ky, kx = (np.abs(np.fft.fftfreq(n, 1.0 / n)) for n in mask.shape)
+  chebyshev = np.maximum(ky[:, None], kx[None, :])
+  missing = chebyshev[~mask]
+  limit = float(missing.min()) if missing.size else float(chebyshev.max()) + 1.0
+  return int(min(max(2 * limit - 1, 0), min(mask.shape)))
+
+
+def mean_distance(mask: np.ndarray) -> float:
+  """Mean Euclidean distance |k| = sqrt(ky² + kx²), in k-space samples, of the sampled points to the
+  k-space centre of the (unshifted) `mask`."""
+  mask = np.asarray(mask) > 0
+  ky, kx = (np.fft.fftfreq(n, 1.0 / n) for n in mask.shape)
+  return float(np.hypot(ky[:, None], kx[None, :])[mask].mean())
+
+
 def mask_statistics(mask: np.ndarray) -> dict:
   """Sampled points, achieved acceleration and, for a line mask, its direction, sampled lines,
-  contiguous centre lines and the mean |ky| (distance to the k-space centre) of the sampled lines."""
+  contiguous centre lines and the mean |ky| (distance to the k-space centre) of the sampled lines;
+  for a 2-D (point) mask, its fully sampled centre square (`fully_sampled_centre`) and the mean |k|
+  of the sampled points (`mean_distance`)."""
   mask = np.asarray(mask)
   stats = {"shape": tuple(mask.shape), "sampled_points": int((mask > 0).sum()),
            "acceleration": acceleration(mask > 0)}
@@ -242,43 +282,55 @@ def mask_statistics(mask: np.ndarray) -> dict:
     stats.update(direction=direction, lines=int(lines.sum()), num_lines=len(lines),
                  centre_lines=contiguous_centre_lines(lines),
                  mean_abs_ky=float(np.abs(ky[lines]).mean()))
+  elif stats["sampled_points"]:
+    stats.update(centre_block=fully_sampled_centre(mask), mean_abs_k=mean_distance(mask))
   return stats
 
 
 def describe(mask: np.ndarray) -> str:
-  """`mask_statistics` in one line: '240×240: 60/240 rows, 4.00x, 12 contiguous centre lines, ...'."""
+  """`mask_statistics` in one line: '240×240: 60/240 rows, 4.00x, 12 contiguous centre lines, ...'
+  or '240×240: 14400 points (2-D), 4.00x, fully sampled centre 19×19, mean |k| 72.8'."""
   stats = mask_statistics(mask)
   size = "×".join(str(n) for n in stats["shape"])
   if "lines" not in stats:
-    return f"{size}: {stats['sampled_points']} points (not whole lines), {stats['acceleration']:.2f}x"
+    text = f"{size}: {stats['sampled_points']} points (2-D), {stats['acceleration']:.2f}x"
+    if "centre_block" in stats:
+      block = stats["centre_block"]
+      text += f", fully sampled centre {block}×{block}, mean |k| {stats['mean_abs_k']:.1f}"
+    return text
   return (f"{size}: {stats['lines']}/{stats['num_lines']} {stats['direction']}, "
           f"{stats['acceleration']:.2f}x, {stats['centre_lines']} contiguous centre lines, "
           f"mean |ky| {stats['mean_abs_ky']:.1f}")
 
 
 def main(argv=None) -> int:
-  """`python -m kdmri_jax.masks --mask PATH [...]` or `--generate H W --acc 4x 8x [--family F]`."""
+  """`python -m kdmri_jax.masks --mask PATH [...]` or `--generate H W --acc 4x [--family F ...]`."""
   import argparse
   parser = argparse.ArgumentParser(prog="python -m kdmri_jax.masks",
                                    description="Print the statistics of undersampling masks.")
   parser.add_argument("--mask", nargs="+", default=[], help="mask .npy files (H×W, 0/1, unshifted)")
   parser.add_argument("--generate", type=int, nargs=2, metavar=("H", "W"), help="generate H×W masks")
   parser.add_argument("--acc", nargs="+", default=["4x", "5x", "8x"], help="generated accelerations")
-  parser.add_argument("--family", default=DEFAULT_FAMILY,
-                      help=f"generated family: {' | '.join(MASK_FAMILIES)}")
+  parser.add_argument("--family", nargs="+", default=[DEFAULT_FAMILY],
+                      help=f"generated families, or all: {' | '.join(MASK_FAMILIES)}")
   parser.add_argument("--seed", type=int, default=DEFAULT_MASK_SEED,
                       help=f"seed of the generated masks ({DEFAULT_MASK_SEED}, as everywhere)")
   parser.add_argument("--direction", default="rows", help="generated lines: rows | columns")
+  parser.add_argument("--center-fraction", type=float, default=None,
+                      help="fully sampled centre fraction (default: each family's own)")
   args = parser.parse_args(argv)
   require(bool(args.mask) or args.generate is not None,
           "nothing to inspect: pass --mask PATH or --generate H W.")
+  families = MASK_FAMILIES if args.family == ["all"] else [check_family(f, "--family")
+                                                           for f in args.family]
   for path in args.mask:
     print(f"{path}: {describe(load_mask(path))}")
   if args.generate is not None:
-    for acc in args.acc:
-      mask = cartesian_mask(tuple(args.generate), acc, args.seed, args.direction,
-                            family=args.family)
-      print(f"{args.family} {acc} seed {args.seed}: {describe(mask)}")
+    for family in families:
+      for acc in args.acc:
+        mask = cartesian_mask(tuple(args.generate), acc, args.seed, args.direction,
+                              args.center_fraction, family)
+        print(f"{family} {acc} seed {args.seed}: {describe(mask)}")
   return 0
 
 

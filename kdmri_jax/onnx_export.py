@@ -1,11 +1,14 @@
-"""ONNX graphs of the trained models for ONNX Runtime, written node by node from the Flax parameters.
+"""ONNX graphs of the trained models for ONNX Runtime, with the Flax parameters baked in.
 
-The convolutions become `Conv` (+ `Relu`) nodes in NCHW with OIHW weights. Data consistency (DC),
-x_dc = Re(IFFT2(m·k0 + (1−m)·FFT2(x))), is linear in x, so it splits into a term fixed by the measurement,
-x0 = Re(IFFT2(m·k0)), computed once per call, plus x ↦ Re(IFFT2((1−m)·FFT2(x))) per cascade. The orthonormal
-2-D DFT is separable, FFT2(x) = F_H x F_W with symmetric F_n[j, k] = exp(−2πi·jk/n)/√n, so each DFT is a few
-real matrix products with precomputed cos/sin matrices: exact (no approximation beyond float32 rounding),
-and a GEMM is what ONNX Runtime runs best on CPU.
+The graph is `kdmri_jax.inference.forward`, the models' one inference structure, run on ONNX ops
+(`_OnnxOps`), so it has the model's layers in the model's order (`models.layout`). The convolutions
+become `Conv` (+ `Relu`) nodes in NCHW with OIHW weights. Data consistency (DC),
+x_dc = Re(IFFT2(m·k0 + (1−m)·FFT2(x))), is linear in x, so it splits into a term fixed by the
+measurement, x0 = Re(IFFT2(m·k0)), computed once per call, plus x ↦ Re(IFFT2((1−m)·FFT2(x))) per
+cascade. The orthonormal 2-D DFT is separable, FFT2(x) = F_H x F_W with symmetric
+F_n[j, k] = exp(−2πi·jk/n)/√n, so each DFT is a few real matrix products with precomputed cos/sin
+matrices: exact (no approximation beyond float32 rounding), and a GEMM is what ONNX Runtime runs
+best on CPU.
 
 Inputs of a DC-CNN graph: `image` (B, H, W) float32, `kspace` (B, H, W, 2) float32 real/imaginary (ONNX
 Runtime has no complex tensors on CPU; see `onnx_inputs`), `mask` (B, H, W) float32 0/1 unshifted.
@@ -20,7 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from kdmri_jax import models
+from kdmri_jax import inference, models
 
 OPSET = 17
 
@@ -62,18 +65,6 @@ class _Graph:
                              self.const(np.array(axes, np.int64))])
 
 
-def _conv_stack(g: _Graph, x: str, layers: list[dict[str, np.ndarray]]) -> str:
-  """conv3x3 (zero padding 1, bias) for each layer, ReLU after all but the last; NCHW."""
-  for index, layer in enumerate(layers):
-    weight = np.asarray(layer["kernel"], np.float32).transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    bias = np.asarray(layer["bias"], np.float32)
-    x = g.op("Conv", [x, g.const(weight, "w"), g.const(bias, "b")], "conv", kernel_shape=[3, 3],
-             pads=[1, 1, 1, 1])
-    if index < len(layers) - 1:
-      x = g.op("Relu", [x])
-  return x
-
-
 class _DFT:
   """Constants and subgraphs for the orthonormal 2-D DFT of (B, H, W) tensors as real matrix products."""
 
@@ -110,37 +101,64 @@ class _DFT:
     return g.op("Add", [g.op("MatMul", [zr, self.br]), g.op("MatMul", [zi, self.bi])])
 
 
-def build_onnx(model: Any, params: Any, batch: int, height: int, width: int) -> onnx.ModelProto:
-  """The inference graph of `model` (a `kdmri_jax.models` DCCNN or VDSR) with `params` baked in."""
-  g = _Graph()
-  image_info = helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, height, width])
-  output_info = helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, [batch, height, width])
-  inputs = [image_info]
-  if models.is_reconstruction(model):
-    if model.complex_images or model.residual or model.noise_lambda is not None or model.learn_lambda:
-      raise NotImplementedError("ONNX export covers the paper's DC-CNN (real images, hard DC, no residual).")
-    inputs += [helper.make_tensor_value_info("kspace", TensorProto.FLOAT, [batch, height, width, 2]),
-               helper.make_tensor_value_info("mask", TensorProto.FLOAT, [batch, height, width])]
-    dft = _DFT(g, height, width)
-    sampled = g.op("Cast", [g.op("Greater", ["mask", g.const(np.float32(0.0))])], to=TensorProto.FLOAT)
+class _OnnxOps:
+  """`inference.forward`'s ops as ONNX nodes: values are tensor names, activations NCHW,
+  convolutions `Conv` with OIHW weights, data consistency as real matrix products (`_DFT`)."""
+
+  def __init__(self, g: _Graph, height: int, width: int):
+    self.g, self.height, self.width = g, height, width
+    self.axis = g.const(np.array([1], np.int64))
+
+  def channels(self, image: str) -> str:
+    return self.g.op("Unsqueeze", [image, self.axis])
+
+  def image(self, x: str) -> str:
+    return self.g.op("Squeeze", [x, self.axis])
+
+  def conv3x3(self, x: str, kernel: Any, bias: Any) -> str:
+    """A `Conv` node (zero padding 1, bias)."""
+    weight = np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    bias = np.asarray(bias, np.float32)
+    return self.g.op("Conv", [x, self.g.const(weight, "w"), self.g.const(bias, "b")], "conv",
+                     kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+
+  def relu(self, x: str) -> str:
+    return self.g.op("Relu", [x])
+
+  def add(self, x: str, y: str) -> str:
+    return self.g.op("Add", [x, y])
+
+  def data_consistency(self, kspace: str, mask: str):
+    """x ↦ x0 + Re(IFFT2((1−m)·FFT2(x))), with x0 = Re(IFFT2(m·k0)) built once."""
+    g, dft = self.g, _DFT(self.g, self.height, self.width)
+    sampled = g.op("Cast", [g.op("Greater", [mask, g.const(np.float32(0.0))])], to=TensorProto.FLOAT)
     unsampled = g.op("Sub", [g.const(np.float32(1.0)), sampled])
-    k_real = g.op("Gather", ["kspace", g.const(np.int64(0))], axis=3)
-    k_imag = g.op("Gather", ["kspace", g.const(np.int64(1))], axis=3)
-    # x0 = Re(IFFT2(m·k0)): the measured part of every DC output, computed once.
+    k_real = g.op("Gather", [kspace, g.const(np.int64(0))], axis=3)
+    k_imag = g.op("Gather", [kspace, g.const(np.int64(1))], axis=3)
     x0 = dft.inverse_real(g.op("Mul", [k_real, sampled]), g.op("Mul", [k_imag, sampled]))
-    x = "image"
-    for c in range(model.num_cascades):
-      cascade = params[f"cascade_{c}"]
-      layers = [cascade[f"conv_{j}"] for j in range(model.num_convs)]
-      h = _conv_stack(g, g.op("Unsqueeze", [x, g.const(np.array([1], np.int64))]), layers)
-      real, imag = dft.forward(g.op("Squeeze", [h, g.const(np.array([1], np.int64))]))
+
+    def consistency(x: str) -> str:
+      real, imag = dft.forward(x)
       predicted = dft.inverse_real(g.op("Mul", [real, unsampled]), g.op("Mul", [imag, unsampled]))
-      x = g.op("Add", [x0, predicted])
-  else:
-    layers = [params[f"conv_{j}"] for j in range(model.num_layers)]
-    x4 = g.op("Unsqueeze", ["image", g.const(np.array([1], np.int64))])
-    x = g.op("Squeeze", [g.op("Add", [x4, _conv_stack(g, x4, layers)]), g.const(np.array([1], np.int64))])
+      return g.op("Add", [x0, predicted])
+
+    return consistency
+
+
+def build_onnx(model: Any, params: Any, batch: int, height: int, width: int) -> onnx.ModelProto:
+  """The inference graph of `model` (a `kdmri_jax.models` DCCNN or VDSR) with `params` baked in:
+  `inference.forward` on `_OnnxOps`."""
+  if not inference.plain_structure(model):
+    raise NotImplementedError("ONNX export covers the paper's DC-CNN (real images, hard DC, no residual).")
+  g = _Graph()
+  shape = [batch, height, width]
+  inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)]
+  if models.is_reconstruction(model):
+    inputs += [helper.make_tensor_value_info("kspace", TensorProto.FLOAT, shape + [2]),
+               helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape)]
+  x = inference.forward(_OnnxOps(g, height, width), model, params, "image", "kspace", "mask")
   g.nodes.append(helper.make_node("Identity", [x], ["reconstruction"], name="output_node"))
+  output_info = helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, shape)
   graph = helper.make_graph(g.nodes, type(model).__name__.lower(), inputs, [output_info], g.initializers)
   proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                             producer_name="kdmri_jax")

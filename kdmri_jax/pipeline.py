@@ -12,7 +12,9 @@
 
 Each stage has its own folder in the workdir (`teacher/{checkpoints,best,tensorboard,log.txt,done}`, ...,
 `results/`, `report/`); a stage whose `done` marker exists is skipped, so rerunning the same command
-resumes where the last run stopped.
+resumes where the last run stopped. Each stage records the config fields it was made with, and a
+rerun that differs from what it would run or read is refused; what it reads back is checked first,
+and a damaged item is moved aside and its stage redone (`kdmri_jax.outputs`).
 """
 
 from __future__ import annotations
@@ -25,23 +27,35 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from kdmri_jax import checkpoints, losses, models, sharding, train
-from kdmri_jax.errors import require, require_writable_dir
+from kdmri_jax import checkpoints, losses, models, outputs, sharding, train
+from kdmri_jax.atomic import write_atomic, write_text_atomic
+from kdmri_jax.data.pipeline import shard_bounds
+from kdmri_jax.errors import InputError, require, require_writable_dir
 
 STAGES = ("teacher", "student", "feature", "kd", "evaluate", "report")
 TRAINED_STAGES = ("teacher", "student", "feature", "kd")
 DISPLAY_NAMES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "feature": "AT student", "kd": "KD"}
-EVALUATE_DIR, REPORT_DIR = "results", "report"
+EVALUATE_DIR, REPORT_DIR = outputs.EVALUATE_DIR, outputs.REPORT_DIR
 SPLITS_NEEDED = {**{s: ("train", "validation") for s in TRAINED_STAGES}, "evaluate": ("validation",)}
 
 
 def parse_stages(spec: str | Sequence[str]) -> list[str]:
   """Stage names from 'teacher,student' (any order, run in the paper's order); one sentence if unknown."""
-  names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+  names = split_names(spec)
   unknown = [s for s in names if s not in STAGES]
   require(not unknown and names, f"config.stages={spec!r} names unknown stage(s) {unknown}; choose from "
                                  f"{','.join(STAGES)}.")
   return [s for s in STAGES if s in names]
+
+
+def split_names(spec: str | Sequence[str]) -> list[str]:
+  """The names of 'a, b' (or of a sequence), stripped, empty ones dropped."""
+  return [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
+
+
+def evaluated_stages(config: Any) -> list[str]:
+  """The trained stages the `evaluate` stage compares with ZF (config.evaluate.stages), in order."""
+  return split_names(config.evaluate.stages)
 
 
 def default_workdir(config: Any) -> str:
@@ -81,17 +95,26 @@ def build_model(config: Any, role: str):
 
 def stage_key(seed: int, stage: str) -> jax.Array:
   """Initialisation key of a stage: the same for `student` and `feature`, so both start alike."""
-  role = "teacher" if stage == "teacher" else "student"
+  role = train.role_of(stage)
   return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(role.encode()))
 
 
-def load_stage_params(workdir: str, stage: str, model_name: str, needed_by: str):
-  """Best parameters of a finished (or at least once validated) stage; one sentence if there are none."""
-  folder = os.path.join(workdir, stage, "best")
-  has_step = os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
-  require(has_step, f"stage {needed_by!r} needs the {stage} checkpoint in {folder}, which does not exist; "
-                    f"run --config.stages={stage} first (or point --workdir at a run that has it).")
+def load_stage_params(workdir: str, stage: str, model_name: str, model, needed_by: str):
+  """Best parameters of a finished (or at least once validated) stage, for `model` built from preset
+  `model_name`; one sentence if there are none or they were trained for another model shape."""
+  folder = outputs.best_dir(workdir, stage)
+  require(outputs.has_best(workdir, stage),
+          f"stage {needed_by!r} needs the {stage} checkpoint in {folder}, which does not exist; "
+          f"run --config.stages={stage} first (or point --workdir at a run that has it).")
   _, params, meta = checkpoints.load_params(folder, expected_model=model_name)
+  saved, wanted = meta["model_kwargs"], models.model_kwargs(model)
+  differing = [k for k in wanted if k != "dtype" and saved.get(k) != wanted[k]]
+  if differing:
+    had = ", ".join(f"{k}={saved.get(k)!r}" for k in differing)
+    builds = ", ".join(f"{k}={wanted[k]!r}" for k in differing)
+    raise InputError(f"{folder} holds a {model_name!r} model with {had}, but this config builds "
+                     f"{builds} (config.models); rerun with the config it was trained with, use "
+                     f"another --workdir, or delete {os.path.dirname(folder)} to retrain it.")
   return params, meta
 
 
@@ -114,17 +137,16 @@ def load_data(config: Any, split: str):
 
 def run_training_stage(stage: str, config: Any, workdir: str, mesh, train_source, val_source
                        ) -> train.StageResult:
-  role = "teacher" if stage == "teacher" else "student"
-  name, model = build_model(config, role)
+  name, model = build_model(config, train.role_of(stage))
   teacher, teacher_params = None, None
   if stage in ("feature", "kd"):
     teacher_name, teacher = build_model(config, "teacher")
-    teacher_params, _ = load_stage_params(workdir, "teacher", teacher_name, stage)
+    teacher_params, _ = load_stage_params(workdir, "teacher", teacher_name, teacher, stage)
   height, width = np.shape(train_source[0]["target"])
   init = models.init_params(model, stage_key(config.train.seed, stage), height, width)
   described = train.describe_objective(stage, config)
   if stage == "kd" and config.kd.init_from != "scratch":
-    init, init_meta = load_stage_params(workdir, config.kd.init_from, name, stage)
+    init, init_meta = load_stage_params(workdir, config.kd.init_from, name, model, stage)
     described["init"] = init_meta.get("objective")  # how the starting point was trained and chosen
     _say(f"kd: student initialised from the best {config.kd.init_from} checkpoint")
   objective = train.make_objective(stage, config, model, teacher)
@@ -155,7 +177,7 @@ def ordered_predictions(num_examples: int, predictions: np.ndarray, batch_size: 
   if count == 1:
     return predictions[:num_examples]
   local = batch_size // count
-  bounds = np.linspace(0, num_examples, count + 1).astype(int)
+  bounds = shard_bounds(num_examples, count)
   steps = predictions.shape[0] // batch_size
   per_host = predictions.reshape(steps, count, local, *predictions.shape[1:]).transpose(1, 0, 2, 3, 4)
   per_host = per_host.reshape(count, steps * local, *predictions.shape[1:])
@@ -165,20 +187,18 @@ def ordered_predictions(num_examples: int, predictions: np.ndarray, batch_size: 
 def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
   """ZF and the trained models on the validation set: metrics per volume and per slice, and the
   reconstructions, under workdir/results/<model>/; returns the per-volume summary."""
-  from kdmri_jax import evaluate
-  import h5py
+  from kdmri_jax import evaluate, valid
 
   out_dir = os.path.join(workdir, EVALUATE_DIR)
   batch_size = config.evaluate.batch_size
   sharding.check_batch_size(batch_size, mesh)
-  stages = [s.strip() for s in config.evaluate.stages.split(",") if s.strip()]
+  stages = evaluated_stages(config)
   inputs = np.stack([np.asarray(val_source[i]["input"], np.float32) for i in range(len(val_source))])
   targets = np.stack([np.asarray(val_source[i]["target"], np.float32) for i in range(len(val_source))])
   methods = {"zf": (inputs, None, None)}  # method -> (images, parameter count, recorded objective)
   for stage in stages:
-    role = "teacher" if stage == "teacher" else "student"
-    name, model = build_model(config, role)
-    params, meta = load_stage_params(workdir, stage, name, "evaluate")
+    name, model = build_model(config, train.role_of(stage))
+    params, meta = load_stage_params(workdir, stage, name, model, "evaluate")
     methods[stage] = (predict_all(model, params, val_source, batch_size, mesh),
                       models.count_params(params), meta.get("objective"))
   summary = {"dataset": config.dataset, "acc": config.acc, "task": config.task, "methods": {}}
@@ -192,8 +212,7 @@ def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
                                               "params": num_params})
       if config.evaluate.save_reconstructions:
         for name, r in ranges:
-          with h5py.File(os.path.join(folder, f"{name}.h5"), "w") as f:
-            f.create_dataset("reconstruction", data=images[r.start:r.stop])
+          valid.write_reconstruction(os.path.join(folder, f"{name}.h5"), images[r.start:r.stop])
     summary["methods"][method] = {
         "name": DISPLAY_NAMES.get(method, method), "params": num_params,
         "objective": objective, "volumes": result["volumes"]}
@@ -201,13 +220,18 @@ def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
     # The report's figure needs one slice of each method: the middle slice of the first volume.
     name, r = ranges[0]
     middle = r.start + len(r) // 2
-    np.savez_compressed(os.path.join(out_dir, "figure_slice.npz"), target=targets[middle],
-                        **{m: images[middle] for m, (images, *_) in methods.items()})
-    with open(os.path.join(out_dir, "summary.json"), "w") as f:
-      json.dump(evaluate._json_safe(summary), f, indent=1)  # pylint: disable=protected-access
-    with open(os.path.join(out_dir, train.DONE), "w") as f:
-      f.write("evaluated\n")
+    slices = {"target": targets[middle],
+              **{m: images[middle] for m, (images, *_) in methods.items()}}
+    write_atomic(os.path.join(out_dir, outputs.FIGURE_SLICE), lambda tmp: _write_npz(tmp, slices))
+    write_text_atomic(os.path.join(out_dir, outputs.SUMMARY),
+                      json.dumps(evaluate.json_safe(summary), indent=1))
+    write_text_atomic(os.path.join(out_dir, train.DONE), "evaluated\n")
   return summary
+
+
+def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+  with open(path, "wb") as f:  # a file object: np.savez would add '.npz' to a path
+    np.savez_compressed(f, **arrays)
 
 
 def run_report(config: Any, workdir: str, command: str | None = None) -> str:
@@ -215,11 +239,10 @@ def run_report(config: Any, workdir: str, command: str | None = None) -> str:
   from kdmri_jax import report
 
   results = os.path.join(workdir, EVALUATE_DIR)
-  path = os.path.join(results, "summary.json")
+  path = os.path.join(results, outputs.SUMMARY)
   require(os.path.exists(path), f"the report needs the evaluation in {path}, which does not exist; run "
                                 f"--config.stages=evaluate first.")
-  with open(path) as f:
-    summary = json.load(f)
+  summary = outputs.read_summary(results)
   rows = {}
   for method in summary["methods"].values():
     columns = {key: [np.nan if v[key] is None else v[key] for v in method["volumes"]]
@@ -228,7 +251,7 @@ def run_report(config: Any, workdir: str, command: str | None = None) -> str:
   out = os.path.join(workdir, REPORT_DIR)
   os.makedirs(out, exist_ok=True)
   figure = os.path.join(out, "figure.png")
-  slices = np.load(os.path.join(results, "figure_slice.npz"))
+  slices = outputs.read_figure_slices(results, summary["methods"])
   images = {DISPLAY_NAMES.get(m, m): slices[m] for m in summary["methods"]}
   setting = experiment_setting(config)
   report.qualitative_figure(figure, images, slices["target"],
@@ -239,8 +262,7 @@ def run_report(config: Any, workdir: str, command: str | None = None) -> str:
       "title": f"KD-MRI: {config.dataset} {setting}", "dataset": config.dataset,
       "acc": "none (super-resolution)" if config.task == "super_resolution" else config.acc,
       "command": command, "figure": figure, "objectives": report.objectives_section(objectives)})
-  with open(os.path.join(out, train.DONE), "w") as f:
-    f.write("reported\n")
+  write_text_atomic(os.path.join(out, train.DONE), "reported\n")
   return str(written)
 
 
@@ -271,7 +293,7 @@ def prerequisites(config: Any, stage: str) -> list[str]:
   if stage == "kd":
     return ["teacher"] + ([config.kd.init_from] if config.kd.init_from in ("feature", "student") else [])
   if stage == "evaluate":
-    return [s.strip() for s in config.evaluate.stages.split(",") if s.strip()]
+    return evaluated_stages(config)
   if stage == "report":
     return ["evaluate"]
   return []
@@ -292,24 +314,24 @@ def check_prerequisites(config: Any, workdir: str, todo: Sequence[str]) -> None:
                                 f"{','.join(TRAINED_STAGES)}.")
       if needed in todo[:i]:
         continue
-      folder = os.path.join(workdir, {"evaluate": EVALUATE_DIR}.get(needed, needed))
-      where = folder if needed == "evaluate" else os.path.join(folder, "best")
-      ready = os.path.isdir(where) and (needed == "evaluate" and _done(workdir, needed) or needed != "evaluate"
-                                        and any(n.isdigit() for n in os.listdir(where)))
-      require(ready, f"stage {stage!r} needs the {needed} {'results' if needed == 'evaluate' else 'checkpoint'}"
-                     f" in {where}, which does not exist; run --config.stages={needed} first (or point "
-                     f"--workdir at a run that has it).")
+      if needed == "evaluate":
+        what, where, ready = "results", outputs.stage_dir(workdir, needed), _done(workdir, needed)
+      else:
+        what, where = "checkpoint", outputs.best_dir(workdir, needed)
+        ready = outputs.has_best(workdir, needed)
+      require(ready, f"stage {stage!r} needs the {needed} {what} in {where}, which does not exist; "
+                     f"run --config.stages={needed} first (or point --workdir at a run that has "
+                     f"it).")
 
 
 def check_stages(config: Any, todo: Sequence[str]) -> None:
   """Builds the models and traces the objectives of the stages to run (no compute), so a wrong model
   name, feature loss or layer pair fails at start-up rather than after hours of teacher training."""
-  teacher_model = build_model(config, "teacher")[1]
-  student_model = build_model(config, "student")[1]
+  built = {role: build_model(config, role)[1] for role in ("teacher", "student")}
   for stage in todo:
     if stage in TRAINED_STAGES:
-      model = teacher_model if stage == "teacher" else student_model
-      teacher = teacher_model if stage in ("feature", "kd") else None
+      model = built[train.role_of(stage)]
+      teacher = built["teacher"] if stage in ("feature", "kd") else None
       train.check_objective(train.make_objective(stage, config, model, teacher))
   require(config.evaluate.batch_size >= 1, f"config.evaluate.batch_size={config.evaluate.batch_size} must be "
                                            f"at least 1.")
@@ -325,14 +347,45 @@ def record_config(config: Any, workdir: str) -> str:
       if f.read() == text:
         return path
     path, n = os.path.join(workdir, f"config_{n}.json"), n + 1
-  with open(path, "w") as f:
-    f.write(text)
+  write_text_atomic(path, text)
   return path
 
 
 def _done(workdir: str, stage: str) -> bool:
-  folder = {"evaluate": EVALUATE_DIR, "report": REPORT_DIR}.get(stage, stage)
-  return train.is_done(os.path.join(workdir, folder))
+  return train.is_done(outputs.stage_dir(workdir, stage))
+
+
+def stages_read(config: Any, stages: Sequence[str]) -> list[str]:
+  """The stages a run of `stages` runs or reads the outputs of, in the paper's order."""
+  needed = {s for stage in stages for s in prerequisites(config, stage)} | set(stages)
+  return [s for s in STAGES if s in needed]
+
+
+def check_workdir(config: Any, workdir: str, stages: Sequence[str]) -> list[str]:
+  """Before anything runs: refuses a config that differs from what a stage it runs or reads was
+  made with; moves aside what such a stage left damaged (and un-marks it done). Returns the stages
+  to run."""
+  involved = stages_read(config, stages)
+  for stage in involved:
+    outputs.check_record(config, workdir, stage, _say)
+  damaged = {stage: outputs.find_damage(workdir, stage) for stage in involved}
+  _sync("kdmri_jax.pipeline: workdir checked")  # every process looked before anything moves
+  if sharding.is_primary():
+    for stage, found in damaged.items():
+      outputs.repair(workdir, stage, found, _say)
+  todo = [s for s in stages if damaged.get(s) or not _done(workdir, s)]
+  for stage in stages:
+    if stage not in todo:
+      _say(f"{stage}: already done in {outputs.stage_dir(workdir, stage)}; skipping (delete that "
+           f"folder to redo it).")
+  return todo
+
+
+def _sync(name: str) -> None:
+  """A barrier over all processes (nothing with one)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def run(config: Any, workdir: str | None = None, command: str | None = None) -> int:
@@ -343,11 +396,8 @@ def run(config: Any, workdir: str | None = None, command: str | None = None) -> 
   stages = parse_stages(config.stages)
   workdir = require_writable_dir(workdir or default_workdir(config), "--workdir")
   mesh = sharding.make_mesh()
-  todo = [s for s in stages if not _done(workdir, s)]
-  for stage in stages:
-    if stage not in todo:
-      _say(f"{stage}: already done in {workdir}; skipping (delete its `done` file to rerun it).")
   # Everything that can be checked is checked before anything is written or trained.
+  todo = check_workdir(config, workdir, stages)
   check_prerequisites(config, workdir, todo)
   check_stages(config, todo)
   sources = {}
@@ -363,14 +413,17 @@ def run(config: Any, workdir: str | None = None, command: str | None = None) -> 
     record_config(config, workdir)
 
   for stage in todo:
-    _say(f"{stage}: starting in {workdir}")
-    if stage in TRAINED_STAGES:
+    if sharding.is_primary():
+      outputs.write_record(config, workdir, stage)
+    if stage in TRAINED_STAGES:  # train.fit says whether the stage starts or resumes, and where
       result = run_training_stage(stage, config, workdir, mesh, source("train"), source("validation"))
       if result.status == "interrupted":
         return 0
       _say(f"{stage}: done at step {result.step}; best val_loss {result.best_val_loss:.6g} at step "
            f"{result.best_step}")
-    elif stage == "evaluate":
+      continue
+    _say(f"{stage}: starting in {workdir}")
+    if stage == "evaluate":
       summary = run_evaluate(config, workdir, mesh, source("validation"))
       for method in summary["methods"].values():
         psnr = np.mean([v["PSNR"] for v in method["volumes"] if v["PSNR"] is not None])

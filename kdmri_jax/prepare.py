@@ -9,9 +9,10 @@ VOLUMES are files or folders (searched recursively) of NIfTI (.nii/.nii.gz, slic
 folder, as every acc folder holds the same targets) or fastMRI h5 ('kspace' + 'reconstruction_esc').
 `--phantom N` makes N seeded ellipse-phantom volumes instead (any --size).
 Targets are normalised per volume (max 1), volumes split train/validation by a seeded permutation, each
-acceleration undersampled with the masks in --mask-dir (mask_{acc}.npy) or seeded 1-D Cartesian masks
-of --mask-family (whole rows; whole columns for knee; default "dccnn", the authors' kind: see
-`kdmri_jax.masks`), zero-filled = |IFFT2(m·FFT2(target))|. Writes ROOT/{train,validation}/
+acceleration undersampled with the masks in --mask-dir (mask_{acc}.npy) or seeded masks of
+--mask-family: 1-D Cartesian (whole rows; whole columns for knee; default "dccnn", the authors' kind;
+fastMRI's random/equispaced/magic kinds) or 2-D point masks (gaussian_2d, poisson_disc); see
+`kdmri_jax.masks`, zero-filled = |IFFT2(m·FFT2(target))|. Writes ROOT/{train,validation}/
 acc_{acc}/*.h5, ROOT/masks/mask_{acc}.npy and ROOT/manifest.json; an existing ROOT is kept unless
 --overwrite.
 """
@@ -26,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from kdmri_jax import masks
-from kdmri_jax.errors import require, run_cli
+from kdmri_jax.errors import require, require_writable_output, run_cli
 
 KNOWN_DATASETS = ("brain", "cardiac", "knee")
 
@@ -116,7 +117,7 @@ def main(argv: Sequence[str]) -> int:
   require(args.mask_dir is None or args.mask_family is None,
           "--mask-dir and --mask-family exclude each other: masks are either read or generated.")
   family = masks.check_family(args.mask_family or masks.DEFAULT_FAMILY, "--mask-family")
-  out = os.path.abspath(args.out)
+  out = require_writable_output(args.out, "--out", "staged-folder")
   require(args.overwrite or not os.path.exists(out),
           f"{out} already exists; choose another --out or pass --overwrite to replace it.")
   direction = args.direction or ("columns" if args.dataset == "knee" else "rows")

@@ -15,46 +15,17 @@ import datetime
 import os
 import pathlib
 import platform
-import tempfile
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from kdmri_jax import metrics
+from kdmri_jax.atomic import write_atomic, write_text_atomic
 
 # Column -> decimals of mean and std in the table.
 TABLE_COLUMNS = {"PSNR": 2, "SSIM": 4, "NMSE": 4, "HFN": 4}
 _HEADERS = {"PSNR": "PSNR (dB)", "SSIM": "SSIM", "NMSE": "NMSE", "HFN": "HFN"}
 _PARAM_KEYS = ("params", "parameters")
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-  """Runs `write(temporary path)` in `path`'s folder, then renames the file to `path`: readers see
-  the old file or the whole new one, never a part."""
-  path = pathlib.Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  os.close(fd)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file an ordinary file's mode
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
-def _umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-  """Writes `text` to `path` through a temporary file in the same folder and a rename."""
-  def write(tmp: str) -> None:
-    with open(tmp, "w") as f:
-      f.write(text)
-  write_atomic(path, write)
 
 
 def _cell(values: Any, digits: int) -> str:

@@ -39,6 +39,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from kdmri_jax import checkpoints, feature_losses, losses, models, sharding
+from kdmri_jax.atomic import write_text_atomic
 from kdmri_jax.errors import InputError
 from kdmri_jax.metrics import batch_psnr
 from kdmri_jax.train_input import Batches
@@ -133,6 +134,12 @@ def parse_layer_pairs(spec: str, model: nn.Module) -> tuple:
 
 def _mse_per_example(prediction: jax.Array, target: jax.Array) -> jax.Array:
   return jnp.mean(jnp.square(prediction.astype(jnp.float32) - target), axis=tuple(range(1, target.ndim)))
+
+
+def role_of(stage: str) -> str:
+  """The model a stage trains: 'teacher' for the teacher stage, 'student' for the student, feature
+  and kd stages."""
+  return "teacher" if stage == "teacher" else "student"
 
 
 def _unknown_stage(stage: str) -> InputError:
@@ -375,10 +382,11 @@ def make_eval_step(objective: Objective, mesh: jax.sharding.Mesh, teacher_params
 
 
 def make_predict(model: nn.Module, mesh: jax.sharding.Mesh):
-  """`predict(params, batch) -> image (B, H, W)` jitted on `mesh`, output replicated for host reads."""
-  repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(lambda p, b: models.apply(model, p, b)[0].astype(jnp.float32),
-                 in_shardings=(repl, data), out_shardings=repl)
+  """`predict(params, batch) -> image (B, H, W)` jitted on `mesh`, output replicated for host reads
+  (`inference.make_predict`, the one inference path)."""
+  from kdmri_jax import inference  # here: this function is train.py's only use of it
+
+  return inference.make_predict(model, mesh)
 
 
 @jax.jit
@@ -446,7 +454,9 @@ def is_done(stage_dir: str) -> bool:
 
 def _state_manager(directory: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=("state", "meta"))
+  # Handlers named up front, so a fresh manager can read a step's array metadata before restoring it.
+  handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_handlers=handlers)
 
 
 def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
@@ -479,6 +489,11 @@ class _Log:
     if enabled:
       from tensorboardX import SummaryWriter
       self.writer = SummaryWriter(paths["tensorboard"])
+
+  def say(self, text: str) -> None:
+    """A line on stdout only."""
+    if self.enabled:
+      print(text, flush=True)
 
   def line(self, text: str, bar: Any = None) -> None:
     if not self.enabled:
@@ -531,16 +546,25 @@ def fit(stage_dir: str, objective: Objective, init_params: Any, train_data: Batc
   tx = make_optimizer(train, train_data.steps_per_epoch)
   state_mngr = _state_manager(paths["checkpoints"], train.keep_checkpoints)
   best_mngr = checkpoints.manager(paths["best"])
-  log = None
+  log, moved = None, []
   try:
     host_state, progress = restore_or_init(state_mngr, paths["checkpoints"], objective, init_params,
-                                           tx, train, train_data.steps_per_epoch)
-    state = sharding.replicate(host_state, mesh)
+                                           tx, train, train_data.steps_per_epoch, moved=moved)
+    rebuilt = rebuild_best(best_mngr, state_mngr, paths, objective, host_state, progress,
+                           dict(meta or {}))
     log = _Log(paths, sharding.is_primary())
+    step = int(host_state.step)
+    line = start_line(objective.stage, stage_dir, step, train_data.steps_per_epoch,
+                      train.num_epochs, moved, rebuilt)
+    if step:
+      log.line(line)  # log.txt records where a resumed run took over
+    else:
+      log.say(line)
+    state = sharding.replicate(host_state, mesh)
     loop = _EpochLoop(objective, train, train_data, val_data, mesh, tx, teacher_params, paths,
                       state_mngr, best_mngr, log, progress, dict(meta or {}))
     with _StopRequest() as stop:
-      return loop.run(state, int(host_state.step), stop, stop_at_step)
+      return loop.run(state, step, stop, stop_at_step)
   finally:
     state_mngr.wait_until_finished()
     best_mngr.wait_until_finished()
@@ -562,19 +586,22 @@ def _check_loop_settings(train: Any, train_data: Batches, mesh: jax.sharding.Mes
 
 def restore_or_init(state_mngr: ocp.CheckpointManager, where: str, objective: Objective,
                     init_params: Any, tx: optax.GradientTransformation, train: Any,
-                    steps_per_epoch: int) -> tuple[TrainState, dict[str, Any]]:
-  """(host training state, {'best_val_loss', 'best_step'}) from the newest readable checkpoint, or a
-  fresh state from `init_params` when there is none; a damaged checkpoint is named, moved aside and
-  the previous one used. `where` names the checkpoints' folder in messages."""
+                    steps_per_epoch: int, moved: list[int] | None = None
+                    ) -> tuple[TrainState, dict[str, Any]]:
+  """(host training state, progress) from the newest readable checkpoint, or a fresh state from
+  `init_params` when there is none; a damaged checkpoint is named, moved aside (its step appended to
+  `moved`) and the previous one used. progress: 'best_val_loss', 'best_step', and 'epoch_loss_sum',
+  'epoch_loss_count' (the training losses of the restored epoch's steps before the restart). `where`
+  names the checkpoints' folder in messages."""
   # The feature loss's own parameters (FitNet's regressor), if any, start from a key of their own.
   loss_params_key = jax.random.fold_in(jax.random.PRNGKey(train.seed), 1)
   trainable = objective.trainable(init_params, loss_params_key)
   host_state = sharding.to_host(create_train_state(trainable, tx, train.seed))
-  progress = {"best_val_loss": math.inf, "best_step": -1}
+  progress = {"best_val_loss": math.inf, "best_step": -1, "epoch_loss_sum": 0.0,
+              "epoch_loss_count": 0}
   latest, restored = checkpoints.restore_newest_good(
-      state_mngr, lambda step: state_mngr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(host_state), meta=ocp.args.JsonRestore())),
-      say=lambda text: print(text, flush=True) if sharding.is_primary() else None)
+      state_mngr, lambda step: _restore_state(state_mngr, host_state, step, where),
+      say=_say, moved=moved)
   if latest is None:
     return host_state, progress
   saved = restored.meta
@@ -583,21 +610,125 @@ def restore_or_init(state_mngr: ocp.CheckpointManager, where: str, objective: Ob
                      f"per epoch but the data now gives {steps_per_epoch}; use the same data and "
                      f"batch size or a new --workdir.")
   best = saved["best_val_loss"]
-  progress.update(best_val_loss=math.inf if best is None else best, best_step=saved["best_step"])
+  progress.update(best_val_loss=math.inf if best is None else best, best_step=saved["best_step"],
+                  epoch_loss_sum=float(saved.get("epoch_loss_sum", 0.0)),
+                  epoch_loss_count=int(saved.get("epoch_loss_count", 0)))
   return restored.state, progress
+
+
+def _restore_state(state_mngr: ocp.CheckpointManager, target: TrainState, step: int, where: str
+                   ) -> Any:
+  """Training checkpoint `step` (state and meta) restored into the layout of `target`; one sentence
+  when it holds arrays of other shapes (a model or objective other than the config's)."""
+  saved = state_mngr.item_metadata(step)["state"]  # raises for a damaged folder: moved aside
+  if saved is not None:  # None: a manager that cannot tell; the restore itself still checks
+    _check_state_shapes(saved, target, f"{where}/{step}")
+  return state_mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+
+
+def _check_state_shapes(saved: Any, target: TrainState, where: str) -> None:
+  """InputError unless the checkpoint's arrays (`saved`: orbax metadata) have `target`'s paths and
+  shapes."""
+  def shapes(tree):
+    leaves = jax.tree_util.tree_leaves_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return {_path_text(path): tuple(leaf.shape) for path, leaf in leaves if hasattr(leaf, "shape")}
+
+  got, want = shapes(saved), shapes(target)
+  if got == want:
+    return
+  differing = [k for k in set(got) | set(want) if got.get(k) != want.get(k)]
+  first = min(differing, key=lambda k: (not k.startswith("params/"), k))  # a parameter if one
+  raise InputError(f"{where} holds a training state of another model or objective than this "
+                   f"config ({len(got)} arrays saved, {len(want)} expected; e.g. {first} saved as "
+                   f"{got.get(first)}, expected {want.get(first)}); rerun with the config it was "
+                   f"trained with, use another --workdir, or delete the stage folder to retrain.")
+
+
+def _path_text(path: tuple) -> str:
+  """'params/cascade_0/conv_0/kernel' for a pytree path (dataclass fields, keys or indices)."""
+  names = [getattr(k, "name", getattr(k, "key", getattr(k, "idx", k))) for k in path]
+  return "/".join(str(n) for n in names)
+
+
+def rebuild_best(best_mngr: ocp.CheckpointManager, state_mngr: ocp.CheckpointManager,
+                 paths: Mapping[str, str], objective: Objective, host_state: TrainState,
+                 progress: Mapping[str, Any], model_meta: Mapping[str, Any]) -> int | None:
+  """When `best/` holds nothing but the restored training state names a best step (best/ was
+  damaged and moved aside, or deleted), writes that step's model again from its training checkpoint
+  (the same bits); returns the step rebuilt, or None. One sentence when that checkpoint is gone."""
+  step = progress["best_step"]
+  if step < 0 or best_mngr.all_steps():
+    return None
+  where, kept = paths["checkpoints"], sorted(state_mngr.all_steps())
+  retrain = (f"delete {os.path.dirname(paths['best'])} to train the stage again, or use another "
+             f"--workdir")
+  if step not in kept:
+    raise InputError(f"{paths['best']} holds no best model and the training checkpoint of its best "
+                     f"step {step} is no longer kept in {where} (steps {kept}); {retrain}.")
+  try:
+    state = _restore_state(state_mngr, host_state, step, where).state
+  except InputError:
+    raise
+  except Exception as error:  # orbax raises many types for a damaged folder
+    raise InputError(f"{paths['best']} holds no best model and the training checkpoint of its best "
+                     f"step {step} in {where} is unreadable ({type(error).__name__}); "
+                     f"{retrain}.") from None
+  save_best(best_mngr, objective.model_params(state.params),
+            best_meta(model_meta, objective.stage, step, progress["best_val_loss"]))
+  return step
+
+
+def best_meta(model_meta: Mapping[str, Any], stage: str, step: int, val_loss: float
+              ) -> dict[str, Any]:
+  """The `meta` item of a best-model checkpoint."""
+  return {**model_meta, "stage": stage, "step": step, "val_loss": val_loss}
+
+
+def save_best(best_mngr: ocp.CheckpointManager, host_params: Any, meta: Mapping[str, Any]) -> None:
+  """Writes best-model checkpoint `meta['step']` and waits until it is on disk."""
+  best_mngr.save(meta["step"], args=checkpoints.save_args(host_params, meta),
+                 metrics={"val_loss": meta["val_loss"]}, force=True)
+  # The training state saved next records this step as the best: the best model must be on disk
+  # first, or a kill between the two writes would leave a resumed run with no best/.
+  best_mngr.wait_until_finished()
+
+
+def start_line(stage: str, stage_dir: str, step: int, steps_per_epoch: int, num_epochs: int,
+               moved: list[int], rebuilt: int | None) -> str:
+  """What a stage found when it started: fresh or resumed (from which step, where in which epoch),
+  damaged checkpoints moved aside, a best model rebuilt."""
+  if step == 0:
+    text = f"{stage}: starting in {stage_dir}"
+  else:
+    epoch, offset = divmod(step, steps_per_epoch)
+    at = (f"the end of epoch {epoch}/{num_epochs}" if offset == 0 else
+          f"step {offset}/{steps_per_epoch} of epoch {epoch + 1}/{num_epochs}")
+    text = f"{stage}: resuming in {stage_dir} from step {step} ({at})"
+  notes = []
+  if moved:
+    notes.append(f"moved aside the damaged checkpoint(s) of step {', '.join(map(str, moved))}")
+  if rebuilt is not None:
+    notes.append(f"rebuilt best/ from the training checkpoint of step {rebuilt}")
+  return "; ".join([text, *notes])
+
+
+def _say(text: str) -> None:
+  if sharding.is_primary():
+    print(text, flush=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class _EpochTrained:
   """What one epoch's steps leave for the end-of-epoch actions."""
 
-  loss: float  # mean training loss over the epoch's steps run in this process
+  loss: float  # mean training loss over all the epoch's steps, before and after a restart
   seconds: float
 
 
 class _EpochLoop:
-  """The epochs of one `fit` call: `run_epoch`, then `end_of_epoch` (validate, keep the best,
-  checkpoint, log), until the last epoch or a stop."""
+  """The epochs of one `fit` call: `run_epoch`, then `end_of_epoch` (validate, keep the best, log,
+  checkpoint), until the last epoch or a stop."""
 
   def __init__(self, objective: Objective, train: Any, train_data: Batches, val_data: Batches,
                mesh: jax.sharding.Mesh, tx: optax.GradientTransformation, teacher_params: Any,
@@ -647,7 +778,9 @@ class _EpochLoop:
     train, steps_per_epoch = self.train, self.steps_per_epoch
     offset = step - epoch * steps_per_epoch  # steps of the epoch already run (a resumed run)
     bar = self._progress_bar(epoch, offset)
-    start_time, loss_sum, loss_count = time.time(), 0.0, 0
+    if offset == 0:  # a resumed epoch keeps the running sum of its steps before the restart
+      self.progress.update(epoch_loss_sum=0.0, epoch_loss_count=0)
+    start_time = time.time()
     pending, pending_from = [], step
     for local in self.train_data.epoch(epoch, offset):
       state, metrics = self.step_fn(state, sharding.global_batch(local, self.mesh))
@@ -664,7 +797,7 @@ class _EpochLoop:
       stopping = step % steps_per_epoch != 0 and stop.requested(boundary)
       if boundary or stopping:
         values = self._checked_losses(pending, pending_from)
-        loss_sum, loss_count = loss_sum + float(values.sum()), loss_count + values.size
+        self._add_losses(values)
         pending, pending_from = [], step
         if bar is not None:
           bar.set_postfix(loss=f"{values[-1]:.4g}", lr=f"{self.learning_rate(step):.1e}")
@@ -676,11 +809,20 @@ class _EpochLoop:
       if mid_checkpoint and step % steps_per_epoch:
         self.save(state, step)
     if pending:
-      values = self._checked_losses(pending, pending_from)
-      loss_sum, loss_count = loss_sum + float(values.sum()), loss_count + values.size
+      self._add_losses(self._checked_losses(pending, pending_from))
     if bar is not None:
       bar.close()
-    return state, step, _EpochTrained(loss_sum / max(loss_count, 1), time.time() - start_time)
+    mean = self.progress["epoch_loss_sum"] / max(self.progress["epoch_loss_count"], 1)
+    return state, step, _EpochTrained(mean, time.time() - start_time)
+
+  def _add_losses(self, values: np.ndarray) -> None:
+    """Adds per-step losses to the epoch's running sum one by one, so the sum does not depend on
+    how the steps were grouped (or split by a restart)."""
+    total = self.progress["epoch_loss_sum"]
+    for value in values:
+      total += float(value)
+    self.progress.update(epoch_loss_sum=total, epoch_loss_count=self.progress["epoch_loss_count"]
+                         + values.size)
 
   def _progress_bar(self, epoch: int, offset: int) -> Any:
     if not (self.primary and self.train.progress_bar):
@@ -705,15 +847,17 @@ class _EpochLoop:
     return values
 
   def end_of_epoch(self, state: TrainState, step: int, epoch: int, trained: _EpochTrained) -> None:
-    """After `epoch` (0-based) ends at `step`: validate, keep the best, checkpoint, log."""
+    """After `epoch` (0-based) ends at `step`: validate, keep the best, log, checkpoint."""
     val_loss, val_psnr = self.validate(state.params)
     if not math.isfinite(val_loss):
       raise TrainingStopped(f"stage {self.stage}: the validation loss is NaN/Inf after step {step} "
                             f"(epoch {epoch + 1}); kept the last good checkpoint in "
                             f"{self.paths['checkpoints']}.")
     self.keep_best(state.params, step, val_loss)
-    self.save(state, step)
+    # Logged before the checkpoint that ends the epoch: a kill between the two repeats the epoch's
+    # line (same values) after the resume instead of losing it.
     self.log_epoch(state.params, step, epoch, trained, val_loss, val_psnr)
+    self.save(state, step)
 
   def validate(self, params: Any) -> tuple[float, float]:
     """(validation loss, mean validation PSNR in dB) over the validation slices."""
@@ -732,12 +876,7 @@ class _EpochLoop:
     if step in self.best_mngr.all_steps():  # saved by a run killed after it (same params)
       return
     host_params = sharding.to_host(self.objective.model_params(params))
-    meta = {**self.model_meta, "stage": self.stage, "step": step, "val_loss": val_loss}
-    self.best_mngr.save(step, args=checkpoints.save_args(host_params, meta),
-                        metrics={"val_loss": val_loss}, force=True)
-    # The training state saved next records this step as the best: the best model must be on disk
-    # first, or a kill between the two writes would leave a resumed run with no best/.
-    self.best_mngr.wait_until_finished()
+    save_best(self.best_mngr, host_params, best_meta(self.model_meta, self.stage, step, val_loss))
 
   def save(self, state: TrainState, step: int) -> None:
     """The full training state and the loop's progress, as checkpoint `step` (asynchronously)."""
@@ -746,9 +885,12 @@ class _EpochLoop:
                             f"the last good checkpoint in {self.paths['checkpoints']} (lower "
                             f"config.train.learning_rate).")
     best = self.progress["best_val_loss"]
+    mid_epoch = step % self.steps_per_epoch != 0  # an epoch's end starts the next one at zero
     meta_item = {"stage": self.stage, "step": step, "epoch": step // self.steps_per_epoch,
                  "steps_per_epoch": self.steps_per_epoch, "best_step": self.progress["best_step"],
-                 "best_val_loss": best if math.isfinite(best) else None}
+                 "best_val_loss": best if math.isfinite(best) else None,
+                 "epoch_loss_sum": self.progress["epoch_loss_sum"] if mid_epoch else 0.0,
+                 "epoch_loss_count": self.progress["epoch_loss_count"] if mid_epoch else 0}
     self.state_mngr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(sharding.to_host(state)), meta=ocp.args.JsonSave(meta_item)),
         force=True)
@@ -789,6 +931,7 @@ class _EpochLoop:
     self.state_mngr.wait_until_finished()
     self.best_mngr.wait_until_finished()
     if self.primary:
-      with open(self.paths["done"], "w") as f:
-        json.dump({"stage": self.stage, "step": step, **self.progress}, f)
+      write_text_atomic(self.paths["done"], json.dumps({
+          "stage": self.stage, "step": step, "best_val_loss": self.progress["best_val_loss"],
+          "best_step": self.progress["best_step"]}))
     return self._result("done", step)

@@ -55,7 +55,7 @@ class Batches:
     """(batch, weight) over every example once; padding rows (and whole padding batches on hosts with
     fewer examples) have weight 0."""
     n = len(self.source)
-    bounds = np.linspace(0, n, self.shard_count + 1).astype(int)  # the pipeline's contiguous shards
+    bounds = pipeline.shard_bounds(n, self.shard_count)  # the pipeline's contiguous shards
     total = -(-int(np.max(np.diff(bounds))) // self.local_batch_size)
     done = 0
     for batch in pipeline.eval_batches(self.source, self.local_batch_size, self.shard_index,

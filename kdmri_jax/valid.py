@@ -18,11 +18,12 @@ import argparse
 import glob
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from kdmri_jax.errors import require, run_cli
+from kdmri_jax.atomic import write_atomic
+from kdmri_jax.errors import require, require_writable_output, run_cli
 
 OUTPUT_KEY = "reconstruction"
 
@@ -39,58 +40,19 @@ def list_inputs(data_path: str | os.PathLike) -> list[str]:
   return files
 
 
-def predictor(model: Any, params: Any, batch_size: int) -> Callable[..., np.ndarray]:
-  """A function (input (S,H,W), kspace, mask) -> (S,H,W) float32 that runs the jitted model batch by batch.
-
-  The last batch of a volume is zero-padded to the batch size, so one compiled program serves every batch.
-  """
-  import jax
-  import jax.numpy as jnp
-
-  from kdmri_jax import models
-
-  reconstruction = models.is_reconstruction(model)
-
-  @jax.jit
-  def forward(params, image, kspace, mask):
-    batch = {"input": image, "kspace": kspace, "mask": mask} if reconstruction else {"input": image}
-    out = models.apply(model, params, batch)[0]  # the unused feature maps are dropped by XLA
-    return jnp.abs(out) if jnp.iscomplexobj(out) else out
-
-  def pad(array: np.ndarray | None, size: int) -> np.ndarray | None:
-    if array is None or array.shape[0] == size:
-      return array
-    return np.concatenate([array, np.zeros((size - array.shape[0],) + array.shape[1:], array.dtype)])
-
-  def predict(image: np.ndarray, kspace: np.ndarray | None = None, mask: np.ndarray | None = None
-              ) -> np.ndarray:
-    outputs = []
-    size = min(batch_size, image.shape[0])  # one-slice knee files run as batches of 1, not padded to 8
-    for start in range(0, image.shape[0], size):
-      stop = min(start + size, image.shape[0])
-      chunk = pad(image[start:stop], size)
-      k_chunk = pad(None if kspace is None else kspace[start:stop], size)
-      out = forward(params, chunk, k_chunk, mask)
-      outputs.append(np.asarray(out, dtype=np.float32)[:stop - start])
-    return np.concatenate(outputs)
-
-  return predict
-
-
-def write_reconstruction(path: str, reconstruction: np.ndarray, attrs: dict[str, Any]) -> None:
-  """Writes `reconstruction` (S,H,W float32) to `path` through a temporary file, so no half file remains."""
+def write_reconstruction(path: str, reconstruction: np.ndarray, attrs: dict[str, Any] | None = None
+                         ) -> None:
+  """Writes `reconstruction` (S,H,W float32) as dataset 'reconstruction' of `path`, with `attrs`,
+  atomically (no half file remains)."""
   import h5py
 
-  temporary = f"{path}.tmp-{os.getpid()}"
-  try:
+  def write(temporary: str) -> None:
     with h5py.File(temporary, "w") as h5file:
       h5file.create_dataset(OUTPUT_KEY, data=np.asarray(reconstruction, np.float32))
-      for key, value in attrs.items():
+      for key, value in (attrs or {}).items():
         h5file.attrs[key] = value
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+
+  write_atomic(path, write)
 
 
 def read_checked(path: str, acc: str | None, reconstruction: bool, mask: np.ndarray | None,
@@ -113,7 +75,7 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
   """Reconstructs every volume of `data_path` with the model in `checkpoint`; returns the written paths."""
   from tqdm import tqdm
 
-  from kdmri_jax import checkpoints, masks, models
+  from kdmri_jax import checkpoints, inference, masks, models
   from kdmri_jax.data import reference
 
   require(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}.")
@@ -141,7 +103,7 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
     sr_keep = int(sr_keep or meta.get("sr_keep") or sr.DEFAULT_KEEP)
   model, params, meta = checkpoints.load_params(checkpoint)
 
-  predict = predictor(model, params, batch_size)
+  predict = inference.predictor(model, params, batch_size)
   attrs = {"model": meta["model"], "checkpoint": os.path.abspath(checkpoint)}
   # disable=None shows a bar on a terminal only; `with` closes it before an error line is printed.
   with tqdm(total=len(files), desc="volumes", unit="vol", disable=None if progress else True) as bar:
@@ -176,6 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--sr-keep", type=int, default=None, help="VDSR only: central k-space block kept (64)")
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
   args = parser.parse_args(argv)
+  require_writable_output(args.out_dir, "--out-dir", "folder")
   outputs = run(args.checkpoint, args.data_path, args.out_dir, args.mask, args.acc, args.batch_size,
                 args.overwrite, args.sr_keep)
   print(f"wrote {len(outputs)} reconstruction(s) to {os.path.abspath(args.out_dir)}")

@@ -1,4 +1,4 @@
-"""Shared helpers of the reliability tests: folder hashes, one-line error checks, tiny `main` runs."""
+"""Shared test helpers: folder hashes, one-line error checks, tiny configs and tiny `main` runs."""
 
 from __future__ import annotations
 
@@ -67,16 +67,34 @@ def run_module(module: str, argv: Sequence[str], env: dict[str, str] | None = No
                         capture_output=True, text=True, timeout=timeout)
 
 
+# What every tiny test run shares: a one-cascade DC-CNN, 4 features, batches of 2, no progress bar.
+TINY_FIELDS = {"models.num_cascades": 1, "models.features": 4, "train.batch_size": 2,
+               "evaluate.batch_size": 2, "train.progress_bar": False}
+
+
+def tiny_fields(**overrides: object) -> dict[str, object]:
+  """TINY_FIELDS and `overrides` (keyword `train__num_epochs` stands for 'train.num_epochs')."""
+  return {**TINY_FIELDS, **{key.replace("__", "."): value for key, value in overrides.items()}}
+
+
+def tiny_config(base=None, **overrides: object):
+  """`base` (default: configs/default.py's config) with `tiny_fields(**overrides)` set."""
+  from configs import default
+
+  config = default.get_config() if base is None else base
+  config.update_from_flattened_dict(tiny_fields(**overrides))
+  return config
+
+
 def tiny_main_argv(workdir: str | os.PathLike, cache_dir: str | os.PathLike, stages: str = "teacher",
                    epochs: int = 2, **overrides: object) -> list[str]:
-  """`kdmri_jax.main` arguments for a seconds-long run of configs/demo.py: the embedded brain at 32×32,
-  8 training slices, batch 2 (4 steps an epoch), a one-cascade DC-CNN with 4 features, a checkpoint after
-  every step (many crash points; the parameters do not depend on it), no progress bar."""
-  fields = {"data.image_size": 32, "data.max_slices": 8, "data.cache_dir": os.fspath(cache_dir),
-            "train.num_epochs": epochs, "train.batch_size": 2, "evaluate.batch_size": 2,
-            "models.num_cascades": 1, "models.features": 4, "train.progress_bar": "false",
-            "train.log_every_steps": 1, "train.checkpoint_every_steps": 1, "stages": stages}
-  fields.update({k.replace("__", "."): v for k, v in overrides.items()})
+  """`kdmri_jax.main` arguments for a seconds-long run of configs/demo.py: `tiny_fields`, the
+  embedded brain at 32×32, 8 training slices (4 steps an epoch), a checkpoint after every step (many
+  crash points; the parameters do not depend on it)."""
+  fields = tiny_fields(**{"data__image_size": 32, "data__max_slices": 8,
+                          "data__cache_dir": os.fspath(cache_dir), "train__num_epochs": epochs,
+                          "train__log_every_steps": 1, "train__checkpoint_every_steps": 1,
+                          "stages": stages, **overrides})
   return ["--config", os.path.join(REPO, "configs", "demo.py"), "--workdir", os.fspath(workdir),
           *[f"--config.{k}={v}" for k, v in fields.items()]]
 

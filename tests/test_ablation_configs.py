@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 from absl import flags
 from ml_collections import config_flags
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from configs import ablation, methods, sr_demo, sr_vdsr
+from kdmri_jax import feature_losses
+from kdmri_jax.errors import InputError
 
-from configs import ablation, methods, sr_demo, sr_vdsr  # noqa: E402
-from kdmri_jax import feature_losses  # noqa: E402
-from kdmri_jax.errors import InputError  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(spec, *overrides):

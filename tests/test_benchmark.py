@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
+import jax
+import numpy as np
 import pytest
+from ml_collections import ConfigDict
 
-from kdmri_jax import benchmark, models
+from kdmri_jax import benchmark, models, train
 from kdmri_jax.errors import run_cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_conv_flops_match_the_issue_counts():
@@ -95,3 +103,60 @@ def test_tf32_is_skipped_on_cpu_with_a_note():
   assert benchmark.usable_precisions(["float32", "tf32", "float32"], "gpu") == (["float32", "tf32"], [])
   precisions, notes = benchmark.usable_precisions(["tf32", "bfloat16"], "cpu")
   assert precisions == ["bfloat16"] and "NVIDIA GPUs only" in notes[0]
+
+
+def test_the_jax_train_row_runs_the_projects_train_step(monkeypatch):
+  made = []
+  make_train_step = train.make_train_step
+
+  def spy(objective, *args):
+    made.append(objective.stage)
+    return make_train_step(objective, *args)
+
+  monkeypatch.setattr(train, "make_train_step", spy)
+  model = models.build_model("student", num_cascades=1)
+  params = models.init_params(model, jax.random.PRNGKey(0), 8, 8)
+  before = jax.tree.map(np.array, params)
+  batch = benchmark.make_batch(model, 2, 8, 8)
+  step = benchmark.jax_train_step("student", model, params, batch, jax.devices("cpu")[0])
+  first, second = float(step()), float(step())
+  assert made == ["student"]
+  # Its loss is the stage objective's before the update, and the update lowers it.
+  config = ConfigDict({"train": benchmark.TRAIN_SETTINGS})
+  objective = train.make_objective("student", config, model)
+  assert first == pytest.approx(float(objective.loss(params, None, batch)[0]), rel=1e-5)
+  assert second < first
+  # The donated state never shared the caller's parameters (the other rows use them).
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.array, params), before)
+
+
+def test_without_torch_the_torch_rows_say_why_and_the_rest_run(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as without torch
+  out = tmp_path / "speed.json"
+  argv = ["--models", "student", "--shapes", "16x16", "--batch", "1", "--repeats", "1",
+          "--warmup", "0", "--impls", "jax_jit", "torch_eager", "--device", "cpu",
+          "--json", str(out)]
+  assert run_cli(benchmark.main, argv) == 0
+  report = json.loads(out.read_text())
+  rows = {(r["mode"], r["impl"]): r for r in report["rows"]}
+  assert set(rows) == {(m, i) for m in ("inference", "train") for i in ("jax_jit", "torch_eager")}
+  for mode in ("inference", "train"):
+    assert rows[mode, "jax_jit"]["status"] == "ok"
+    assert rows[mode, "torch_eager"]["status"].startswith("unavailable: torch is not installed")
+  assert report["versions"]["torch"] is None and report["threads"]["torch"] is None
+  peak = report["peak_gflops_per_s"]
+  assert "torch_eager" not in peak and "jax_jit" in peak
+  assert "unavailable: torch is not installed" in capsys.readouterr().out
+
+
+def test_the_package_imports_without_torch():
+  code = ("import sys\nsys.modules['torch'] = None\n"
+          "import kdmri_jax.benchmark, kdmri_jax.convert, kdmri_jax.export, kdmri_jax.inference, "
+          "kdmri_jax.onnx_export, kdmri_jax.pipeline, kdmri_jax.valid\n"
+          "try:\n  import kdmri_jax.torch_reference\n"
+          "except ImportError:\n  print('no torch_reference')\n")
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                           cwd=REPO, timeout=120)
+  assert process.returncode == 0, process.stderr
+  assert process.stdout.strip() == "no torch_reference"

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
-
-import brain_figures as bf  # noqa: E402
+from experiments import brain_figures as bf
 
 
 def write_log(path, lines):

@@ -61,3 +61,22 @@ def test_damaged_or_foreign_folders_get_one_sentence(tmp_path):
         f.write(b"garbage")
   with pytest.raises(InputError, match="unreadable parameters"):
     checkpoints.load_params(tmp_path / "ck")
+
+
+def test_has_step_damage_and_move_aside(tmp_path):
+  model, params = _student()
+  checkpoints.save_params(tmp_path / "ck", params, checkpoints.make_meta("student", model))
+  assert checkpoints.has_step(tmp_path / "ck") and not checkpoints.has_step(tmp_path / "none")
+  assert checkpoints.damage(tmp_path / "ck") is None
+  for root, _, files in os.walk(tmp_path / "ck" / "0" / "params"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  assert "unreadable parameters" in checkpoints.damage(tmp_path / "ck")
+  first = checkpoints.move_aside(tmp_path / "ck")
+  (tmp_path / "ck").mkdir()
+  second = checkpoints.move_aside(tmp_path / "ck")  # the same second: a name of its own
+  assert first != second and os.path.isdir(first) and os.path.isdir(second)
+  assert all(os.path.basename(p).startswith("ck.damaged-") for p in (first, second))
+  assert not os.path.exists(tmp_path / "ck")
+  assert checkpoints.move_aside(tmp_path / "gone") == str(tmp_path / "gone")

@@ -76,3 +76,13 @@ def test_generated_mask_defaults_are_the_masks_modules():
   spec = embedded.BrainSpec()
   assert data.mask_seed == spec.mask_seed == masks.DEFAULT_MASK_SEED
   assert data.mask_family == spec.mask_family == masks.DEFAULT_FAMILY
+
+
+def test_default_holds_the_stage_list_and_the_super_resolution_section():
+  config = load(os.path.join(REPO, "configs", "default.py"))
+  assert config.stages == ",".join(pipeline.STAGES) == "teacher,student,feature,kd,evaluate,report"
+  assert config.sr.keep == 64 and config.data.tfds_dir is None and config.data.image_size == 240
+  for name, keep, size in (("sr_vdsr", 64, 256), ("sr_demo", 16, 64)):
+    sr_config = load(os.path.join(REPO, "configs", f"{name}.py"), "--config.sr.keep=8")
+    assert sr_config.sr.keep == 8 and sr_config.data.image_size == size  # the flag sets the field
+    assert load(os.path.join(REPO, "configs", f"{name}.py")).sr.keep == keep

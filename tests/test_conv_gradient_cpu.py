@@ -1,16 +1,11 @@
 """experiments/conv_gradient_cpu.py: the weight-gradient rewrites equal XLA's, and the table prints."""
 
-import os
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
-
-import conv_gradient_cpu as cg  # noqa: E402
+from experiments import conv_gradient_cpu as cg
 
 
 def test_weight_gradient_rewrites_equal_xlas():

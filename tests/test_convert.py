@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from experiments import pytorch_reference as ref  # noqa: E402
+from kdmri_jax import torch_reference as ref  # noqa: E402
 from kdmri_jax import checkpoints, convert, masks, models  # noqa: E402
 from kdmri_jax.errors import InputError, run_cli  # noqa: E402
 

@@ -7,9 +7,11 @@ embedded brain at 32×32, 8 slices, 2 epochs of 4 steps, a checkpoint after ever
 - stopped with SIGTERM and SIGINT (they must save, say so, and exit 0), then restarted;
 - restarted after their newest checkpoint was truncated or overwritten with garbage;
 and every finished run's training state (params, Adam moments, RNG, step) and best parameters must be
-bit-identical to the uninterrupted reference run (conftest.py `uninterrupted_runs`). A `--workdir` that
-cannot be written (inside a regular file, on a read-only file system, on a full disk) is refused at
-start-up in one sentence.
+bit-identical to the uninterrupted reference run (conftest.py `uninterrupted_runs`), its log's epoch
+lines the same (an interrupted epoch's training loss averages all its steps, before and after the
+restart), and a resumed run must say from which step it resumed and what it moved aside. A
+`--workdir` that cannot be written (inside a regular file, on a read-only file system, on a full
+disk) is refused at start-up in one sentence.
 """
 
 from __future__ import annotations
@@ -29,6 +31,13 @@ from helpers import REPO, assert_one_line_error, assert_same_state, stage_state,
 
 STEPS = 8  # 2 epochs × 4 steps of the tiny config
 TMP = ".orbax-checkpoint-tmp"
+
+
+def epoch_lines(workdir, stage="teacher"):
+  """{epoch: the last log.txt line of that epoch, without its wall time}."""
+  with open(os.path.join(workdir, stage, "log.txt")) as f:
+    return {line.split()[2]: line.rsplit(" time ", 1)[0] for line in f.read().splitlines()
+            if line.startswith(f"{stage} epoch ")}
 
 
 def _entries(workdir, folder="checkpoints", stage="teacher"):
@@ -115,9 +124,12 @@ def test_sigkill_at_random_moments_and_mid_write_then_resume_equals_uninterrupte
   with concurrent.futures.ThreadPoolExecutor(len(SCENARIOS)) as pool:  # the runs share 2 cores; they wait
     futures = {name: pool.submit(_kill_scenario, name, str(tmp_path / name), data_cache, xla_cache)
                for name in SCENARIOS}
+  reference_log = epoch_lines(uninterrupted_runs[0])
+  assert len(reference_log) == 2
   for name, future in futures.items():
     print(future.result())  # raises the scenario's assertion, naming it
     assert_same_state(stage_state(tmp_path / name), reference, name)
+    assert epoch_lines(tmp_path / name) == reference_log, name
 
 
 def _stop_and_resume(sig, workdir, data_cache, xla_cache):
@@ -144,7 +156,13 @@ def test_sigterm_and_sigint_save_say_so_exit_0_and_resume_exactly(uninterrupted_
     step = int(output.split(f"stopped by {sig.name} at step ")[1].split()[0])
     assert step in stopped_at and step < STEPS and not done  # the promised checkpoint is there, complete
     assert resumed_status == 0, resumed_output[-3000:]
+    epoch, offset = divmod(step, STEPS // 2)
+    at = f"the end of epoch {epoch}/2" if offset == 0 else f"step {offset}/4 of epoch {epoch + 1}/2"
+    resumed = f"teacher: resuming in {tmp_path / sig.name / 'teacher'} from step {step} ({at})"
+    assert resumed in resumed_output, resumed_output[-2000:]
+    assert "teacher: starting in" not in resumed_output
     assert_same_state(stage_state(tmp_path / sig.name), reference, sig.name)
+    assert epoch_lines(tmp_path / sig.name) == epoch_lines(uninterrupted_runs[0]), sig.name
 
 
 def _damage(folder, how):
@@ -180,6 +198,9 @@ def test_a_truncated_or_garbage_newest_checkpoint_is_named_and_the_previous_one_
   for how, (bad, status, output) in zip(kinds, results):
     assert status == 0, f"{how}: {output[-3000:]}"
     assert bad in output and "unreadable" in output, output[-2000:]
+    resumed = next(line for line in output.splitlines() if line.startswith("teacher: resuming in "))
+    step = os.path.basename(bad)
+    assert resumed.endswith(f"; moved aside the damaged checkpoint(s) of step {step}"), resumed
     assert_same_state(stage_state(tmp_path / how), reference, how)
 
 

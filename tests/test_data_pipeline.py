@@ -75,6 +75,17 @@ def test_synchronous_mode_matches_threads():
 def test_bad_shard_index():
   with pytest.raises(InputError, match="shard_index"):
     pipeline.train_batches(_source(), 2, 0, 0, shard_index=2, shard_count=2)
+  with pytest.raises(InputError, match="shard_index"):
+    pipeline.eval_batches(_source(), 2, shard_index=-1, shard_count=2)
+
+
+def test_shard_bounds_are_the_evaluation_shards():
+  assert pipeline.shard_bounds(10, 3).tolist() == [0, 3, 6, 10]  # floor of 0, 10/3, 20/3, 10
+  assert pipeline.shard_bounds(3, 4).tolist() == [0, 0, 1, 2, 3]  # more hosts than examples
+  assert pipeline.shard_bounds(7, 1).tolist() == [0, 7]
+  source = _source(10)
+  shards = [_ids(pipeline.eval_batches(source, 2, shard_index=i, shard_count=3)) for i in range(3)]
+  assert shards == [list(range(0, 3)), list(range(3, 6)), list(range(6, 10))]
 
 
 def _write(tmp_path, names=("a", "b"), slices=3, shape=(8, 8)):

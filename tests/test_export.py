@@ -5,8 +5,10 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
+from onnx import numpy_helper
 
-from kdmri_jax import checkpoints, export, models, onnx_export
+from kdmri_jax import checkpoints, export, inference, models, onnx_export
+from kdmri_jax.models import layout
 from kdmri_jax.errors import run_cli
 
 SHAPE = (2, 32, 24)  # batch, H, W: non-square catches a transposed DFT
@@ -34,7 +36,8 @@ def test_fast_forward_matches_model(name, overrides):
   params = models.init_params(model, jax.random.PRNGKey(3), *SHAPE[1:])
   inputs = export.example_inputs(model, *SHAPE)
   reference = export.reference_output(model, params, inputs)
-  fast = np.asarray(jax.jit(export.inference_function(model, params))(*inputs))
+  assert inference.has_fast_path(model)
+  fast = np.asarray(jax.jit(inference.image_function(model, params))(*inputs))
   assert np.max(np.abs(fast - reference)) <= 1e-5
   assert np.std(reference) > 1e-3  # a non-trivial output
 
@@ -82,3 +85,41 @@ def test_wrong_model_exits_2_with_one_line(tmp_path, student_checkpoint, capsys)
   err = capsys.readouterr().err.strip()
   assert err.startswith("error:") and "student" in err and len(err.splitlines()) == 1
   assert not (tmp_path / "t.jax").exists()
+
+
+def _conv_weights(proto):
+  """The OIHW weight of every `Conv` node, in graph order."""
+  initializers = {t.name: t for t in proto.graph.initializer}
+  return [numpy_helper.to_array(initializers[node.input[1]])
+          for node in proto.graph.node if node.op_type == "Conv"]
+
+
+@pytest.mark.parametrize("name, overrides", [("student", {"num_cascades": CASCADES}),
+                                             ("vdsr_student", {"num_layers": 3, "features": 8})])
+def test_onnx_graph_has_the_layouts_convs_in_order(name, overrides):
+  model = models.build_model(name, **overrides)
+  params = models.init_params(model, jax.random.PRNGKey(4), 8, 8)
+  weights = _conv_weights(onnx_export.build_onnx(model, params, 1, 8, 8))
+  # Independent of models.layout: the Flax tree's own names, in the order the model calls them.
+  if models.is_reconstruction(model):
+    expected = [params[f"cascade_{c}"][f"conv_{j}"] for c in range(model.num_cascades)
+                for j in range(model.num_convs)]
+  else:
+    expected = [params[f"conv_{j}"] for j in range(model.num_layers)]
+  assert len(weights) == len(expected) == sum(len(s) for s in layout.conv_stacks(model))
+  for weight, layer in zip(weights, expected):
+    np.testing.assert_array_equal(weight, np.asarray(layer["kernel"]).transpose(3, 2, 0, 1))
+
+
+@pytest.mark.parametrize("overrides", [{"residual": True}, {"noise_lambda": 0.1},
+                                       {"complex_images": True}, {"learn_lambda": True}])
+def test_variants_outside_the_inference_structure_use_the_flax_model(overrides):
+  model = models.build_model("student", num_cascades=1, **overrides)
+  params = models.init_params(model, jax.random.PRNGKey(5), 8, 8)
+  assert not inference.has_fast_path(model)
+  with pytest.raises(NotImplementedError, match="ONNX export covers"):
+    onnx_export.build_onnx(model, params, 1, 8, 8)
+  if not model.complex_images:  # a complex model takes a complex image
+    inputs = export.example_inputs(model, 1, 8, 8)
+    np.testing.assert_allclose(np.asarray(inference.image_function(model, params)(*inputs)),
+                               export.reference_output(model, params, inputs), atol=1e-6)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
-from kdmri_jax import main
-from kdmri_jax.errors import run_cli
+from helpers import assert_one_line_error, run_module, tree_hash
+from kdmri_jax import main, pipeline
+from kdmri_jax.errors import Terminated, run_cli
+from startup_probe import held_config, main_argv, start_main, wait_until_reached
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "configs", "demo.py")
@@ -49,3 +52,72 @@ def test_data_root_without_the_acceleration_is_one_sentence(capsys, tmp_path):
                                f"--config.data.root={root}"])
   assert status == 2
   assert "8x" in error_line(capsys)
+
+
+# --- issue 15: config ranges, one owner per workdir, SIGTERM during start-up ----------------------
+
+ISSUE_RANGE_CASES = [("train.num_epochs", "0"), ("train.num_epochs", "-3"),
+                     ("train.keep_checkpoints", "0"), ("train.batch_size", "0"),
+                     ("train.lr_step_epochs", "0"), ("data.image_size", "0"),
+                     ("train.learning_rate", "0")]
+
+
+def earlier_workdir(tmp_path):
+  """A workdir that already holds an earlier run's file."""
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text('{"earlier": "run"}\n')
+  return workdir
+
+
+@pytest.mark.parametrize("field,value", ISSUE_RANGE_CASES)
+def test_a_config_value_out_of_range_is_refused_before_anything_runs(field, value, capsys,
+                                                                      tmp_path):
+  workdir = earlier_workdir(tmp_path)
+  before = tree_hash(workdir)
+  argv = ["--config", DEMO, "--workdir", str(workdir), f"--config.{field}={value}"]
+  status = run_cli(main.main, argv)
+  assert status == 2
+  line = error_line(capsys)
+  assert line.startswith(f"error: config.{field}=") and "is out of range" in line, line
+  assert tree_hash(workdir) == before
+
+
+def test_a_range_error_from_the_real_entry_point(tmp_path):
+  result = run_module("kdmri_jax.main", ["--config", DEMO, "--workdir", str(tmp_path / "run"),
+                                         "--config.train.keep_checkpoints=0"])
+  assert result.returncode == 2
+  assert_one_line_error(result.returncode, result.stderr, "config.train.keep_checkpoints=0", "≥ 1")
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("where", ["config", "load_data"])
+def test_sigterm_during_start_up_says_so_and_exits_143(where, tmp_path):
+  """SIGTERM while the config file loads, or inside the pipeline after the workdir is locked (before
+  any stage began): one sentence, status 143, the workdir as it was and not locked."""
+  workdir = earlier_workdir(tmp_path)
+  before = tree_hash(workdir)
+  config, reached, _ = held_config(tmp_path, where)
+  proc = start_main(main_argv(config, workdir, tmp_path / "cache"))
+  wait_until_reached(proc, reached)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 143, (out, err)
+  lines = [line for line in err.splitlines() if line.strip()]
+  assert lines == ["error: stopped by SIGTERM during start-up, before any stage began: no "
+                   "checkpoint or result was written; rerun the same command to start the run."], err
+  assert tree_hash(workdir) == before
+
+
+def test_the_stage_a_signal_interrupted_is_named(monkeypatch):
+  assert all(callable(getattr(pipeline, name)) for name in main.STAGE_RUNNERS)
+
+  def terminated(*args, **kwargs):
+    raise Terminated(signal.SIGTERM)
+
+  monkeypatch.setattr(pipeline, "build_model", terminated)
+  with pytest.raises(Terminated) as raised:
+    pipeline.run_training_stage("student", None, "workdir", None, None, None)
+  assert main.interrupted_stage(raised.value) == "student"
+  assert "in the student stage outside its training loop" in main.stopped_sentence(raised.value)
+  assert main.interrupted_stage(Terminated(signal.SIGTERM)) is None

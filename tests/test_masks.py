@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from kdmri_jax import masks
+from kdmri_jax import masks, masks_2d
 from kdmri_jax.errors import InputError, run_cli
 
 
@@ -109,7 +109,9 @@ def test_dccnn_family_is_seeded_and_the_default():
   a = masks.cartesian_mask((240, 240), 5, seed=4)
   np.testing.assert_array_equal(a, masks.cartesian_mask((240, 240), 5, seed=4, family="dccnn"))
   assert not np.array_equal(a, masks.cartesian_mask((240, 240), 5, seed=5))
-  assert masks.DEFAULT_FAMILY == "dccnn" and set(masks.MASK_FAMILIES) == {"dccnn", "gaussian"}
+  assert masks.DEFAULT_FAMILY == "dccnn" and set(masks.MASK_FAMILIES) == {
+      "dccnn", "gaussian", "random", "equispaced", "equispaced_fraction", "magic", "magic_fraction",
+      "gaussian_2d", "poisson_disc"}
 
 
 def test_gaussian_family_is_still_selectable_and_differs():
@@ -172,3 +174,147 @@ def test_default_mask_seed_gives_the_authors_brain_statistics():
     assert stats["lines"] == lines
     assert abs(stats["centre_lines"] - centre) <= 2, (acc, stats)
     assert abs(stats["mean_abs_ky"] - mean_ky) <= 2, (acc, stats)
+
+
+# --- 2-D point masks (kdmri_jax.masks_2d): "gaussian_2d" and "poisson_disc" ------------------------
+
+POINT_FAMILIES = ("gaussian_2d", "poisson_disc")
+
+
+@pytest.mark.parametrize("family", POINT_FAMILIES)
+@pytest.mark.parametrize("shape,acc", [((64, 64), 4), ((64, 64), 8), ((48, 80), 5), ((33, 40), 3)])
+def test_point_families_sample_exactly_hw_over_acc_points_with_a_full_centre(family, shape, acc):
+  mask = masks.cartesian_mask(shape, f"{acc}x", seed=2, family=family)
+  assert mask.shape == shape and mask.dtype == np.float32 and mask[0, 0] == 1
+  assert mask.sum() == round(shape[0] * shape[1] / acc)
+  assert abs(masks.acceleration(mask) - acc) / acc <= 0.02
+  centred = masks.shift(mask)
+  side_h, side_w = (max(1, round(0.32 / acc * n)) for n in shape)  # the default centre: 0.32 / acc
+  top, left = shape[0] // 2 - side_h // 2, shape[1] // 2 - side_w // 2
+  assert centred[top:top + side_h, left:left + side_w].all()
+  assert masks.sampled_lines(mask) is None  # points, not whole lines
+
+
+@pytest.mark.parametrize("family", POINT_FAMILIES)
+def test_point_families_are_seeded_and_denser_at_the_centre(family):
+  a = masks.cartesian_mask((64, 64), "4x", seed=5, family=family)
+  np.testing.assert_array_equal(a, masks.cartesian_mask((64, 64), "4x", seed=5, family=family))
+  assert not np.array_equal(a, masks.cartesian_mask((64, 64), "4x", seed=6, family=family))
+  np.testing.assert_array_equal(a, masks.cartesian_mask((64, 64), "4x", seed=5, direction="columns",
+                                                        family=family))  # direction is not used
+  rho = masks_2d.normalised_radius((64, 64))
+  centred = masks.shift(a) > 0
+  inner, outer = centred[(rho > 0.1) & (rho < 0.4)].mean(), centred[rho > 0.8].mean()
+  assert inner > 2 * outer > 0
+
+
+def _too_close_pairs(points, radius):
+  """Pairs of (y, x) `points` closer than the mean of their radii."""
+  points = np.asarray(points)
+  distance2 = ((points[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+  bound2 = ((radius[:, None] + radius[None, :]) / 2) ** 2
+  close = (distance2 < bound2 - 1e-9) & ~np.eye(len(points), dtype=bool)
+  return int(close.sum()) // 2
+
+
+@pytest.mark.parametrize("shape,acc,seed", [((64, 64), 4, 0), ((64, 64), 8, 1), ((40, 72), 5, 2)])
+def test_poisson_disc_points_keep_their_minimum_distance(shape, acc, seed):
+  """Any two sampled points outside the centre block are at least (R(p) + R(q)) / 2 apart, R growing
+  outwards (above 1.5 samples at the edges); the draw is saturated (hardly a gap left for one more
+  point: those of the few dropped to reach the count); a point added next to an outer one breaks
+  the property."""
+  disc = masks_2d.poisson_disc(shape, acc, seed)
+  points = np.argwhere(disc.mask & ~disc.centre)
+  radius = disc.radius[points[:, 0], points[:, 1]]
+  assert _too_close_pairs(points, radius) == 0
+  rho = masks_2d.normalised_radius(shape)
+  assert disc.radius[rho > 0.9].min() > max(disc.radius[rho < 0.1].max(), 1.5)
+  free = np.argwhere(~disc.mask & ~disc.centre)  # saturated: hardly a free point fits in any gap
+  gap2 = ((free[:, None, :] - points[None, :, :]) ** 2).sum(-1)
+  fits = gap2 >= ((disc.radius[tuple(free.T)][:, None] + radius[None, :]) / 2) ** 2
+  assert fits.all(axis=1).sum() <= 0.05 * len(points)
+  y, x = points[np.argmax(radius)]  # an outer point: its 4 neighbours are not sampled
+  extra = next((y + dy, x + dx) for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))
+               if 0 <= y + dy < shape[0] and 0 <= x + dx < shape[1])
+  assert not disc.mask[extra]
+  assert _too_close_pairs(np.concatenate([points, [extra]]),
+                          np.append(radius, disc.radius[extra])) >= 1
+
+
+def test_parallel_dart_throwing_equals_the_sequential_pass():
+  """`masks_2d.dart_throwing` (parallel rounds) keeps exactly what one pass in rank order keeps, for
+  arbitrary radii and candidates (a plain loop written here as the reference)."""
+  rng = np.random.default_rng(0)
+  shape = (20, 24)
+  candidates, radius = rng.random(shape) > 0.2, 1.0 + 2.5 * rng.random(shape)
+  rank = rng.permutation(20 * 24).reshape(shape)
+  kept = []
+  for y, x in zip(*np.unravel_index(np.argsort(rank, axis=None), shape)):
+    apart = (4 * ((y - a) ** 2 + (x - b) ** 2) >= (radius[y, x] + radius[a, b]) ** 2
+             for a, b in kept)
+    if candidates[y, x] and all(apart):
+      kept.append((y, x))
+  expected = np.zeros(shape, dtype=bool)
+  expected[tuple(np.array(kept).T)] = True
+  np.testing.assert_array_equal(masks_2d.dart_throwing(candidates, radius, rank), expected)
+
+
+def test_point_mask_statistics_and_inspection(capsys):
+  mask = masks.cartesian_mask((64, 64), "4x", seed=1, family="poisson_disc")
+  stats = masks.mask_statistics(mask)
+  assert "lines" not in stats and stats["sampled_points"] == 1024 and stats["acceleration"] == 4.0
+  assert stats["centre_block"] >= 5  # the 5×5 block of 8% of 64 (ky, kx = -2 … 2)
+  ky, kx = np.meshgrid(np.fft.fftfreq(64, 1 / 64), np.fft.fftfreq(64, 1 / 64), indexing="ij")
+  assert stats["mean_abs_k"] == pytest.approx(np.hypot(ky, kx)[mask > 0].mean())
+  hand = np.zeros((9, 9), np.float32)
+  hand[np.ix_([0, 1, 8], [0, 1, 8])] = 1  # the 3×3 around ky = kx = 0, unshifted
+  hand[4, 4] = 1
+  assert masks.mask_statistics(hand)["centre_block"] == 3
+  hand[1, 1] = 0
+  assert masks.mask_statistics(hand)["centre_block"] == 1
+  assert run_cli(masks.main, ["--generate", "64", "64", "--acc", "4x", "--seed", "1",
+                              "--family", "poisson_disc", "gaussian_2d"]) == 0
+  out = capsys.readouterr().out.splitlines()
+  assert out[0] == f"poisson_disc 4x seed 1: {masks.describe(mask)}"
+  assert out[0].endswith(f"1024 points (2-D), 4.00x, fully sampled centre {stats['centre_block']}×"
+                         f"{stats['centre_block']}, mean |k| {stats['mean_abs_k']:.1f}")
+  assert out[1].startswith("gaussian_2d 4x seed 1: 64×64: 1024 points (2-D), 4.00x")
+  assert run_cli(masks.main, ["--generate", "32", "32", "--acc", "4x", "--family", "all"]) == 0
+  printed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+  assert printed == list(masks.MASK_FAMILIES)
+  assert run_cli(masks.main, ["--generate", "32", "32", "--family", "poisson"]) == 2
+  assert "--family 'poisson' is not one of" in capsys.readouterr().err
+
+
+def test_point_mask_errors_are_one_sentence():
+  with pytest.raises(InputError, match="fully sampled centre exceeds"):
+    masks.cartesian_mask((16, 16), "8x", family="gaussian_2d", center_fraction=0.5)
+  with pytest.raises(InputError, match="center fraction 1.5 must lie in"):
+    masks.cartesian_mask((16, 16), "4x", family="poisson_disc", center_fraction=1.5)
+
+
+@pytest.mark.parametrize("family", POINT_FAMILIES + ("equispaced_fraction",))
+def test_new_families_go_through_prepare_and_training_data(tmp_path, family, capsys):
+  """prepare --mask-family writes the family's mask, k-space only where it samples, and the training
+  data (with its k-space check against the mask) and one data-consistency step accept it."""
+  import json
+
+  from configs import default
+  from kdmri_jax import data, fft, prepare
+  out = tmp_path / "root"
+  assert run_cli(prepare.main, ["--phantom", "3", "--size", "32", "32", "--dataset", "cardiac",
+                                "--acc", "4x", "--out", str(out), "--mask-family", family]) == 0
+  assert f"masks ({family})" in capsys.readouterr().out
+  manifest = json.loads((out / "manifest.json").read_text())
+  assert manifest["mask_family"] == family and manifest["masks"]["4x"]["family"] == family
+  mask = np.load(out / "masks" / "mask_4x.npy")
+  expected = masks.cartesian_mask((32, 32), "4x", seed=masks.DEFAULT_MASK_SEED, family=family)
+  np.testing.assert_array_equal(mask, expected)
+  config = default.get_config()
+  config.dataset, config.acc, config.data.root = "cardiac", "4x", str(out)
+  example = data.load_split(config, "train")[0]
+  assert np.all(example["kspace"][mask == 0] == 0)
+  dc = fft.data_consistency(example["input"], example["kspace"], mask, keep_complex=True)
+  np.testing.assert_allclose(np.fft.fft2(np.asarray(dc), norm="ortho")[mask > 0],
+                             example["kspace"][mask > 0],
+                             atol=1e-5)

@@ -11,21 +11,14 @@ import numpy as np
 import pytest
 
 from configs import default
+from helpers import tiny_config
 from kdmri_jax import checkpoints, pipeline
 from kdmri_jax.errors import InputError
 from kdmri_jax.train_input import synthetic_source
 
 
 def tiny_pipeline_config():
-  config = default.get_config()
-  config.models.num_cascades = 1
-  config.models.features = 4
-  config.train.batch_size = 2
-  config.train.num_epochs = 1
-  config.train.progress_bar = False
-  config.train.checkpoint_every_steps = 0
-  config.evaluate.batch_size = 2
-  return config
+  return tiny_config(train__num_epochs=1, train__checkpoint_every_steps=0)
 
 
 @pytest.fixture
@@ -146,11 +139,7 @@ def test_super_resolution_pipeline_runs_every_stage(tmp_path, monkeypatch):
   from configs import sr_demo
   from kdmri_jax.data.sr import SuperResolutionSource
 
-  config = sr_demo.get_config()
-  config.models.features = 4
-  config.train.batch_size = config.evaluate.batch_size = 2
-  config.train.num_epochs = 1
-  config.train.progress_bar = False
+  config = tiny_config(sr_demo.get_config(), train__num_epochs=1)  # (VDSR has no cascades)
   config.sr.keep = 4  # 16×16 targets, 4× lower resolution per axis as the paper's 256 -> 64
   sources = {split: SuperResolutionSource(synthetic_source(count, seed=seed), config)
              for split, count, seed in (("train", 4, 1), ("validation", 2, 2))}

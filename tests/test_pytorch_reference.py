@@ -5,7 +5,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from experiments import pytorch_reference as ref  # noqa: E402
+from kdmri_jax import torch_reference as ref  # noqa: E402
 from kdmri_jax import convert, masks  # noqa: E402
 
 COUNTS = {"teacher": 141_765, "student": 49_285, "vdsr_teacher": 333_569, "vdsr_student": 185_857}

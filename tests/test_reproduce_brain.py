@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
-
-import reproduce_brain as rb  # noqa: E402
+from experiments import reproduce_brain as rb
 
 VOLUMES = ("vol_a", "vol_b", "vol_c")
 PARAMS = {"zf": None, "teacher": 141765, "student": 49285, "kd": 49285}

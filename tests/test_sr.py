@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from configs import default
 from kdmri_jax.data import sr
 from kdmri_jax.errors import InputError
 
@@ -89,7 +90,10 @@ def test_super_resolution_source():
   assert example["input"].dtype == np.float32 and example["target"].dtype == np.float32
   np.testing.assert_allclose(example["input"], _reference(_Targets().items[1]["target"], 4), atol=1e-5)
   assert source.shape == (12, 12) and source.locate(2) == ("vol", 2)  # forwarded
-  assert sr.keep_from_config(None) == 64 == sr.keep_from_config(ml_collections.ConfigDict())
+  # configs/default.py's sr section holds the paper's window; the code reads it without a fallback.
+  assert sr.keep_from_config(default.get_config()) == 64
+  with pytest.raises(AttributeError):
+    sr.keep_from_config(ml_collections.ConfigDict())
 
 
 def test_super_resolution_source_errors():

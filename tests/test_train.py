@@ -13,24 +13,18 @@ import jax
 import numpy as np
 import pytest
 
-from configs import default
 from kdmri_jax import checkpoints, feature_losses, losses, models, pipeline, sharding, train
 from kdmri_jax.train_input import Batches, synthetic_source
+from tests import helpers  # `tests.`: test_sharding's subprocesses import this module from the repo root
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**train_fields):
-  config = default.get_config()
-  config.train.batch_size = 2
-  config.train.num_epochs = 2
-  config.train.log_every_steps = 1
-  config.train.checkpoint_every_steps = 2
-  config.train.progress_bar = False
-  config.train.num_image_examples = 2
-  for key, value in train_fields.items():
-    setattr(config.train, key, value)
-  return config
+  """`helpers.tiny_config` with these tests' training settings and `train_fields`."""
+  fields = {"num_epochs": 2, "log_every_steps": 1, "checkpoint_every_steps": 2,
+            "num_image_examples": 2, **train_fields}
+  return helpers.tiny_config(**{f"train__{key}": value for key, value in fields.items()})
 
 
 def tiny_model(name="student"):
@@ -168,6 +162,19 @@ def test_restart_reproduces_an_uninterrupted_run_exactly(tmp_path):
   log = (tmp_path / "full" / "log.txt").read_text().splitlines()
   assert len(log) == 3 and log[-1].startswith("student epoch 3/3 step 9")
   assert os.listdir(tmp_path / "full" / "tensorboard")
+  # Epoch 2's training loss averages all its steps, before and after the restart at step 5, as the
+  # uninterrupted run's does; the log says where each restart took over.
+  resumed_log = (tmp_path / "resumed" / "log.txt").read_text().splitlines()
+  assert epoch_lines(resumed_log, "student") == epoch_lines(log, "student")
+  assert [line for line in resumed_log if ": resuming in " in line] == [
+      f"student: resuming in {tmp_path / 'resumed'} from step 3 (the end of epoch 1/3)",
+      f"student: resuming in {tmp_path / 'resumed'} from step 5 (step 2/3 of epoch 2/3)"]
+
+
+def epoch_lines(lines, stage):
+  """{epoch: the last log line of that epoch, without its wall time}."""
+  return {line.split()[2]: line.rsplit(" time ", 1)[0] for line in lines
+          if line.startswith(f"{stage} epoch ")}
 
 
 def test_epoch_log_reports_the_validation_psnr_of_the_trained_model(tmp_path):
@@ -216,8 +223,6 @@ def test_nan_loss_stops_with_stage_and_step_and_keeps_good_checkpoint(tmp_path):
 
 
 SIGTERM_SCRIPT = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {repo!r})
     from tests.test_train import _fit, tiny_config
     config = tiny_config(num_epochs=10000, checkpoint_every_steps=0)
     result = _fit({workdir!r}, config)
@@ -228,7 +233,7 @@ SIGTERM_SCRIPT = textwrap.dedent("""
 def _start(script, log, lines, committed=False):
   """Starts the training script; returns once log.txt has more than `lines` lines (and, with `committed`,
   a finished checkpoint exists)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)  # `tests.` importable
   process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True, env=env, cwd=REPO)
   checkpoints_dir = log.parent / "checkpoints"
@@ -245,19 +250,21 @@ def _start(script, log, lines, committed=False):
 
 def test_sigkill_resumes_and_sigterm_saves_and_exits_cleanly(tmp_path):
   script = tmp_path / "run.py"
-  script.write_text(SIGTERM_SCRIPT.format(repo=REPO, workdir=str(tmp_path / "stage")))
+  script.write_text(SIGTERM_SCRIPT.format(workdir=str(tmp_path / "stage")))
   log = tmp_path / "stage" / "log.txt"
   process = _start(script, log, 0, committed=True)
   process.kill()  # SIGKILL: no chance to save
   process.communicate(timeout=30)
   killed_lines = log.read_text().count("\n")
-  process = _start(script, log, killed_lines)
+  process = _start(script, log, killed_lines + 1)  # the resume line, then an epoch
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=60)
   assert process.returncode == 0, output
   assert "stopped by SIGTERM at step" in output and "result interrupted" in output
-  resumed = log.read_text().splitlines()[killed_lines]
-  assert not resumed.startswith("student epoch 1/"), resumed  # continued from the checkpoint
+  resumed, first_epoch = log.read_text().splitlines()[killed_lines:killed_lines + 2]
+  # continued from the checkpoint, and says so
+  assert resumed.startswith(f"student: resuming in {tmp_path / 'stage'} from step "), resumed
+  assert first_epoch.startswith("student epoch ") and not first_epoch.startswith("student epoch 1/")
   step = int(output.split("result interrupted ")[1].split()[0])
   assert os.path.isdir(tmp_path / "stage" / "checkpoints" / str(step))
 
@@ -385,13 +392,13 @@ def test_describe_objective_records_alpha_only_where_the_objective_uses_it():
 
 
 def test_restore_or_init_starts_fresh_then_resumes_and_refuses_other_data(tmp_path):
-  config = tiny_config(num_epochs=1)  # 3 steps per epoch (7 slices, batch 2)
+  config = tiny_config(num_epochs=1)  # 3 steps per epoch (7 slices, batch 2), checkpoints at 2, 3
   model = tiny_model()
   objective = train.make_objective("student", config, model)
   tx = train.make_optimizer(config.train, steps_per_epoch=3)
   folder = str(tmp_path / "checkpoints")
 
-  def restore(steps_per_epoch):
+  def restore(steps_per_epoch, objective=objective, model=model):
     mngr = train._state_manager(folder, 2)  # pylint: disable=protected-access
     try:
       return train.restore_or_init(mngr, folder, objective, params_of(model), tx, config.train,
@@ -400,14 +407,29 @@ def test_restore_or_init_starts_fresh_then_resumes_and_refuses_other_data(tmp_pa
       mngr.close()
 
   state, progress = restore(3)
-  assert int(state.step) == 0 and progress == {"best_val_loss": float("inf"), "best_step": -1}
+  assert int(state.step) == 0 and progress == {"best_val_loss": float("inf"), "best_step": -1,
+                                              "epoch_loss_sum": 0.0, "epoch_loss_count": 0}
   result = _fit(tmp_path, config)
   state, progress = restore(3)
   assert int(state.step) == result.step == 3
-  assert progress == {"best_val_loss": result.best_val_loss, "best_step": result.best_step}
+  assert progress == {"best_val_loss": result.best_val_loss, "best_step": result.best_step,
+                      "epoch_loss_sum": 0.0, "epoch_loss_count": 0}  # an epoch's end: the next at 0
   with pytest.raises(train.InputError, match=rf"^{folder} was written with 3 steps per epoch but "
                                              r"the data now gives 4; .* or a new --workdir\.$"):
     restore(4)
+  # Another model shape is refused in one sentence, and the good checkpoint stays where it is.
+  wider = models.build_model("student", num_cascades=1, features=8)
+  with pytest.raises(train.InputError, match=rf"^{folder}/3 holds a training state of another "
+                                             r"model or objective than this config \(.*delete the "
+                                             r"stage folder to retrain\.$"):
+    restore(3, train.make_objective("student", config, wider), wider)
+  assert sorted(os.listdir(folder)) == ["2", "3"]
+  # Mid-epoch, the running loss of the epoch's steps so far is restored with the state.
+  import shutil
+  shutil.rmtree(os.path.join(folder, "3"))
+  state, progress = restore(3)
+  assert int(state.step) == 2 and progress["epoch_loss_count"] == 2
+  assert np.isfinite(progress["epoch_loss_sum"]) and progress["epoch_loss_sum"] > 0
 
 
 def test_the_epoch_log_reads_the_learning_rate_from_the_schedule(tmp_path):

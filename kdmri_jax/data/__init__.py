@@ -39,41 +39,26 @@ def mask_path_for(root: str, acc: str) -> str:
   return os.path.join(root, "masks", f"mask_{acc}.npy")
 
 
-def _get(config, dotted: str, default=None):
-  node = config
-  for part in dotted.split("."):
-    try:
-      node = node[part] if isinstance(node, dict) else getattr(node, part)
-    except (KeyError, AttributeError):
-      return default
-  return default if node is None else node
-
-
 def data_root(config, acc: str | None = None) -> str:
   """`config.data.root`, or the embedded brain for dataset 'brain'; an InputError otherwise."""
-  root = _get(config, "data.root")
-  dataset = _get(config, "dataset", "brain")
-  if root is not None:
-    return os.fspath(root)
-  if dataset == "brain":
-    task = _get(config, "task", "reconstruction")
-    size = int(_get(config, "data.image_size", 256 if task == "super_resolution" else 240))
-    mask_seed = int(_get(config, "data.mask_seed", masks.DEFAULT_MASK_SEED))
-    return embedded_brain_root(_get(config, "data.cache_dir"), size=size,
-                               accs=(acc or _get(config, "acc", "4x"),),
-                               seed=int(_get(config, "data.seed", 0)),
-                               mask_family=_get(config, "data.mask_family", masks.DEFAULT_FAMILY),
-                               mask_seed=mask_seed)
+  if config.data.root is not None:
+    return os.fspath(config.data.root)
+  if config.dataset == "brain":
+    data = config.data
+    return embedded_brain_root(data.cache_dir, size=int(data.image_size), accs=(acc or config.acc,),
+                               seed=int(data.seed), mask_family=data.mask_family,
+                               mask_seed=int(data.mask_seed))
   raise InputError(
-      f"dataset '{dataset}' needs a data root: set config.data.root (e.g. --config.data.root=ROOT) to a folder "
-      f"in the reference layout ROOT/{{train,validation}}/acc_<acc>/*.h5, or prepare one from fully-sampled "
-      f"volumes with `python -m kdmri_jax.prepare --input VOLUMES --dataset {dataset} --acc 4x 5x 8x "
+      f"dataset '{config.dataset}' needs a data root: set config.data.root (e.g. "
+      f"--config.data.root=ROOT) to a folder in the reference layout "
+      f"ROOT/{{train,validation}}/acc_<acc>/*.h5, or prepare one from fully-sampled volumes with "
+      f"`python -m kdmri_jax.prepare --input VOLUMES --dataset {config.dataset} --acc 4x 5x 8x "
       f"--out ROOT`.")
 
 
 def mask_file_for(config, root: str, acc: str) -> str:
   """`config.data.mask_path`, or the data's own `ROOT/masks/mask_{acc}.npy`."""
-  return os.fspath(_get(config, "data.mask_path") or mask_path_for(root, acc))
+  return os.fspath(config.data.mask_path or mask_path_for(root, acc))
 
 
 def load_mask_for(config, root: str, acc: str, shape: tuple[int, int]):
@@ -95,21 +80,20 @@ def load_split(config, split: str):
   """
   require(split in SPLIT_NAMES, f"split {split!r} is not one of 'train', 'validation'.")
   split = SPLIT_NAMES[split]
-  acc = str(_get(config, "acc", "4x"))
-  task = _get(config, "task", "reconstruction")
+  acc = str(config.acc)
   root = data_root(config, acc)
-  if _get(config, "data.source", "h5") == "tfds":
+  if config.data.source == "tfds":
     from kdmri_jax.data import tfds_builder
     source = tfds_builder.load_source(root, split, acc, mask=None, config=config)
   else:
     from kdmri_jax.data.sources import ReferenceSource
     source = ReferenceSource(list_volumes(root, split, acc), acc, mask=None)
-  max_slices = _get(config, "data.max_slices")
+  max_slices = config.data.max_slices
   if max_slices is not None:
     require(max_slices >= 1, f"config.data.max_slices={max_slices} must be at least 1.")
     from kdmri_jax.data.sources import SubsetSource
     source = SubsetSource.evenly_spaced(source, max_slices)
-  if task == "super_resolution":
+  if config.task == "super_resolution":
     from kdmri_jax.data.sr import SuperResolutionSource  # written by the super-resolution module
     return SuperResolutionSource(source, config)
   source.mask = load_mask_for(config, root, acc, source.shape)
@@ -122,7 +106,7 @@ def load_split(config, split: str):
 def _first_kspace(config, root: str, split: str, acc: str, source):
   """(k-space, file name) of the split's first volume, for the mask check: one volume is enough, as
   every file of a split is undersampled with the same mask."""
-  if _get(config, "data.source", "h5") == "tfds":
+  if config.data.source == "tfds":
     return source[0]["kspace"], f"{root} ({split} {acc}, TFDS)"
   path = list_volumes(root, split, acc)[0]
   return read_volume(path, acc).kspace, path

@@ -36,6 +36,7 @@ import tempfile
 import numpy as np
 
 from kdmri_jax import masks
+from kdmri_jax.atomic import write_text_atomic
 from kdmri_jax.errors import InputError, require
 
 FORMAT_VERSION = 2
@@ -196,10 +197,7 @@ def _read_manifest(root: str) -> dict | None:
 
 
 def _write_manifest(root: str, manifest: dict) -> None:
-  temporary = os.path.join(root, "manifest.json.tmp")
-  with open(temporary, "w") as handle:
-    json.dump(manifest, handle, indent=2)
-  os.replace(temporary, os.path.join(root, "manifest.json"))  # atomic: readers see old or new
+  write_text_atomic(os.path.join(root, "manifest.json"), json.dumps(manifest, indent=2))
 
 
 def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fields) -> str:

@@ -19,8 +19,9 @@ import re
 
 import numpy as np
 
+from kdmri_jax.data import h5_read
 from kdmri_jax.data.volumes import centre_crop_or_pad, to_slices
-from kdmri_jax.errors import InputError, require
+from kdmri_jax.errors import require
 
 TARGETS = ("auto", "esc", "rss", "kspace")
 
@@ -55,28 +56,29 @@ def header_sizes(header: bytes | str) -> dict[str, tuple[int, int]]:
   return sizes
 
 
+# What the fastMRI reader accepts (`h5_read.Spec`): single-coil complex k-space, magnitude
+# reconstructions.
+KSPACE_SPEC = h5_read.Spec(kinds="c", ranks=(3,), expected="complex k-space",
+                           hint="only single-coil S×H×W complex k-space is supported (multi-coil: "
+                                "use the 'reconstruction_rss' target)")
+RECONSTRUCTION_SPEC = h5_read.Spec(kinds="fiu", ranks=(2, 3), expected="a real magnitude image",
+                                   hint="fix or drop this file")
+
+
 def read_fastmri(path: str, target: str = "auto", crop: tuple[int, int] | None = None) -> np.ndarray:
   """(S, H, W) float32 magnitude targets of one fastMRI file (see the module docstring)."""
-  import h5py
   path = os.fspath(path)
   require(target in TARGETS, f"fastMRI target {target!r} is not one of {TARGETS}.")
-  require(os.path.isfile(path), f"{path} does not exist.")
-  try:
-    h5file = h5py.File(path, "r")
-  except OSError as error:
-    raise InputError(f"{path} is not a readable HDF5 file ({error}).") from None
-  with h5file:
+  with h5_read.open_file(path) as h5file:
     keys = sorted(h5file.keys())
     if target == "auto":
       target = next((t for t in ("esc", "rss") if f"reconstruction_{t}" in h5file), "kspace")
     key = "kspace" if target == "kspace" else f"reconstruction_{target}"
     require(key in h5file, f"{path} has no key '{key}' (keys: {keys}); it is not a fastMRI file with that "
             f"target.")
-    data = h5file[key][()]
+    spec = KSPACE_SPEC if target == "kspace" else RECONSTRUCTION_SPEC
+    data = h5_read.read(h5file, key, path, spec)
   if target == "kspace":
-    require(np.iscomplexobj(data) and data.ndim == 3, f"{path}: 'kspace' has shape {data.shape} and dtype "
-            f"{data.dtype}; only single-coil S×H×W complex k-space is supported (multi-coil: use the "
-            f"'reconstruction_rss' target).")
     data = np.abs(ifft2c(data))
   volume = to_slices(data, f"{path} (key '{key}')", 0)
   if crop is not None:

@@ -40,10 +40,21 @@ def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) 
   return np.random.default_rng(epoch_seed(seed, epoch)).permutation(num_examples)
 
 
-def shard_order(order: np.ndarray, shard_index: int, shard_count: int, even: bool) -> np.ndarray:
-  """This host's examples: every shard_count-th of `order` (trimmed to equal length when `even`)."""
+def require_shard(shard_index: int, shard_count: int) -> None:
+  """One sentence unless `shard_index` names one of `shard_count` hosts."""
   require(shard_count >= 1 and 0 <= shard_index < shard_count,
           f"shard_index {shard_index} must be in [0, shard_count={shard_count}).")
+
+
+def shard_bounds(num_examples: int, shard_count: int) -> np.ndarray:
+  """Evaluation's contiguous shards: host h holds examples bounds[h] to bounds[h + 1] - 1 (sizes
+  differ by at most one); shape (shard_count + 1,)."""
+  return np.linspace(0, num_examples, shard_count + 1).astype(int)
+
+
+def shard_order(order: np.ndarray, shard_index: int, shard_count: int, even: bool) -> np.ndarray:
+  """This host's examples: every shard_count-th of `order` (trimmed to equal length when `even`)."""
+  require_shard(shard_index, shard_count)
   if even:
     order = order[:len(order) - len(order) % shard_count]
   return order[shard_index::shard_count]
@@ -108,9 +119,8 @@ def eval_batches(source, batch_size: int, shard_index: int = 0, shard_count: int
                  num_threads: int = DEFAULT_THREADS,
                  prefetch: int = DEFAULT_PREFETCH) -> Iterator[dict[str, np.ndarray]]:
   """Every example once, in order, the last batch kept (smaller, or padded with `pad`)."""
-  require(shard_count >= 1 and 0 <= shard_index < shard_count,
-          f"shard_index {shard_index} must be in [0, shard_count={shard_count}).")
+  require_shard(shard_index, shard_count)
   # Contiguous shards keep each host's volumes together, for per-volume metrics.
-  bounds = np.linspace(0, len(source), shard_count + 1).astype(int)
+  bounds = shard_bounds(len(source), shard_count)
   order = np.arange(bounds[shard_index], bounds[shard_index + 1])
   return _batches(source, order, batch_size, False, 0, num_threads, prefetch, pad=pad)

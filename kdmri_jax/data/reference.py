@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 
+from kdmri_jax.data import h5_read
 from kdmri_jax.errors import InputError, require
 
 SPLITS = ("train", "validation")
@@ -72,21 +73,20 @@ def accelerations_in(h5file) -> list[str]:
   return sorted(found)
 
 
+# What the readers of the reference layout accept (`h5_read.Spec`): real images, k-space complex
+# or real with a trailing real/imag axis of size 2.
+IMAGE_SPEC = h5_read.Spec(kinds="fiu", ranks=(2, 3), expected="real numbers (an H×W×S image)",
+                          hint="fix or drop this file")
+KSPACE_SPEC = h5_read.Spec(kinds="fiuc", ranks=(2, 3, 4), expected="complex k-space",
+                           hint="fix or drop this file")
+
+
 def _read_float(h5file, path: str, key: str) -> np.ndarray:
-  data = h5file[key]
-  require(data.dtype.kind in "fiu", f"{path}: key '{key}' holds {data.dtype} data, expected real numbers.")
-  array = np.asarray(data[()], dtype=np.float32)
-  require(array.ndim in (2, 3), f"{path}: key '{key}' has shape {array.shape}, expected H×W×S or H×W.")
-  require(bool(np.all(np.isfinite(array))), f"{path}: key '{key}' contains NaN or Inf values; fix or drop "
-          f"this file.")
-  return array
+  return np.asarray(h5_read.read(h5file, key, path, IMAGE_SPEC), dtype=np.float32)
 
 
 def _read_kspace(h5file, path: str, key: str, image_shape: tuple[int, ...]) -> np.ndarray:
-  data = h5file[key]
-  raw = data[()]
-  if raw.dtype.names is not None and set(("r", "i")) <= set(raw.dtype.names):  # compound written elsewhere
-    raw = raw["r"] + 1j * raw["i"]
+  raw = h5_read.read(h5file, key, path, KSPACE_SPEC)
   if np.iscomplexobj(raw):
     kspace = raw.astype(np.complex64)
   else:
@@ -97,28 +97,18 @@ def _read_kspace(h5file, path: str, key: str, image_shape: tuple[int, ...]) -> n
   require(kspace.shape == tuple(image_shape),
           f"{path}: key '{key}' has shape {kspace.shape} but the image is {tuple(image_shape)}; target, "
           f"image and k-space must match.")
-  require(bool(np.all(np.isfinite(kspace))), f"{path}: key '{key}' contains NaN or Inf values; fix or drop "
-          f"this file.")
   return kspace
-
-
-def _open(path: str):
-  import h5py
-  require(os.path.isfile(path), f"{path} does not exist.")
-  try:
-    return h5py.File(path, "r")
-  except OSError as error:
-    raise InputError(f"{path} is not a readable HDF5 file ({error}).") from None
 
 
 def read_volume(path: str | os.PathLike, acc: str | None = None, require_target: bool = False) -> Volume:
   """Reads one reference h5 file into a slices-first `Volume`.
 
   `acc=None` picks the only acceleration stored in the file; a file with several asks for one. A missing
-  key, mismatched shapes or NaN/Inf values raise `InputError` naming the file and key.
+  key, a group, dtype or rank not of an image, an empty axis, an unreadable chunk (`h5_read`),
+  mismatched shapes or NaN/Inf values raise `InputError` naming the file and key.
   """
   path = os.fspath(path)
-  with _open(path) as h5file:
+  with h5_read.open_file(path) as h5file:
     present = accelerations_in(h5file)
     if acc is None:
       require(len(present) > 0, f"{path} has no 'img_volus_<acc>' key (keys: {sorted(h5file.keys())}); it is "

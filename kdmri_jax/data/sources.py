@@ -18,8 +18,8 @@ from typing import Sequence
 
 import numpy as np
 
-from kdmri_jax.data import reference
-from kdmri_jax.errors import InputError, require
+from kdmri_jax.data import h5_read, reference
+from kdmri_jax.errors import require
 
 DEFAULT_MAX_MEMORY_BYTES = 2 * 1024**3
 
@@ -93,28 +93,26 @@ class ReferenceSource:
 
 
 def _header(path: str, acc: str, require_target: bool) -> dict:
-  """Checks keys and shapes of one file without reading the data."""
-  with reference._open(path) as h5file:  # pylint: disable=protected-access
+  """Checks keys, kinds, dtypes and shapes of one file without reading the data."""
+  image_key, kspace_key = reference.input_key(acc), reference.kspace_key(acc)
+  with h5_read.open_file(path) as h5file:
     present = reference.accelerations_in(h5file)
-    for key in (reference.input_key(acc), reference.kspace_key(acc)):
+    for key in (image_key, kspace_key):
       require(key in h5file, f"{path} has no key '{key}' (accelerations in this file: {present or 'none'}).")
-    image_shape = h5file[reference.input_key(acc)].shape
-    require(len(image_shape) in (2, 3), f"{path}: key '{reference.input_key(acc)}' has shape {image_shape}, "
-            f"expected H×W×S or H×W.")
-    kspace_shape = h5file[reference.kspace_key(acc)].shape
-    channels = kspace_shape == tuple(image_shape) + (2,) and h5file[reference.kspace_key(acc)].dtype.kind == "f"
-    require(kspace_shape == image_shape or channels,
-            f"{path}: key '{reference.kspace_key(acc)}' has shape {kspace_shape} but the image is "
-            f"{image_shape}; target, image and k-space must match.")
+    image_shape = h5_read.dataset(h5file, image_key, path, reference.IMAGE_SPEC).shape
+    kspace = h5_read.dataset(h5file, kspace_key, path, reference.KSPACE_SPEC)
+    channels = kspace.shape == tuple(image_shape) + (2,) and h5_read.kind_of(kspace.dtype) != "c"
+    require(kspace.shape == image_shape or channels,
+            f"{path}: key '{kspace_key}' has shape {kspace.shape} but the image is {image_shape}; "
+            f"target, image and k-space must match.")
     has_target = reference.TARGET_KEY in h5file
     if has_target:
-      target_shape = h5file[reference.TARGET_KEY].shape
+      target_shape = h5_read.dataset(h5file, reference.TARGET_KEY, path, reference.IMAGE_SPEC).shape
       require(target_shape == image_shape, f"{path}: key '{reference.TARGET_KEY}' has shape {target_shape} "
               f"but the image is {image_shape}; target and image must match.")
     require(has_target or not require_target,
             f"{path} has no target key '{reference.TARGET_KEY}', needed for training and evaluation.")
   slices = 1 if len(image_shape) == 2 else image_shape[2]
-  require(slices > 0, f"{path} holds no slices.")
   return {"shape": tuple(image_shape[:2]), "slices": slices, "channels": channels, "target": has_target,
           "ndim": len(image_shape)}
 
@@ -122,15 +120,14 @@ def _header(path: str, acc: str, require_target: bool) -> dict:
 def _read_slice(path: str, acc: str, index: int, header: dict) -> dict[str, np.ndarray]:
   """Reads slice `index` of one file (used when the dataset is too large to hold in memory)."""
   pick = (slice(None), slice(None)) + ((index,) if header["ndim"] == 3 else ())
-  with reference._open(path) as h5file:  # pylint: disable=protected-access
-    example = {"input": np.asarray(h5file[reference.input_key(acc)][pick], np.float32)}
-    raw = h5file[reference.kspace_key(acc)][pick]
+  with h5_read.open_file(path) as h5file:
+    read = lambda key, spec: h5_read.read(h5file, key, path, spec, pick)  # noqa: E731
+    image = read(reference.input_key(acc), reference.IMAGE_SPEC)
+    example = {"input": np.asarray(image, np.float32)}
+    raw = read(reference.kspace_key(acc), reference.KSPACE_SPEC)
     example["kspace"] = (raw[..., 0] + 1j * raw[..., 1] if header["channels"] else raw).astype(np.complex64)
     if header["target"]:
-      example["target"] = np.asarray(h5file[reference.TARGET_KEY][pick], np.float32)
-  for key, value in example.items():
-    if not np.all(np.isfinite(value)):
-      raise InputError(f"{path}: slice {index} of '{key}' contains NaN or Inf values; fix or drop this file.")
+      example["target"] = np.asarray(read(reference.TARGET_KEY, reference.IMAGE_SPEC), np.float32)
   return example
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from kdmri_jax.errors import InputError, require
 
-DEFAULT_KEEP = 64
+DEFAULT_KEEP = 64  # the paper's: 256×256 targets, 4× lower resolution per axis (config.sr.keep)
 
 
 def central_window(size: int, keep: int) -> slice:
@@ -47,10 +47,8 @@ def low_resolution(target: np.ndarray, keep: int = DEFAULT_KEEP) -> np.ndarray:
 
 
 def keep_from_config(config: Any) -> int:
-  """`config.sr.keep` (default 64)."""
-  sr = getattr(config, "sr", None)
-  keep = getattr(sr, "keep", DEFAULT_KEEP) if sr is not None else DEFAULT_KEEP
-  return int(keep)
+  """`config.sr.keep` (configs/default.py: DEFAULT_KEEP)."""
+  return int(config.sr.keep)
 
 
 class SuperResolutionSource:
@@ -63,6 +61,7 @@ class SuperResolutionSource:
   mask = None
 
   def __init__(self, target_source: Any, config: Any = None, keep: int | None = None):
+    """`keep` if given, else `config.sr.keep`."""
     self.source = target_source
     self.keep = keep_from_config(config) if keep is None else int(keep)
     shape = getattr(target_source, "shape", None)

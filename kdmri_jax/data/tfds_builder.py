@@ -138,10 +138,11 @@ class TfdsSource:
 
 def load_source(root: str, split: str, acc: str, mask: np.ndarray | None = None, config=None) -> TfdsSource:
   """The TFDS dataset of a reference root (built on first use) as a source for the pipeline."""
-  dataset = getattr(config, "dataset", "custom") if config is not None else "custom"
-  name = "embedded" if config is not None and getattr(config.data, "root", None) is None else dataset
-  name = name if name in CONFIG_NAMES else "custom"
-  data_dir = getattr(config.data, "tfds_dir", None) if config is not None and "tfds_dir" in config.data else None
+  if config is None:
+    name, data_dir = "custom", None
+  else:
+    name = "embedded" if config.data.root is None else config.dataset
+    name, data_dir = (name if name in CONFIG_NAMES else "custom"), config.data.tfds_dir
   builder = build(root, name, acc, data_dir)
   require(split in builder.info.splits, f"the TFDS dataset {builder.name}/{builder.builder_config.name} has "
           f"no '{split}' split (splits: {list(builder.info.splits)}).")

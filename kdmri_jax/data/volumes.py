@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from kdmri_jax.data import h5_read
 from kdmri_jax.errors import InputError, require
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -28,6 +29,11 @@ SUFFIXES = NIFTI_SUFFIXES + (".npy", ".h5", ".hdf5", ".mat")
 # an object) is not an image volume.
 MATLAB_NUMERIC_CLASSES = frozenset({"double", "single", "int8", "uint8", "int16", "uint16", "int32",
                                     "uint32", "int64", "uint64"})
+
+# h5 and MATLAB v7.3 arrays: numbers (complex pairs too); `to_slices` checks rank and values of
+# every volume reader alike, after v7.3's axes are reversed.
+VOLUME_SPEC = h5_read.Spec(kinds="fiuc", ranks=None, finite=False, expected="numbers",
+                           hint="pass the key of an image volume with --key, or fix the file")
 
 
 def kind_of(path: str) -> str:
@@ -87,12 +93,8 @@ def read_npy(path: str, slice_axis: int = 0) -> np.ndarray:
 
 
 def h5_keys(path: str) -> list[str]:
-  import h5py
-  try:
-    with h5py.File(path, "r") as h5file:
-      return sorted(h5file.keys())
-  except OSError as error:
-    raise InputError(f"{path} is not a readable HDF5 file ({error}).") from None
+  with h5_read.open_file(path) as h5file:
+    return sorted(h5file.keys())
 
 
 def choose_key(path: str, key: str | None, keys: Sequence[str]) -> str:
@@ -106,11 +108,9 @@ def choose_key(path: str, key: str | None, keys: Sequence[str]) -> str:
 
 def read_h5(path: str, key: str | None, slice_axis: int | None = None) -> np.ndarray:
   """The array under `key` of an HDF5 file as (S, H, W); axis 0 is the slice axis ('volfs': the last)."""
-  import h5py
   key = choose_key(path, key, h5_keys(path))
-  with h5py.File(path, "r") as h5file:
-    require(isinstance(h5file[key], h5py.Dataset), f"{path}: '{key}' is a group, not an array.")
-    data = h5file[key][()]
+  with h5_read.open_file(path) as h5file:
+    data = h5_read.read(h5file, key, path, VOLUME_SPEC)
   if slice_axis is None:
     slice_axis = -1 if key == "volfs" else 0
   return to_slices(data, f"{path} (key '{key}')", slice_axis)
@@ -179,30 +179,20 @@ def _mat73_class(node) -> str:
   return name or ("struct" if isinstance(node, h5py.Group) else "")
 
 
-def _mat73_numbers(data: np.ndarray, what: str) -> np.ndarray:
-  """A v7.3 dataset's values: MATLAB stores complex arrays as a compound of 'real' and 'imag'."""
-  fields = data.dtype.names
-  if fields is None:
-    return data
-  require(set(fields) == {"real", "imag"}, f"{what} holds a compound of {list(fields)}, expected "
-          f"numbers (or MATLAB's complex 'real'/'imag' pair).")
-  return data["real"] + 1j * data["imag"]
-
-
 def read_mat73_array(path: str, key: str | None) -> tuple[str, np.ndarray]:
   """(key, array) of a v7.3 .mat file, its axes reversed back into MATLAB's (column-major) order."""
   import h5py
   key = choose_key(path, key, mat73_keys(path))
   what = f"{path} (key '{key}')"
-  with h5py.File(path, "r") as h5file:
+  with h5_read.open_file(path) as h5file:
     node = h5file[key]
     matlab_class = _mat73_class(node)
     if isinstance(node, h5py.Group) or matlab_class not in MATLAB_NUMERIC_CLASSES | {""}:
       raise _not_a_volume(what, matlab_class)
     # An empty MATLAB array is stored as its dimensions, flagged by MATLAB_empty.
     require(not node.attrs.get("MATLAB_empty", 0), f"{what} is an empty MATLAB array.")
-    data = node[()]
-  return key, _mat73_numbers(np.asarray(data), what).T
+    data = h5_read.read(h5file, key, path, VOLUME_SPEC)
+  return key, data.T
 
 
 def read_mat(path: str, key: str | None = None, slice_axis: int | None = None) -> np.ndarray:

@@ -180,6 +180,8 @@ def _mask_summary(mask: np.ndarray) -> dict:
   if "lines" in stats:
     summary.update(sampled_lines=stats["lines"], centre_lines=stats["centre_lines"],
                    mean_abs_ky=round(stats["mean_abs_ky"], 2))
+  elif "centre_block" in stats:  # a 2-D (point) mask
+    summary.update(centre_block=stats["centre_block"], mean_abs_k=round(stats["mean_abs_k"], 2))
   return summary
 
 

@@ -6,6 +6,9 @@
 | `student`      | DCCNN | 5 cascades × 3 convs, 32 filters | 49,285     |
 | `vdsr_teacher` | VDSR  | 11 convs, 64 filters             | 333,569    |
 | `vdsr_student` | VDSR  | 7 convs, 64 filters              | 185,857    |
+
+`models.layout` says where each conv's parameters are: the one naming rule, for the Flax modules and
+the authors' PyTorch names alike.
 """
 
 from __future__ import annotations

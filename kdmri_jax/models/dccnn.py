@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from kdmri_jax import fft
+from kdmri_jax.models import layout
 from kdmri_jax.models.layers import conv3x3
 
 # features[cascade][layer]: (B, H, W, F) post-ReLU output of conv `layer` (0-based) in `cascade`.
@@ -36,10 +37,11 @@ class Cascade(nn.Module):
     h = x
     in_features = self.channels
     for layer in range(self.num_convs - 1):
-      h = nn.relu(conv3x3(self.features, in_features, f"conv_{layer}", self.dtype)(h))
+      h = nn.relu(conv3x3(self.features, in_features, layout.conv_name(layer), self.dtype)(h))
       hidden.append(h)
       in_features = self.features
-    out = conv3x3(self.channels, in_features, f"conv_{self.num_convs - 1}", self.dtype)(h).astype(x.dtype)
+    last = conv3x3(self.channels, in_features, layout.conv_name(self.num_convs - 1), self.dtype)
+    out = last(h).astype(x.dtype)
     return (x + out if self.residual else out), tuple(hidden)
 
 
@@ -89,7 +91,7 @@ class DCCNN(nn.Module):
     features = []
     for c in range(self.num_cascades):
       x, hidden = Cascade(self.num_convs, self.features, channels, self.residual, self.dtype,
-                          name=f"cascade_{c}")(x)
+                          name=layout.cascade_name(c))(x)
       x = DataConsistency(self.noise_lambda, self.learn_lambda, self.complex_images, name=f"dc_{c}")(
           x, kspace, mask)
       features.append(hidden)

@@ -12,6 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from kdmri_jax.models import layout
 from kdmri_jax.models.layers import conv3x3
 
 
@@ -29,8 +30,8 @@ class VDSR(nn.Module):
     h = x
     in_features = 1
     for layer in range(self.num_layers - 1):
-      h = nn.relu(conv3x3(self.features, in_features, f"conv_{layer}", self.dtype)(h))
+      h = nn.relu(conv3x3(self.features, in_features, layout.conv_name(layer), self.dtype)(h))
       hidden.append(h)
       in_features = self.features
-    residual = conv3x3(1, in_features, f"conv_{self.num_layers - 1}", self.dtype)(h)
+    residual = conv3x3(1, in_features, layout.conv_name(self.num_layers - 1), self.dtype)(h)
     return (x + residual.astype(jnp.float32))[..., 0], tuple(hidden)

@@ -1,7 +1,9 @@
 """The four KD-MRI architectures in plain PyTorch, with the authors' state_dict key names.
 
-Used to check the converter (`kdmri_jax.convert`) and to time PyTorch against JAX on identical weights.
-Written from the paper and from reading the authors' code (Bala93/KD-MRI), not copied from it:
+Needs torch (`pip install ".[torch]"`), unlike the rest of the package. Used to check the
+converter (`kdmri_jax.convert`) and to time PyTorch against JAX on identical weights
+(`kdmri_jax.benchmark`). Written from the paper and from reading the authors' code (Bala93/KD-MRI),
+not copied from it; the layers are those of `kdmri_jax.models.layout`, under the authors' names:
 
 | name           | class   | state_dict keys                              |
 |----------------|---------|----------------------------------------------|
@@ -11,28 +13,25 @@ Written from the paper and from reading the authors' code (Bala93/KD-MRI), not c
 | `vdsr_student` | VDSR    | `conv{1..7}.{weight,bias}`                   |
 
 Unlike the authors' code, the mask is a forward argument (not layer state) and data consistency uses
-`torch.fft` (orthonormal, unshifted) instead of the removed `torch.rfft`/`torch.ifft`; the arithmetic is the
-same: k = m·k0 + (1−m)·FFT2(x), x_dc = Re(IFFT2(k)). Everything is float32/complex64 (the authors' DC
-casts to float64; outputs differ by ~1e-7) and runs under `torch.inference_mode()` and `torch.compile`
-(inductor fuses the convolutions' epilogues and the real-valued DC select; the FFTs stay library calls,
-hence its "no code generation for complex operators" warning).
+`torch.fft` (orthonormal, unshifted) instead of the removed `torch.rfft`/`torch.ifft`; the
+arithmetic is the same: k = m·k0 + (1−m)·FFT2(x), x_dc = Re(IFFT2(k)). Everything is
+float32/complex64 (the authors' DC casts to float64; outputs differ by ~1e-7) and runs under
+`torch.inference_mode()` and `torch.compile` (inductor fuses the convolutions' epilogues and the
+real-valued DC select; the FFTs stay library calls, hence its "no code generation for complex
+operators" warning).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "teacher": dict(kind="dccnn", num_cascades=5, num_convs=5, features=32),
-    "student": dict(kind="dccnn", num_cascades=5, num_convs=3, features=32),
-    "vdsr_teacher": dict(kind="vdsr", num_layers=11, features=64),
-    "vdsr_student": dict(kind="vdsr", num_layers=7, features=64),
-}
+from kdmri_jax import models
+from kdmri_jax.models import layout
 
 
 def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -40,23 +39,25 @@ def data_consistency(image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tens
 
   Returns Re(IFFT2(m·k0 + (1−m)·FFT2(x))) as (B, 1, H, W), orthonormal unshifted FFTs.
   """
-  # In float32 whatever the CNN computed in (cuFFT has no bfloat16 transform; JAX's DC is float32 too).
+  # In float32 whatever the CNN computed in (cuFFT has no bfloat16 transform; JAX's DC is float32
+  # too).
   predicted = torch.fft.fft2(image[:, 0].float(), norm="ortho")
-  # A select on the real/imag view rather than m·k0 + (1−m)·k: exact at sampled points, and real-valued,
-  # which torch.compile's inductor can fuse (it has no code generation for complex operators).
-  merged = torch.where((mask > 0)[..., None], torch.view_as_real(kspace), torch.view_as_real(predicted))
+  # A select on the real/imag view rather than m·k0 + (1−m)·k: exact at sampled points, and
+  # real-valued, which torch.compile's inductor can fuse (it has no code generation for complex
+  # operators).
+  sampled = (mask > 0)[..., None]
+  merged = torch.where(sampled, torch.view_as_real(kspace), torch.view_as_real(predicted))
   return torch.fft.ifft2(torch.view_as_complex(merged), norm="ortho").real.unsqueeze(1)
 
 
 class ConvStack(nn.Module):
-  """conv3x3 in→F, (n−2) × F→F, F→out; ReLU after all but the last. Children are `conv1`..`conv{n}`."""
+  """The convs of one `layout` stack as children `conv1`..`conv{n}`; ReLU after all but the last."""
 
-  def __init__(self, num_convs: int, features: int, channels: int = 1):
+  def __init__(self, convs: Sequence[layout.Conv]):
     super().__init__()
-    for layer in range(num_convs):
-      in_ch = channels if layer == 0 else features
-      out_ch = channels if layer == num_convs - 1 else features
-      self.add_module(f"conv{layer + 1}", nn.Conv2d(in_ch, out_ch, kernel_size=3, padding=1))
+    for conv in convs:
+      self.add_module(layout.torch_conv_name(conv.index),
+                      nn.Conv2d(conv.in_features, conv.out_features, kernel_size=3, padding=1))
 
   def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Returns (last conv output, post-ReLU maps of the hidden convs)."""
@@ -71,10 +72,10 @@ class ConvStack(nn.Module):
 class DCCNN(nn.Module):
   """DC-CNN as in KD-MRI: `cascade{c}` stacks, the last conv fed straight to data consistency."""
 
-  def __init__(self, num_cascades: int = 5, num_convs: int = 5, features: int = 32):
+  def __init__(self, stacks: Sequence[Sequence[layout.Conv]]):
     super().__init__()
-    for c in range(num_cascades):
-      self.add_module(f"cascade{c + 1}", ConvStack(num_convs, features))
+    for c, stack in enumerate(stacks):
+      self.add_module(layout.torch_cascade_name(c), ConvStack(stack))
 
   def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor
               ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
@@ -92,10 +93,8 @@ class DCCNN(nn.Module):
 
 
 class VDSR(ConvStack):
-  """VDSR: x + net(x) with `conv1`..`conv{n}` (1→F, (n−2) × F→F, F→1), ReLU after all but the last."""
-
-  def __init__(self, num_layers: int = 11, features: int = 64):
-    super().__init__(num_layers, features)
+  """VDSR: x + net(x) with `conv1`..`conv{n}` (1→F, (n−2) × F→F, F→1), ReLU after all but the
+  last."""
 
   def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """image (B, 1, H, W) low-resolution; returns (image (B, 1, H, W), post-ReLU hidden maps)."""
@@ -103,29 +102,33 @@ class VDSR(ConvStack):
     return image + residual, hidden
 
 
+def _flax_model(model_name: str) -> Any:
+  if model_name not in models.PRESETS:
+    raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(models.PRESETS)}.")
+  return models.build_model(model_name)
+
+
 def build(model_name: str) -> nn.Module:
   """A fresh PyTorch model for a `kdmri_jax.models.PRESETS` name, in eval mode."""
-  if model_name not in PRESETS:
-    raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(PRESETS)}.")
-  kwargs = dict(PRESETS[model_name])
-  kind = kwargs.pop("kind")
-  model = DCCNN(**kwargs) if kind == "dccnn" else VDSR(**kwargs)
+  flax_model = _flax_model(model_name)
+  stacks = layout.conv_stacks(flax_model)
+  model = DCCNN(stacks) if models.is_reconstruction(flax_model) else VDSR(stacks[0])
   return model.eval()
 
 
 def is_reconstruction(model_name: str) -> bool:
-  return PRESETS[model_name]["kind"] == "dccnn"
+  return models.is_reconstruction(_flax_model(model_name))
 
 
 def jax_to_torch_state_dict(model_name: str, params: Mapping[str, Any]) -> dict[str, torch.Tensor]:
   """kdmri_jax Flax params -> the authors' state_dict (HWIO kernels -> OIHW weights), float32 CPU.
 
-  The inverse of `kdmri_jax.convert.torch_state_dict_to_params`; load with `build(name).load_state_dict`.
+  The inverse of `kdmri_jax.convert.torch_state_dict_to_params`; load with
+  `build(name).load_state_dict`.
   """
   from kdmri_jax.convert import expected_shapes
 
-  if model_name not in PRESETS:
-    raise ValueError(f"unknown model {model_name!r}; choose one of {sorted(PRESETS)}.")
+  _flax_model(model_name)
   state = {}
   for key, (names, _) in expected_shapes(model_name).items():
     value = params
