@@ -11,7 +11,7 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from kdmri_jax import masks, pipeline
+from kdmri_jax import masks, stages
 from kdmri_jax.data import sr
 
 
@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.acc = "4x"  # '4x' | '5x' | '8x' (undersampling; unused for super-resolution)
   config.task = "reconstruction"  # 'reconstruction' (DC-CNN) | 'super_resolution' (VDSR)
   # Comma-separated stages to run, in this order; a stage whose `done` marker exists is skipped.
-  config.stages = ",".join(pipeline.STAGES)  # every stage
+  config.stages = ",".join(stages.STAGES)  # every stage (kdmri_jax/stages.py)
   # None -> experiments/{dataset}/acc_{acc}; `--workdir` on the command line wins over both.
   config.workdir = placeholder(str)
   # None -> the teacher stage trains its own teacher. A finished teacher stage folder (`done` + `best/`)

@@ -58,12 +58,12 @@ SETTINGS = {
     "paper": Setting(lambda acc: f"configs/brain_{acc}.py", (), 150,
                      "the paper's settings (configs/brain_{acc}.py: 240×240, all slices, 150 epochs per stage, "
                      "lr 1e-3 ×0.1 every 40 epochs)", "GPU"),
-    "cpu": Setting(lambda acc: "configs/demo.py", (), 10,
-                   "a reduced CPU setting (configs/demo.py with `acc` overridden: 64×64 images, 200 of the 300 "
+    "cpu": Setting(lambda acc: "configs/brain_cpu.py", (), 10,
+                   "a reduced CPU setting (configs/brain_cpu.py with `acc` overridden: 64×64 images, 200 of the 300 "
                    "training slices, all 30 validation slices in 3 volumes, 10 epochs per stage, lr 1e-3 ×0.1 "
                    "after epoch 8; the paper's models, AT layer pairs and α = 0.5)"),
-    "cpu_long": Setting(lambda acc: "configs/demo.py", ("train.num_epochs=40", "train.lr_step_epochs=30"), 40,
-                        "a longer CPU setting (configs/demo.py with `acc` overridden and 40 epochs per stage, lr "
+    "cpu_long": Setting(lambda acc: "configs/brain_cpu.py", ("train.num_epochs=40", "train.lr_step_epochs=30"), 40,
+                        "a longer CPU setting (configs/brain_cpu.py with `acc` overridden and 40 epochs per stage, lr "
                         "1e-3 ×0.1 after epoch 30: 64×64 images, 200 of the 300 training slices, all 30 "
                         "validation slices in 3 volumes; the paper's models, AT layer pairs and α = 0.5; about "
                         "20 min per run on 2 CPU cores)"),
@@ -824,7 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu",
                       help="paper: configs/brain_{acc}.py (GPU); gpu: the same with 30 epochs per stage; cpu: "
-                           "configs/demo.py at each acc (10 epochs); cpu_long: the same with 40 epochs")
+                           "configs/brain_cpu.py at each acc (10 epochs); cpu_long: the same with 40 epochs")
   parser.add_argument("--accs", default=",".join(ACCS), help="comma-separated accelerations, e.g. 4x,8x")
   parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated train.seed values")
   parser.add_argument("--workdir", default=os.path.join("experiments", "runs", "reproduce_brain"),

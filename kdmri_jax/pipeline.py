@@ -27,13 +27,13 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from kdmri_jax import checkpoints, losses, models, outputs, sharding, train
+from kdmri_jax import checkpoints, losses, models, outputs, pretrained, sharding, train
+from kdmri_jax import stages as stages_lib
 from kdmri_jax.atomic import write_atomic, write_text_atomic
 from kdmri_jax.data.pipeline import shard_bounds
 from kdmri_jax.errors import InputError, require, require_writable_dir
 
-STAGES = ("teacher", "student", "feature", "kd", "evaluate", "report")
-TRAINED_STAGES = ("teacher", "student", "feature", "kd")
+STAGES, TRAINED_STAGES = stages_lib.STAGES, stages_lib.TRAINED_STAGES
 DISPLAY_NAMES = {"zf": "ZF", "teacher": "Teacher", "student": "Student", "feature": "AT student", "kd": "KD"}
 EVALUATE_DIR, REPORT_DIR = outputs.EVALUATE_DIR, outputs.REPORT_DIR
 SPLITS_NEEDED = {**{s: ("train", "validation") for s in TRAINED_STAGES}, "evaluate": ("validation",)}
@@ -396,6 +396,11 @@ def run(config: Any, workdir: str | None = None, command: str | None = None) -> 
   stages = parse_stages(config.stages)
   workdir = require_writable_dir(workdir or default_workdir(config), "--workdir")
   mesh = sharding.make_mesh()
+  if sharding.is_primary():  # a teacher trained beforehand becomes this workdir's finished teacher
+    installed = pretrained.install(config.pretrained_teacher, workdir)
+    if installed:
+      _say(installed)
+  _sync("kdmri_jax.pipeline: pretrained teacher")
   # Everything that can be checked is checked before anything is written or trained.
   todo = check_workdir(config, workdir, stages)
   check_prerequisites(config, workdir, todo)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from kdmri_jax import checkpoints
 from kdmri_jax.errors import require
 
 FIELD = "config.pretrained_teacher"
@@ -21,8 +22,7 @@ def check_source(folder: str) -> str:
   folder = os.path.abspath(folder)
   require(os.path.isdir(folder), f"{FIELD} = {folder!r} is not a folder; point it at a finished "
                                  "teacher stage folder (with `done` and `best/`) or leave it unset.")
-  best = os.path.join(folder, "best")
-  has_best = os.path.isdir(best) and any(name.isdigit() for name in os.listdir(best))
+  has_best = checkpoints.has_step(os.path.join(folder, "best"))
   require(os.path.exists(os.path.join(folder, "done")) and has_best,
           f"{FIELD} = {folder!r} is not a finished teacher stage (it needs a `done` file and a "
           "checkpoint in `best/`); train one with --config.stages=teacher and point at its "

@@ -88,14 +88,14 @@ def tiny_config(base=None, **overrides: object):
 
 def tiny_main_argv(workdir: str | os.PathLike, cache_dir: str | os.PathLike, stages: str = "teacher",
                    epochs: int = 2, **overrides: object) -> list[str]:
-  """`kdmri_jax.main` arguments for a seconds-long run of configs/demo.py: `tiny_fields`, the
+  """`kdmri_jax.main` arguments for a seconds-long run of configs/brain_cpu.py: `tiny_fields`, the
   embedded brain at 32×32, 8 training slices (4 steps an epoch), a checkpoint after every step (many
   crash points; the parameters do not depend on it)."""
   fields = tiny_fields(**{"data__image_size": 32, "data__max_slices": 8,
                           "data__cache_dir": os.fspath(cache_dir), "train__num_epochs": epochs,
                           "train__log_every_steps": 1, "train__checkpoint_every_steps": 1,
                           "stages": stages, **overrides})
-  return ["--config", os.path.join(REPO, "configs", "demo.py"), "--workdir", os.fspath(workdir),
+  return ["--config", os.path.join(REPO, "configs", "brain_cpu.py"), "--workdir", os.fspath(workdir),
           *[f"--config.{k}={v}" for k, v in fields.items()]]
 
 

@@ -1,6 +1,6 @@
 """Real `python -m kdmri_jax.main` processes held at a known point of their start-up.
 
-`held_config` writes a config file (configs/demo.py made tiny by the command line) that stops the
+`held_config` writes a config file (configs/brain_cpu.py made tiny by the command line) that stops the
 process at one point of start-up until the test lets it go: while its config file loads, or inside
 the pipeline when it first loads data (after the workdir lock is taken, before anything is
 trained). The process touches a `reached` file when it gets there, so the test knows where it is
@@ -16,11 +16,11 @@ import time
 
 from helpers import REPO, subprocess_env, tiny_main_argv
 
-_TEMPLATE = '''"""configs/demo.py, held at {where} until {go} exists (tests/startup_probe.py)."""
+_TEMPLATE = '''"""configs/brain_cpu.py, held at {where} until {go} exists (tests/startup_probe.py)."""
 import os
 import time
 
-from configs import demo
+from configs import brain_cpu
 
 
 def _hold():
@@ -41,7 +41,7 @@ def get_config():
       return load_data(config, split)
 
     pipeline.load_data = held_load_data
-  return demo.get_config()
+  return brain_cpu.get_config()
 '''
 
 

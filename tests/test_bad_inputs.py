@@ -143,7 +143,7 @@ def _prepare(w, t, *extra, input=None):  # noqa: A002
 
 
 def _main(w, t, *extra, root=True):
-  argv = ["--config", "configs/demo.py", "--workdir", str(t / "outputs"), "--config.data.max_slices=4",
+  argv = ["--config", "configs/brain_cpu.py", "--workdir", str(t / "outputs"), "--config.data.max_slices=4",
           "--config.train.num_epochs=1", "--config.models.num_cascades=1", "--config.models.features=4",
           "--config.train.batch_size=2", "--config.train.progress_bar=false"]
   if root:

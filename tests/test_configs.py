@@ -69,6 +69,23 @@ def test_demo_is_small():
   assert config.data.image_size <= 96 and config.train.num_epochs <= 20
 
 
+def test_demo_distils_the_committed_teacher_of_its_own_model():
+  """configs/demo.py names a committed, finished teacher whose parameters fit the demo's teacher."""
+  import jax
+  import numpy as np
+
+  from kdmri_jax import checkpoints, pipeline, pretrained, train
+
+  config = load(os.path.join(REPO, "configs", "demo.py"))
+  folder = pretrained.check_source(config.pretrained_teacher)
+  assert folder.startswith(os.path.join(REPO, "experiments", "pretrained"))
+  _, params, _ = checkpoints.load_params(os.path.join(folder, "best"), expected_model="teacher")
+  _, model = pipeline.build_model(config, "teacher")
+  expected = train._param_shapes(model)  # shapes of a fresh init; conv weights do not depend on H, W
+  assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, expected)
+  assert load(os.path.join(REPO, "configs", "brain_cpu.py")).pretrained_teacher is None
+
+
 def test_generated_mask_defaults_are_the_masks_modules():
   from kdmri_jax import masks
   from kdmri_jax.data import embedded

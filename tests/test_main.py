@@ -13,7 +13,7 @@ from kdmri_jax.errors import Terminated, run_cli
 from startup_probe import held_config, main_argv, start_main, wait_until_reached
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(REPO, "configs", "demo.py")
+DEMO = os.path.join(REPO, "configs", "brain_cpu.py")
 
 
 def error_line(capsys):

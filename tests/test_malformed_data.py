@@ -164,7 +164,7 @@ def _main(w, t, fault, victim="img_volus_4x"):
   shutil.copytree(w / "root", root)
   train_file = sorted((root / "train" / "acc_4x").glob("*.h5"))[0]
   write_faulty(train_file, read_all(train_file), victim, fault, slice_axis=-1)
-  return ["--config", "configs/demo.py", "--workdir", t / "outputs", f"--config.data.root={root}",
+  return ["--config", "configs/brain_cpu.py", "--workdir", t / "outputs", f"--config.data.root={root}",
           "--config.data.max_slices=4", "--config.train.num_epochs=1",
           "--config.models.num_cascades=1", "--config.models.features=4",
           "--config.train.batch_size=2", "--config.train.progress_bar=false"]
