@@ -1,9 +1,10 @@
-"""Default KD-MRI experiment: the paper's settings (Murugesan et al. 2020, reference code) on brain 4x.
+"""Default KD-MRI experiment: the paper's settings (Murugesan et al. 2020, reference code) on brain
+4x.
 
-Every other config imports this one and changes a few fields. Override any field from the command line,
-e.g. `--config.train.num_epochs=10 --config.stages=teacher,student`.
-Each field's accepted range (type, bounds, choices) is declared in kdmri_jax/config_ranges.py and
-checked when `kdmri_jax.main` starts; a new field here needs an entry there (tests/test_config_ranges.py).
+Every other config imports this one and changes a few fields. Override any field from the command
+line, e.g. `--config.train.num_epochs=10 --config.stages=teacher,student`. Each field's accepted
+range (type, bounds, choices) is declared in kdmri_jax/config_ranges.py and checked when
+`kdmri_jax.main` starts; a new field here needs an entry there (tests/test_config_ranges.py).
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.stages = ",".join(stages.STAGES)  # every stage (kdmri_jax/stages.py)
   # None -> experiments/{dataset}/acc_{acc}; `--workdir` on the command line wins over both.
   config.workdir = placeholder(str)
-  # None -> the teacher stage trains its own teacher. A finished teacher stage folder (`done` + `best/`)
-  # -> copied into WORKDIR/teacher when that is absent, so the teacher stage finds it finished
-  # (kdmri_jax.pretrained; configs/demo.py uses the committed experiments/pretrained/ one).
+  # None -> the teacher stage trains its own teacher. A finished teacher stage folder (`done` +
+  # `best/`) -> copied into WORKDIR/teacher when that is absent, so the teacher stage finds it
+  # finished (kdmri_jax.pretrained; configs/demo.py uses the committed experiments/pretrained/ one).
   config.pretrained_teacher = placeholder(str)
   config.data = data_config()
   config.sr = sr_config()
@@ -90,8 +91,9 @@ def kd_config() -> ml_collections.ConfigDict:
   kd.imitation = "paper"
   kd.alpha = 0.5  # α of 'paper' (the other objectives have none)
   kd.feature_loss = "attention"  # kdmri_jax.feature_losses.FEATURE_LOSSES name
-  # 'paper' -> feature_losses.PAPER_LAYER_PAIRS (teacher conv 3 : student conv 2 in every cascade), or
-  # explicit 0-based paths 'teacher:student,...', e.g. '0.2:0.1,4.2:4.1' (DC-CNN) or '5:3' (VDSR).
+  # 'paper' -> feature_losses.PAPER_LAYER_PAIRS (teacher conv 3 : student conv 2 in every cascade),
+  # or explicit 0-based paths 'teacher:student,...', e.g. '0.2:0.1,4.2:4.1' (DC-CNN) or '5:3'
+  # (VDSR).
   kd.layer_pairs = "paper"
   kd.feature_weight = 1.0  # weight of the feature loss in the `feature` stage
   # The feature stage's best checkpoint: 'attention_mse' (the authors' code: lowest validation MSE
@@ -113,8 +115,10 @@ def train_config() -> ml_collections.ConfigDict:
   train.lr_step_epochs = 40  # StepLR: ×lr_gamma every lr_step_epochs epochs
   train.lr_gamma = 0.1
   train.seed = 42  # parameter init and data order
-  train.loss = "l1"  # reconstruction loss of teacher/student (kdmri_jax.losses.RECONSTRUCTION_LOSSES)
-  train.compute_dtype = "float32"  # 'bfloat16' on GPU/TPU halves activation memory; params stay float32
+  # reconstruction loss of teacher/student (kdmri_jax.losses.RECONSTRUCTION_LOSSES)
+  train.loss = "l1"
+  # 'bfloat16' on GPU/TPU halves activation memory; params stay float32
+  train.compute_dtype = "float32"
   train.log_every_steps = 50  # progress-bar loss refresh and NaN check
   train.checkpoint_every_steps = 500  # mid-epoch checkpoints (0: only at epoch end)
   train.keep_checkpoints = 3  # latest training-state checkpoints kept
@@ -127,7 +131,8 @@ def evaluate_config() -> ml_collections.ConfigDict:
   """The `evaluate` stage."""
   evaluate = ml_collections.ConfigDict()
   evaluate.batch_size = 4
-  evaluate.stages = "teacher,student,kd"  # trained stages compared with ZF in the table, in this order
+  # trained stages compared with ZF in the table, in this order
+  evaluate.stages = "teacher,student,kd"
   evaluate.save_reconstructions = True  # results/<model>/*.h5 as `kdmri_jax.valid` writes
   return evaluate
 
@@ -144,7 +149,8 @@ def distributed_config() -> ml_collections.ConfigDict:
 
 
 def for_dataset(dataset: str, acc: str) -> ml_collections.ConfigDict:
-  """The paper's settings for one dataset and acceleration (what configs/{dataset}_{acc}.py return)."""
+  """The paper's settings for one dataset and acceleration (what configs/{dataset}_{acc}.py
+  return)."""
   config = get_config()
   config.dataset = dataset
   config.acc = acc

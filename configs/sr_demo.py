@@ -1,8 +1,8 @@
 """The super-resolution pipeline (configs/sr_vdsr.py) at demo size for a few minutes on 2 CPU cores.
 
-Same models, layers and losses; 64×64 targets keeping the central 16×16 of k-space (the paper's 4× per
-axis), a subset of the slices and a few epochs. The numbers show the pipeline works end to end; they are
-not the paper's.
+Same models, layers and losses; 64×64 targets keeping the central 16×16 of k-space (the paper's 4×
+per axis), a subset of the slices and a few epochs. The numbers show the pipeline works end to end;
+they are not the paper's.
 """
 
 from __future__ import annotations

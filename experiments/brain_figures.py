@@ -1,6 +1,6 @@
-"""The figures of experiments/results/brain.md: each acceleration's qualitative figure (the report stage's
-PNG of one run) and the training curves (validation PSNR per epoch of teacher, student and KD, read from
-the stages' log.txt lines `... val_psnr X ...`)."""
+"""The figures of experiments/results/brain.md: each acceleration's qualitative figure (the report
+stage's PNG of one run) and the training curves (validation PSNR per epoch of teacher, student and
+KD, read from the stages' log.txt lines `... val_psnr X ...`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ CURVE_STAGES = (("teacher", "Teacher"), ("student", "Student"), ("kd", "KD (from
 
 
 def read_curve(log_path: str) -> list[tuple[int, float]]:
-  """[(epoch, validation PSNR)] from a stage's log.txt; empty when the file or the field is missing (runs
-  logged before val_psnr existed). A resumed stage logs an epoch once, so the last line per epoch wins."""
+  """[(epoch, validation PSNR)] from a stage's log.txt; empty when the file or the field is missing
+  (runs logged before val_psnr existed). A resumed stage logs an epoch once, so the last line per
+  epoch wins."""
   if not os.path.exists(log_path):
     return []
   points = {}
@@ -34,7 +35,8 @@ def late_gain(curve: list[tuple[int, float]], epochs: int = 3) -> float | None:
 
 
 def copy_qualitative(run_workdir: str, out_path: str) -> bool:
-  """Copies the run's report figure (ZF, target, teacher, student, KD and error maps) to `out_path`."""
+  """Copies the run's report figure (ZF, target, teacher, student, KD and error maps) to
+  `out_path`."""
   source = os.path.join(run_workdir, "report", "figure.png")
   if not os.path.exists(source):
     return False
@@ -46,14 +48,18 @@ def copy_qualitative(run_workdir: str, out_path: str) -> bool:
 def plot_curves(runs: Mapping[str, str], out_path: str, title: str) -> bool:
   """One panel per acc ({acc: run workdir}): validation PSNR per epoch of teacher, student and KD.
   Returns False (and writes nothing) when no run logged val_psnr."""
-  curves = {acc: {stage: read_curve(os.path.join(workdir, stage, "log.txt")) for stage, _ in CURVE_STAGES}
-            for acc, workdir in runs.items()}
+  curves = {
+    acc: {stage: read_curve(os.path.join(workdir, stage, "log.txt")) for stage, _ in CURVE_STAGES}
+    for acc, workdir in runs.items()
+  }
   curves = {acc: c for acc, c in curves.items() if any(c.values())}
   if not curves:
     return False
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, len(curves), figsize=(3.6 * len(curves), 3.0), squeeze=False)
   for ax, (acc, by_stage) in zip(axes[0], curves.items()):
     for stage, label in CURVE_STAGES:

@@ -1,8 +1,8 @@
 """What the experiment scripts share: running `python -m kdmri_jax.main` for a row, collecting its
 metrics and times, and writing a results table with its commands and machine.
 
-Used by experiments/compare_methods.py, ablation.py, brain_studies.py and reproduce_brain.py; run those
-from the repository root as `python -m experiments.NAME`.
+Used by experiments/compare_methods.py, ablation.py, brain_studies.py and reproduce_brain.py; run
+those from the repository root as `python -m experiments.NAME`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,19 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(REPO, "experiments", "results")
 
 
-# --- running the pipeline ------------------------------------------------------------------------------
+# --- running the pipeline -------------------------------------------------------------------------
+
 
 def main_command(config_arg: str, workdir: str, overrides: Sequence[str] = ()) -> list[str]:
   """The `python -m kdmri_jax.main` command of one run; overrides are 'field=value' (dotted)."""
-  return [sys.executable, "-m", "kdmri_jax.main", f"--config={config_arg}", f"--workdir={workdir}",
-          *[f"--config.{o}" for o in overrides]]
+  return [
+    sys.executable,
+    "-m",
+    "kdmri_jax.main",
+    f"--config={config_arg}",
+    f"--workdir={workdir}",
+    *[f"--config.{o}" for o in overrides],
+  ]
 
 
 def show(command: Sequence[str]) -> str:
@@ -40,8 +47,11 @@ def show(command: Sequence[str]) -> str:
   return " ".join(shlex.quote(w.replace(REPO + os.sep, "")) for w in words)
 
 
-def run_pipeline(command: Sequence[str], workdir: str, label: str, dry_run: bool = False) -> float | None:
-  """Runs one pipeline command (output to WORKDIR/run.log and the console); returns its wall seconds."""
+def run_pipeline(
+  command: Sequence[str], workdir: str, label: str, dry_run: bool = False
+) -> float | None:
+  """Runs one pipeline command (output to WORKDIR/run.log and the console); returns its wall
+  seconds."""
   print(f"[{label}] {show(command)}", flush=True)
   if dry_run:
     return None
@@ -49,19 +59,24 @@ def run_pipeline(command: Sequence[str], workdir: str, label: str, dry_run: bool
   log_path = os.path.join(workdir, "run.log")
   start = time.time()
   with open(log_path, "a") as log:
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+      command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     for line in process.stdout:
       log.write(line)
       if not line.startswith("\r"):
         print(f"[{label}] {line}", end="", flush=True)
     status = process.wait()
   if status != 0:
-    raise InputError(f"the {label} run failed with exit status {status}; its output is in {log_path}.")
+    raise InputError(
+      f"the {label} run failed with exit status {status}; its output is in {log_path}."
+    )
   return time.time() - start
 
 
-def timed_run(command: Sequence[str], workdir: str, label: str, stages: Sequence[str],
-              dry_run: bool = False) -> float | None:
+def timed_run(
+  command: Sequence[str], workdir: str, label: str, stages: Sequence[str], dry_run: bool = False
+) -> float | None:
   """`run_pipeline`, remembering its wall time in WORKDIR/wall_seconds.json when it trained any of
   `stages`; a rerun that only skips finished stages returns the remembered time."""
   path = os.path.join(workdir, "wall_seconds.json")
@@ -80,26 +95,35 @@ def timed_run(command: Sequence[str], workdir: str, label: str, stages: Sequence
 
 
 def link_stage(source_workdir: str, workdir: str, stage: str) -> None:
-  """Makes WORKDIR/<stage> a link to a finished stage of another workdir (kept if it already exists)."""
+  """Makes WORKDIR/<stage> a link to a finished stage of another workdir (kept if it already
+  exists)."""
   source = os.path.abspath(os.path.join(source_workdir, stage))
-  require(os.path.exists(os.path.join(source, "done")),
-          f"{source} is not a finished {stage} stage (no `done` file); train it first or point at a run "
-          f"that has it.")
+  require(
+    os.path.exists(os.path.join(source, "done")),
+    f"{source} is not a finished {stage} stage (no `done` "
+    f"file); train it first or point at a run that has it.",
+  )
   target = os.path.join(workdir, stage)
   os.makedirs(workdir, exist_ok=True)
   if not os.path.lexists(target):
     os.symlink(source, target)
 
 
-# --- collecting the numbers ------------------------------------------------------------------------------
+# --- collecting the numbers -----------------------------------------------------------------------
+
 
 def read_metrics(workdir: str, method: str) -> dict:
-  """The evaluate stage's WORKDIR/results/<method>/metrics.json (summary over volumes, parameters)."""
+  """The evaluate stage's WORKDIR/results/<method>/metrics.json (summary over volumes,
+  parameters)."""
   from kdmri_jax import evaluate  # here: it imports jax
+
   folder = os.path.join(workdir, "results", method)
   document = evaluate.read_metrics(folder)
-  require(document is not None, f"{os.path.join(folder, 'metrics.json')} does not exist; the evaluate "
-                                f"stage of that run has not finished.")
+  require(
+    document is not None,
+    f"{os.path.join(folder, 'metrics.json')} does not exist; the evaluate "
+    f"stage of that run has not finished.",
+  )
   return document
 
 
@@ -118,14 +142,27 @@ def stage_seconds(workdir: str, stages: Sequence[str]) -> float | None:
   return total if found else None
 
 
-def row(label: str, workdir: str, method: str, stages: Sequence[str] = (), run_wall: float | None = None,
-        **extra) -> dict:
+def row(
+  label: str,
+  workdir: str,
+  method: str,
+  stages: Sequence[str] = (),
+  run_wall: float | None = None,
+  **extra,
+) -> dict:
   """One table row from a run's metrics: PSNR/SSIM mean and std over validation volumes."""
   document = read_metrics(workdir, method)
   summary = document["summary"]
-  return {"label": label, "psnr": summary["PSNR"], "ssim": summary["SSIM"], "n": document["n_volumes"],
-          "params": document.get("params"), "train_s": stage_seconds(workdir, stages), "wall_s": run_wall,
-          **extra}
+  return {
+    "label": label,
+    "psnr": summary["PSNR"],
+    "ssim": summary["SSIM"],
+    "n": document["n_volumes"],
+    "params": document.get("params"),
+    "train_s": stage_seconds(workdir, stages),
+    "wall_s": run_wall,
+    **extra,
+  }
 
 
 def _mean_std(stat: dict, digits: int) -> str:
@@ -140,42 +177,66 @@ def _number(value, fmt: str) -> str:
 
 def markdown_table(rows: Sequence[dict], extra_columns: Sequence[tuple[str, str]] = ()) -> str:
   """Rows as a markdown table; `extra_columns` are (key, heading) shown after the label."""
-  head = ["Model", *[h for _, h in extra_columns], "PSNR (dB)", "SSIM", "Parameters", "Train time (s)",
-          "Run wall (s)"]
+  head = [
+    "Model",
+    *[h for _, h in extra_columns],
+    "PSNR (dB)",
+    "SSIM",
+    "Parameters",
+    "Train time (s)",
+    "Run wall (s)",
+  ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for r in rows:
-    cells = [r["label"], *[str(r.get(k, "")) for k, _ in extra_columns], _mean_std(r["psnr"], 2),
-             _mean_std(r["ssim"], 4), _number(r["params"], ","), _number(r["train_s"], ".0f"),
-             _number(r["wall_s"], ".0f")]
+    cells = [
+      r["label"],
+      *[str(r.get(k, "")) for k, _ in extra_columns],
+      _mean_std(r["psnr"], 2),
+      _mean_std(r["ssim"], 4),
+      _number(r["params"], ","),
+      _number(r["train_s"], ".0f"),
+      _number(r["wall_s"], ".0f"),
+    ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def table_notes(args, rows: Sequence[dict], student_label: str, notes: str) -> str:
-  """The notes under a table: where the teacher came from, the user's --note lines, a caveat, `notes`."""
+  """The notes under a table: where the teacher came from, the user's --note lines, a caveat,
+  `notes`."""
   parts = []
   if args.teacher_from:
     epochs = stage_seconds(args.teacher_from, ["teacher"])
-    parts.append(f"The teacher is reused from `{show([os.path.abspath(args.teacher_from)])}`"
-                 f"{f' ({epochs:.0f} s of training epochs)' if epochs else ''}.")
+    parts.append(
+      f"The teacher is reused from `{show([os.path.abspath(args.teacher_from)])}`"
+      f"{f' ({epochs:.0f} s of training epochs)' if epochs else ''}."
+    )
   parts += list(args.note)
   parts += [teacher_caveat(rows, student_label), notes]
   return "\n\n".join(p for p in parts if p)
 
 
 def teacher_caveat(rows: Sequence[dict], student_label: str) -> str:
-  """A sentence when the teacher is no better than the student alone (KD then has nothing to transfer)."""
+  """A sentence when the teacher is no better than the student alone (KD then has nothing to
+  transfer)."""
   by_label = {r["label"]: r for r in rows}
   teacher, student = by_label.get("Teacher"), by_label.get(student_label)
-  if not teacher or not student or teacher["psnr"].get("mean") is None or student["psnr"].get("mean") is None:
+  if (
+    not teacher
+    or not student
+    or teacher["psnr"].get("mean") is None
+    or student["psnr"].get("mean") is None
+  ):
     return ""
   if teacher["psnr"]["mean"] > student["psnr"]["mean"]:
     return ""
-  return (f"**Caveat:** here the teacher ({teacher['psnr']['mean']:.2f} dB) is no better than the student "
-          f"alone ({student['psnr']['mean']:.2f} dB) — the deeper teacher has not converged in this short "
-          f"schedule — so imitating it cannot help and these rows only show that the pipeline runs end to "
-          f"end; compare methods with a converged teacher (the paper trains 150 epochs, or pass "
-          f"`--teacher-from` a longer-trained one).")
+  return (
+    f"**Caveat:** here the teacher ({teacher['psnr']['mean']:.2f} dB) is no better than the "
+    f"student alone ({student['psnr']['mean']:.2f} dB) — the deeper teacher has not converged in "
+    f"this short schedule — so imitating it cannot help and these rows only show that the pipeline "
+    f"runs end to end; compare methods with a converged teacher (the paper trains 150 epochs, or "
+    f"pass `--teacher-from` a longer-trained one)."
+  )
 
 
 def machine() -> str:
@@ -189,21 +250,47 @@ def machine() -> str:
     pass
   try:
     import jax
+
     jax_version = jax.__version__
   except ImportError:
     jax_version = "?"
   usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  return (f"{model}, {usable} usable CPU cores ({os.cpu_count()} visible), {platform.system()} "
-          f"{platform.release()}, Python {platform.python_version()}, JAX {jax_version} on CPU")
+  return (
+    f"{model}, {usable} usable CPU cores ({os.cpu_count()} visible), {platform.system()} "
+    f"{platform.release()}, Python {platform.python_version()}, JAX {jax_version} on CPU"
+  )
 
 
-def write_results(path: str, title: str, intro: str, table: str, commands: Sequence[str], notes: str,
-                  overwrite: bool) -> None:
+def write_results(
+  path: str,
+  title: str,
+  intro: str,
+  table: str,
+  commands: Sequence[str],
+  notes: str,
+  overwrite: bool,
+) -> None:
   """The markdown file with the table, the exact commands and the machine."""
   require(overwrite or not os.path.exists(path), f"{path} exists; pass --overwrite to replace it.")
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  text = [f"# {title}", "", intro, "", table, "", notes, "", "## Commands", "", "```",
-          *commands, "```", "", f"Machine: {machine()}. Written {now}.", ""]
+  text = [
+    f"# {title}",
+    "",
+    intro,
+    "",
+    table,
+    "",
+    notes,
+    "",
+    "## Commands",
+    "",
+    "```",
+    *commands,
+    "```",
+    "",
+    f"Machine: {machine()}. Written {now}.",
+    "",
+  ]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     f.write("\n".join(text))
@@ -211,23 +298,42 @@ def write_results(path: str, title: str, intro: str, table: str, commands: Seque
 
 
 def common_arguments(parser: argparse.ArgumentParser, workdir: str, out: str) -> None:
-  parser.add_argument("--base", default="demo", help="base config in configs/ (demo, brain_4x, sr_demo, ...)")
+  parser.add_argument(
+    "--base", default="demo", help="base config in configs/ (demo, brain_4x, sr_demo, ...)"
+  )
   parser.add_argument("--workdir", default=workdir, help="folder holding one workdir per run")
-  parser.add_argument("--teacher-from", default=None,
-                      help="reuse the finished teacher of this workdir (same base config) instead of training one")
-  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                      help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)")
-  parser.add_argument("--note", action="append", default=[],
-                      help="a sentence added under the table, e.g. how the --teacher-from teacher was trained")
+  parser.add_argument(
+    "--teacher-from",
+    default=None,
+    help="reuse the finished teacher of this workdir (same base config) instead of training one",
+  )
+  parser.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)",
+  )
+  parser.add_argument(
+    "--note",
+    action="append",
+    default=[],
+    help="a sentence added under the table, e.g. how the --teacher-from teacher was trained",
+  )
   parser.add_argument("--out", default=out, help="markdown file for the table")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-  parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
+  parser.add_argument(
+    "--dry-run", action="store_true", help="print the commands without running them"
+  )
 
 
 def check_overrides(overrides: Sequence[str]) -> list[str]:
   for o in overrides:
-    require(re.fullmatch(r"[A-Za-z_][\w.]*=.*", o) is not None,
-            f"--set {o!r} is not FIELD=VALUE with a dotted config field, e.g. train.num_epochs=2.")
+    require(
+      re.fullmatch(r"[A-Za-z_][\w.]*=.*", o) is not None,
+      f"--set {o!r} is not FIELD=VALUE with a dotted config field, e.g. train.num_epochs=2.",
+    )
   return list(overrides)
 
 
@@ -240,6 +346,7 @@ def script_command(argv: Sequence[str], script: str) -> str:
 def default_methods() -> list[str]:
   """One feature-loss name per method (aliases such as pairwise = local_affinity left out)."""
   from kdmri_jax.feature_losses import FEATURE_LOSSES
+
   seen, names = set(), []
   for name, fn in FEATURE_LOSSES.items():  # one name per function (pairwise = local_affinity)
     if fn not in seen:

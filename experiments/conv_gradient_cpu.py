@@ -1,6 +1,7 @@
-"""Where XLA:CPU's training step loses time: one 32→32 conv3x3 layer's forward pass, input gradient and
-weight gradient, and the weight gradient rewritten as matrix products (with the cost of building their
-operands). Prints a table of medians; the numbers in experiments/results/speed.md ("What was tried").
+"""Where XLA:CPU's training step loses time: one 32→32 conv3x3 layer's forward pass, input gradient
+and weight gradient, and the weight gradient rewritten as matrix products (with the cost of building
+their operands). Prints a table of medians; the numbers in experiments/results/speed.md ("What was
+tried").
 
   python experiments/conv_gradient_cpu.py --size 240 --repeats 7
 """
@@ -20,14 +21,16 @@ CHANNELS = 32
 
 
 def conv(x, kernel):
-  return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
 
 
 def taps(x):
   """The 9 shifted (B, H, W, C) copies of x that a 3×3 kernel sees, row-major tap order."""
   height, width = x.shape[1], x.shape[2]
   padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-  return [padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)]
+  return [padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
 
 
 def weight_grad_taps(x, g):
@@ -70,21 +73,33 @@ def main(argv) -> int:
   reference = weight_grad(x, g).reshape(9, CHANNELS, CHANNELS)
   cols, flat_g = im2col(x), g.reshape(-1, CHANNELS)
   cases = [
-      ("forward conv", jax.jit(conv), (x, kernel)),
-      ("input gradient", jax.jit(lambda k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0]), (kernel, g)),
-      ("weight gradient (XLA)", weight_grad, (x, g)),
-      ("weight gradient as 9 tap products", jax.jit(weight_grad_taps), (x, g)),
-      ("weight gradient as im2col + 1 product", jax.jit(weight_grad_im2col), (x, g)),
-      ("  of which: building im2col", jax.jit(im2col), (x,)),
-      ("  of which: the product alone", jax.jit(lambda c, g: jnp.einsum("pk,pc->kc", c, g)), (cols, flat_g)),
+    ("forward conv", jax.jit(conv), (x, kernel)),
+    (
+      "input gradient",
+      jax.jit(lambda k, g: jax.vjp(lambda x: conv(x, k), x)[1](g)[0]),
+      (kernel, g),
+    ),
+    ("weight gradient (XLA)", weight_grad, (x, g)),
+    ("weight gradient as 9 tap products", jax.jit(weight_grad_taps), (x, g)),
+    ("weight gradient as im2col + 1 product", jax.jit(weight_grad_im2col), (x, g)),
+    ("  of which: building im2col", jax.jit(im2col), (x,)),
+    (
+      "  of which: the product alone",
+      jax.jit(lambda c, g: jnp.einsum("pk,pc->kc", c, g)),
+      (cols, flat_g),
+    ),
   ]
   scale = float(jnp.abs(reference).max())
-  print(f"| {args.size}×{args.size}, {CHANNELS}→{CHANNELS}, batch 1 | median ms | max rel. diff vs XLA |")
+  print(
+    f"| {args.size}×{args.size}, {CHANNELS}→{CHANNELS}, "
+    f"batch 1 | median ms | max rel. diff vs XLA |"
+  )
   print("|---|---|---|")
   for name, function, inputs in cases:
     diff = ""
     if name.startswith("weight gradient as"):
-      diff = f"{float(jnp.abs(function(*inputs).reshape(reference.shape) - reference).max()) / scale:.1e}"
+      error = float(jnp.abs(function(*inputs).reshape(reference.shape) - reference).max())
+      diff = f"{error / scale:.1e}"
     print(f"| {name} | {median_ms(function, *inputs, repeats=args.repeats):.2f} | {diff} |")
   print(f"\n{jax.devices()[0].device_kind}, jax {jax.__version__}")
   return 0

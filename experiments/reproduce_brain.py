@@ -1,22 +1,24 @@
-"""Reproduces KD-MRI's brain table (Murugesan et al. 2020, Table 1) on the embedded MNI brain data at 4x, 5x
-and 8x with several seeds, and writes experiments/results/brain.md.
+"""Reproduces KD-MRI's brain table (Murugesan et al. 2020, Table 1) on the embedded MNI brain data
+at 4x, 5x and 8x with several seeds, and writes experiments/results/brain.md.
 
   python experiments/reproduce_brain.py --setting cpu --accs 4x,8x,5x --seeds 42,43,44
-  python experiments/reproduce_brain.py --setting paper            # configs/brain_{acc}.py, for a GPU
-  python experiments/reproduce_brain.py --setting gpu --seeds 42,43 --parallel 3   # 240×240, 30 epochs, one GPU
+  python experiments/reproduce_brain.py --setting paper   # configs/brain_{acc}.py, for a GPU
+  python experiments/reproduce_brain.py --setting gpu --seeds 42,43 --parallel 3
+                                                          # 240×240, 30 epochs, one GPU
   python experiments/reproduce_brain.py --setting cpu --collect-only --overwrite
   python experiments/reproduce_brain.py --reverdict experiments/results/brain.md   # no runs needed
 
-Each (acc, seed) is one `python -m kdmri_jax.main` run (stages teacher, student, feature, kd, evaluate,
-report) in WORKDIR/<setting>/acc_<acc>/seed_<seed>/, with `--config.train.seed=SEED` (parameter init and
-data order). Rerunning resumes: main skips finished stages. The table collects the evaluate stage's
-per-volume PSNR/SSIM of ZF, teacher, student and KD from every finished run; missing runs are marked
-"not run". Statistics (gap closed, paired test) are in `table_stats` so tests can check them without
-training. The verdict applies one rule (`ordering_verdict`) per acc and metric: the paper's ordering
-ZF < student < KD < teacher, each step beyond the seed spread. `--reverdict FILE` re-derives a written
-table's verdict from its own numbers when the run folders are gone. The setting line names each run's
-`config.data.mask_family` and `config.kd.imitation` (from its config.json). Nothing here is tuned
-on validation: the checkpoints are the pipeline's best by validation loss, as in the paper.
+Each (acc, seed) is one `python -m kdmri_jax.main` run (stages teacher, student, feature, kd,
+evaluate, report) in WORKDIR/<setting>/acc_<acc>/seed_<seed>/, with `--config.train.seed=SEED`
+(parameter init and data order). Rerunning resumes: main skips finished stages. The table collects
+the evaluate stage's per-volume PSNR/SSIM of ZF, teacher, student and KD from every finished run;
+missing runs are marked "not run". Statistics (gap closed, paired test) are in `table_stats` so
+tests can check them without training. The verdict applies one rule (`ordering_verdict`) per acc and
+metric: the paper's ordering ZF < student < KD < teacher, each step beyond the seed spread.
+`--reverdict FILE` re-derives a written table's verdict from its own numbers when the run folders
+are gone. The setting line names each run's `config.data.mask_family` and `config.kd.imitation`
+(from its config.json). Nothing here is tuned on validation: the checkpoints are the pipeline's best
+by validation loss, as in the paper.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from typing import Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from experiments import brain_figures  # the qualitative figures and training curves
-from experiments import brain_studies  # the ablation and methods at one acc
-from experiments import common  # the shared run/collect helpers
+from experiments import (
+  brain_figures,  # the qualitative figures and training curves
+  brain_studies,  # the ablation and methods at one acc
+  common,  # the shared run/collect helpers
+)
 from experiments.brain_studies import ALPHA, p_text, paired_p, resolve  # the one rule, its p
 from experiments.seed_stats import mean_std, paired_test
 from kdmri_jax.errors import InputError, require, run_cli
@@ -55,31 +59,49 @@ class Setting(NamedTuple):
 
 
 SETTINGS = {
-    "paper": Setting(lambda acc: f"configs/brain_{acc}.py", (), 150,
-                     "the paper's settings (configs/brain_{acc}.py: 240×240, all slices, 150 epochs per stage, "
-                     "lr 1e-3 ×0.1 every 40 epochs)", "GPU"),
-    "cpu": Setting(lambda acc: "configs/brain_cpu.py", (), 10,
-                   "a reduced CPU setting (configs/brain_cpu.py with `acc` overridden: 64×64 images, 200 of the 300 "
-                   "training slices, all 30 validation slices in 3 volumes, 10 epochs per stage, lr 1e-3 ×0.1 "
-                   "after epoch 8; the paper's models, AT layer pairs and α = 0.5)"),
-    "cpu_long": Setting(lambda acc: "configs/brain_cpu.py", ("train.num_epochs=40", "train.lr_step_epochs=30"), 40,
-                        "a longer CPU setting (configs/brain_cpu.py with `acc` overridden and 40 epochs per stage, lr "
-                        "1e-3 ×0.1 after epoch 30: 64×64 images, 200 of the 300 training slices, all 30 "
-                        "validation slices in 3 volumes; the paper's models, AT layer pairs and α = 0.5; about "
-                        "20 min per run on 2 CPU cores)"),
-    "gpu": Setting(lambda acc: f"configs/brain_{acc}.py",
-                   ("train.num_epochs=30", "train.lr_step_epochs=22", "data.num_workers=4"), 30,
-                   "a reduced GPU setting (configs/brain_{acc}.py — the paper's 240×240 images, all 300 training and "
-                   "30 validation slices, batch 4, Adam 1e-3 — with 30 instead of 150 epochs per stage, lr ×0.1 "
-                   "after epoch 22; the paper's models, AT layer pairs and α = 0.5; about 4 minutes per run on an "
-                   "H200, three runs side by side)", "GPU"),
+  "paper": Setting(
+    lambda acc: f"configs/brain_{acc}.py",
+    (),
+    150,
+    "the paper's settings (configs/brain_{acc}.py: 240×240, all "
+    "slices, 150 epochs per stage, lr 1e-3 ×0.1 every 40 epochs)",
+    "GPU",
+  ),
+  "cpu": Setting(
+    lambda acc: "configs/brain_cpu.py",
+    (),
+    10,
+    "a reduced CPU setting (configs/brain_cpu.py with `acc` overridden: 64×64 images, 200 of the "
+    "300 training slices, all 30 validation slices in 3 volumes, 10 epochs per stage, lr 1e-3 ×0.1 "
+    "after epoch 8; the paper's models, AT layer pairs and α = 0.5)",
+  ),
+  "cpu_long": Setting(
+    lambda acc: "configs/brain_cpu.py",
+    ("train.num_epochs=40", "train.lr_step_epochs=30"),
+    40,
+    "a longer CPU setting (configs/brain_cpu.py with `acc` overridden and 40 epochs per stage, lr "
+    "1e-3 ×0.1 after epoch 30: 64×64 images, 200 of the 300 training slices, all 30 "
+    "validation slices in 3 volumes; the paper's models, AT layer pairs and α = 0.5; about "
+    "20 min per run on 2 CPU cores)",
+  ),
+  "gpu": Setting(
+    lambda acc: f"configs/brain_{acc}.py",
+    ("train.num_epochs=30", "train.lr_step_epochs=22", "data.num_workers=4"),
+    30,
+    "a reduced GPU setting (configs/brain_{acc}.py — the paper's 240×240 images, all 300 training "
+    "and 30 validation slices, batch 4, Adam 1e-3 — with 30 instead of 150 epochs per stage, lr "
+    "×0.1 after epoch 22; the paper's models, AT layer pairs and α = 0.5; about 4 minutes per run "
+    "on an H200, three runs side by side)",
+    "GPU",
+  ),
 }
-# Paper, Table 1 (brain, DC-CNN, MRBrainS 240×240): PSNR / SSIM per acc (Murugesan et al. 2020, arXiv 2004.05319).
+# Paper, Table 1 (brain, DC-CNN, MRBrainS 240×240): PSNR / SSIM per acc (Murugesan et al. 2020,
+# arXiv 2004.05319).
 PAPER_BRAIN = {
-    "zf": {"4x": (31.38, 0.6651), "5x": (29.93, 0.6304), "8x": (29.37, 0.6065)},
-    "teacher": {"4x": (40.03, 0.9781), "5x": (39.03, 0.971), "8x": (35.04, 0.9374)},
-    "student": {"4x": (39.36, 0.9753), "5x": (38.58, 0.9674), "8x": (34.39, 0.9281)},
-    "kd": {"4x": (39.8, 0.977), "5x": (38.78, 0.9688), "8x": (34.83, 0.9337)},
+  "zf": {"4x": (31.38, 0.6651), "5x": (29.93, 0.6304), "8x": (29.37, 0.6065)},
+  "teacher": {"4x": (40.03, 0.9781), "5x": (39.03, 0.971), "8x": (35.04, 0.9374)},
+  "student": {"4x": (39.36, 0.9753), "5x": (38.58, 0.9674), "8x": (34.39, 0.9281)},
+  "kd": {"4x": (39.8, 0.977), "5x": (38.78, 0.9688), "8x": (34.83, 0.9337)},
 }
 PAPER_GAP = "44–68 %"
 PLATEAU_DB = 0.1  # a teacher gaining less over its last 3 epochs has levelled off
@@ -89,13 +111,22 @@ def run_dir(root: str, setting: str, acc: str, seed: int) -> str:
   return os.path.join(root, setting, f"acc_{acc}", f"seed_{seed}")
 
 
-def run_command(setting: str, acc: str, seed: int, workdir: str, overrides: Sequence[str] = ()) -> list[str]:
-  return common.main_command(SETTINGS[setting].config(acc), workdir, run_overrides(setting, acc, seed, overrides))
+def run_command(
+  setting: str, acc: str, seed: int, workdir: str, overrides: Sequence[str] = ()
+) -> list[str]:
+  return common.main_command(
+    SETTINGS[setting].config(acc), workdir, run_overrides(setting, acc, seed, overrides)
+  )
 
 
 def run_overrides(setting: str, acc: str, seed: int, overrides: Sequence[str] = ()) -> list[str]:
-  return [f"acc={acc}", f"train.seed={seed}", "train.progress_bar=false", *SETTINGS[setting].overrides,
-          *overrides]
+  return [
+    f"acc={acc}",
+    f"train.seed={seed}",
+    "train.progress_bar=false",
+    *SETTINGS[setting].overrides,
+    *overrides,
+  ]
 
 
 def study_base(setting: str, acc: str) -> str:
@@ -103,18 +134,22 @@ def study_base(setting: str, acc: str) -> str:
   return os.path.splitext(os.path.basename(SETTINGS[setting].config(acc)))[0]
 
 
-# --- collecting -----------------------------------------------------------------------------------------
+# --- collecting -----------------------------------------------------------------------------------
+
 
 def read_volumes(workdir: str) -> dict | None:
-  """{method: {'params': n, 'volumes': {name: {'PSNR': x, 'SSIM': y}}}} of a finished run, else None."""
+  """{method: {'params': n, 'volumes': {name: {'PSNR': x, 'SSIM': y}}}} of a finished run, else
+  None."""
   out = {method: brain_studies.read_method(workdir, method) for method, _ in METHODS}
   return None if None in out.values() else out
 
 
 def run_means(run: dict) -> dict:
   """{method: {'PSNR': mean over volumes, 'SSIM': ...}} of one run (the paper's per-run number)."""
-  return {m: {k: float(np.mean([v[k] for v in run[m]["volumes"].values()])) for k in ("PSNR", "SSIM")}
-          for m in run}
+  return {
+    m: {k: float(np.mean([v[k] for v in run[m]["volumes"].values()])) for k in ("PSNR", "SSIM")}
+    for m in run
+  }
 
 
 def gap_closed(teacher: float, student: float, kd: float) -> float | None:
@@ -132,7 +167,10 @@ def table_stats(runs: dict) -> dict:
   stats = {}
   for acc in sorted({a for a, _ in runs}, key=lambda a: float(a.rstrip("x"))):
     done = {s: r for (a, s), r in sorted(runs.items()) if a == acc and r is not None}
-    entry = {"seeds": sorted(done), "missing": sorted(s for (a, s), r in runs.items() if a == acc and r is None)}
+    entry = {
+      "seeds": sorted(done),
+      "missing": sorted(s for (a, s), r in runs.items() if a == acc and r is None),
+    }
     means = {s: run_means(r) for s, r in done.items()}
     for method, _ in METHODS:
       for key in ("PSNR", "SSIM"):
@@ -140,13 +178,23 @@ def table_stats(runs: dict) -> dict:
     if done:
       psnr = {m: entry[(m, "PSNR")][0] for m, _ in METHODS}
       entry["gap"] = gap_closed(psnr["teacher"], psnr["student"], psnr["kd"])
-      entry["gap_per_seed"] = {s: gap_closed(means[s]["teacher"]["PSNR"], means[s]["student"]["PSNR"],
-                                             means[s]["kd"]["PSNR"]) for s in done}
-      pairs = [(r["kd"]["volumes"][v]["PSNR"], r["student"]["volumes"][v]["PSNR"])
-               for r in done.values() for v in sorted(r["kd"]["volumes"])]
+      entry["gap_per_seed"] = {
+        s: gap_closed(
+          means[s]["teacher"]["PSNR"], means[s]["student"]["PSNR"], means[s]["kd"]["PSNR"]
+        )
+        for s in done
+      }
+      pairs = [
+        (r["kd"]["volumes"][v]["PSNR"], r["student"]["volumes"][v]["PSNR"])
+        for r in done.values()
+        for v in sorted(r["kd"]["volumes"])
+      ]
       entry["test"] = paired_test([p[0] for p in pairs], [p[1] for p in pairs])
-      ssim_pairs = [(r["kd"]["volumes"][v]["SSIM"], r["student"]["volumes"][v]["SSIM"])
-                    for r in done.values() for v in sorted(r["kd"]["volumes"])]
+      ssim_pairs = [
+        (r["kd"]["volumes"][v]["SSIM"], r["student"]["volumes"][v]["SSIM"])
+        for r in done.values()
+        for v in sorted(r["kd"]["volumes"])
+      ]
       entry["test_ssim"] = paired_test([p[0] for p in ssim_pairs], [p[1] for p in ssim_pairs])
       entry["params"] = {m: next(iter(done.values()))[m]["params"] for m, _ in METHODS}
     stats[acc] = entry
@@ -167,8 +215,11 @@ def main_table(stats: dict, accs: Sequence[str]) -> str:
       entry = stats.get(acc, {})
       cells += [_cell(entry.get((method, "PSNR")), 2), _cell(entry.get((method, "SSIM")), 4)]
     lines.append("| " + " | ".join(cells) + " |")
-  seeds = ["Seeds"] + [x for acc in accs for x in (", ".join(map(str, stats.get(acc, {}).get("seeds", [])))
-                                                    or "none", "")]
+  seeds = ["Seeds"] + [
+    x
+    for acc in accs
+    for x in (", ".join(map(str, stats.get(acc, {}).get("seeds", []))) or "none", "")
+  ]
   lines.append("| " + " | ".join(seeds) + " |")
   return "\n".join(lines)
 
@@ -193,8 +244,18 @@ def paper_table(accs: Sequence[str]) -> str:
 
 
 def gap_table(stats: dict, accs: Sequence[str]) -> str:
-  head = ["Acc", "Seeds", "T − S (dB)", "KD − S (dB)", "Gap closed (KD−S)/(T−S)", "Per seed",
-          "KD > S (pairs)", "Wilcoxon p (PSNR)", "paired t p (PSNR)", "Wilcoxon p (SSIM)"]
+  head = [
+    "Acc",
+    "Seeds",
+    "T − S (dB)",
+    "KD − S (dB)",
+    "Gap closed (KD−S)/(T−S)",
+    "Per seed",
+    "KD > S (pairs)",
+    "Wilcoxon p (PSNR)",
+    "paired t p (PSNR)",
+    "Wilcoxon p (SSIM)",
+  ]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for acc in accs:
     entry = stats.get(acc)
@@ -203,13 +264,29 @@ def gap_table(stats: dict, accs: Sequence[str]) -> str:
       continue
     t, s, k = (entry[(m, "PSNR")][0] for m in ("teacher", "student", "kd"))
     gap = "T ≤ S: undefined" if entry["gap"] is None else f"{100 * entry['gap']:.0f} %"
-    per_seed = ", ".join(f"{seed}: {'—' if g is None else f'{100 * g:.0f} %'}"
-                         for seed, g in entry["gap_per_seed"].items())
+    per_seed = ", ".join(
+      f"{seed}: {'—' if g is None else f'{100 * g:.0f} %'}"
+      for seed, g in entry["gap_per_seed"].items()
+    )
     test = entry["test"]
-    lines.append("| " + " | ".join([
-        acc, ", ".join(map(str, entry["seeds"])), f"{t - s:+.2f}", f"{k - s:+.2f}", gap, per_seed,
-        f"{test['wins']}/{test['n']}", p_text(test["wilcoxon_p"]) + f" (min {test['min_p']:.2g})",
-        p_text(test["t_p"]), p_text(entry["test_ssim"]["wilcoxon_p"])]) + " |")
+    lines.append(
+      "| "
+      + " | ".join(
+        [
+          acc,
+          ", ".join(map(str, entry["seeds"])),
+          f"{t - s:+.2f}",
+          f"{k - s:+.2f}",
+          gap,
+          per_seed,
+          f"{test['wins']}/{test['n']}",
+          p_text(test["wilcoxon_p"]) + f" (min {test['min_p']:.2g})",
+          p_text(test["t_p"]),
+          p_text(entry["test_ssim"]["wilcoxon_p"]),
+        ]
+      )
+      + " |"
+    )
   return "\n".join(lines)
 
 
@@ -217,28 +294,38 @@ def params_line(stats: dict) -> str:
   for entry in stats.values():
     if entry.get("params"):
       p = entry["params"]
-      return (f"Parameters: teacher {p['teacher']:,}, student {p['student']:,}, KD student {p['kd']:,} "
-              f"(KD student = student architecture; {p['teacher'] / p['student']:.2f}× fewer than the teacher).")
+      return (
+        f"Parameters: teacher {p['teacher']:,}, student {p['student']:,}, "
+        f"KD student {p['kd']:,} (KD student = student architecture; "
+        f"{p['teacher'] / p['student']:.2f}× fewer than the teacher)."
+      )
   return "Parameters: no finished run."
 
 
 def wall_table(root: str, setting: str, accs: Sequence[str], seeds: Sequence[int]) -> str:
-  lines = ["| Acc | Seed | Status | Training epochs (s): teacher / student / feature / kd | Run wall (s) |",
-           "|---|---|---|---|---|"]
+  lines = [
+    "| Acc | Seed | Status | Training epochs (s): "
+    "teacher / student / feature / kd | Run wall (s) |",
+    "|---|---|---|---|---|",
+  ]
   for acc in accs:
     for seed in seeds:
       workdir = run_dir(root, setting, acc, seed)
       finished = read_volumes(workdir) is not None
-      status = "finished" if finished else ("partial (stopped)" if os.path.isdir(workdir) else "not run")
+      status = (
+        "finished" if finished else ("partial (stopped)" if os.path.isdir(workdir) else "not run")
+      )
       epochs = [common.stage_seconds(workdir, [s]) for s in TRAINED]
       wall = None
       path = os.path.join(workdir, "wall_seconds.json")
       if os.path.exists(path):
         with open(path) as f:
           wall = json.load(f).get("seconds")
-      lines.append(f"| {acc} | {seed} | {status} | "
-                   f"{' / '.join('—' if e is None else f'{e:.0f}' for e in epochs)} | "
-                   f"{'—' if wall is None else f'{wall:.0f}'} |")
+      lines.append(
+        f"| {acc} | {seed} | {status} | "
+        f"{' / '.join('—' if e is None else f'{e:.0f}' for e in epochs)} | "
+        f"{'—' if wall is None else f'{wall:.0f}'} |"
+      )
   return "\n".join(lines)
 
 
@@ -260,14 +347,15 @@ NO_GAP = "no resolvable teacher–student gap"
 NOT_RESOLVED = "not resolved"
 FAILS = "fails"
 RULE = (
-    "Rule (`ordering_verdict`): a step of the paper's ordering ZF < student < KD < teacher holds "
-    "when the higher model's seed-mean exceeds the lower one's by more than the larger of their "
-    "two stds over seeds (so at least 2 seeds are needed), and for KD − student also when the "
-    f"paired Wilcoxon test over (seed, volume) pairs gives p < {ALPHA}. \"Reproduces\" needs every "
-    "step; a teacher − student difference inside that spread, or KD above the teacher (gap closed "
-    "over 100 %), is \"no resolvable teacher–student gap\"; a step inside the spread is \"not "
-    "resolved\"; ZF not below the student, or KD below the student by more than the spread, "
-    "\"fails\". PSNR and SSIM are judged separately.")
+  "Rule (`ordering_verdict`): a step of the paper's ordering ZF < student < KD < teacher holds "
+  "when the higher model's seed-mean exceeds the lower one's by more than the larger of their "
+  "two stds over seeds (so at least 2 seeds are needed), and for KD − student also when the "
+  f'paired Wilcoxon test over (seed, volume) pairs gives p < {ALPHA}. "Reproduces" needs every '
+  "step; a teacher − student difference inside that spread, or KD above the teacher (gap closed "
+  'over 100 %), is "no resolvable teacher–student gap"; a step inside the spread is "not '
+  'resolved"; ZF not below the student, or KD below the student by more than the spread, '
+  '"fails". PSNR and SSIM are judged separately.'
+)
 
 
 class Ordering(NamedTuple):
@@ -275,8 +363,9 @@ class Ordering(NamedTuple):
   sentence: str  # the numbers and every step that does not hold
 
 
-def ordering_verdict(per_seed: Mapping[str, Sequence[float]], metric: str = "PSNR",
-                     kd_student_p: float | None = None) -> Ordering:
+def ordering_verdict(
+  per_seed: Mapping[str, Sequence[float]], metric: str = "PSNR", kd_student_p: float | None = None
+) -> Ordering:
   """The paper's ordering at one acc from each model's per-seed means ({'zf', 'student', 'kd',
   'teacher'}: one value per seed) of `metric`; `kd_student_p`: the paired test of KD vs student
   (None: judge by the spread alone)."""
@@ -287,6 +376,7 @@ def ordering_verdict(per_seed: Mapping[str, Sequence[float]], metric: str = "PSN
 
 class Shown(NamedTuple):
   """How a verdict writes one metric's numbers."""
+
   digits: int
   unit: str
 
@@ -301,8 +391,14 @@ def shown_as(metric: str) -> Shown:
   return Shown(2, " dB") if metric == "PSNR" else Shown(4, "")
 
 
-def unresolved(name: str, lower: tuple[float, float], upper: tuple[float, float], seeds: int,
-               shown: Shown, p: float | None = None) -> tuple[str, str] | None:
+def unresolved(
+  name: str,
+  lower: tuple[float, float],
+  upper: tuple[float, float],
+  seeds: int,
+  shown: Shown,
+  p: float | None = None,
+) -> tuple[str, str] | None:
   """None when `resolve` finds `upper` above `lower`, else (its outcome, 'NAME (+d) is ...': why
   not)."""
   outcome = resolve(lower, upper, seeds, p)
@@ -310,30 +406,36 @@ def unresolved(name: str, lower: tuple[float, float], upper: tuple[float, float]
     return None
   diff, spread = upper[0] - lower[0], max(lower[1], upper[1])
   spread_text = f"{shown.num(spread)}{shown.unit}"
-  why = {"one seed": "not resolvable: one seed gives no seed spread",
-         "spread": f"inside the larger seed std ({spread_text})",
-         "p": f"outside the seed spread but not significant (p ≥ {ALPHA})",
-         }.get(outcome, f"{outcome} zero by more than the seed spread ({spread_text})")
+  why = {
+    "one seed": "not resolvable: one seed gives no seed spread",
+    "spread": f"inside the larger seed std ({spread_text})",
+    "p": f"outside the seed spread but not significant (p ≥ {ALPHA})",
+  }.get(outcome, f"{outcome} zero by more than the seed spread ({spread_text})")
   shown_p = "" if p is None else f", paired p = {p:.3g}"
   return outcome, f"{name} ({shown.signed(diff)}{shown_p}) is {why}"
 
 
-def ordering_steps(summary: Mapping[str, tuple[float, float]], seeds: int, shown: Shown,
-                   kd_student_p: float | None) -> tuple[list[str], list[str], list[str], list[str]]:
+def ordering_steps(
+  summary: Mapping[str, tuple[float, float]], seeds: int, shown: Shown, kd_student_p: float | None
+) -> tuple[list[str], list[str], list[str], list[str]]:
   """The steps of the ordering that do not hold, as phrases grouped by what they make the verdict:
   (zero-filling failures, no gap, failures, not resolved)."""
   z, s, k, t = (summary[m] for m in ORDERING)
   zf_fails, no_gap, fails, inside = [], [], [], []
   if z[0] >= s[0]:
-    zf_fails.append(f"zero-filling ({shown.num(z[0])}) is "
-                    f"{'above' if z[0] > s[0] else 'level with'} the student ({shown.num(s[0])})")
+    zf_fails.append(
+      f"zero-filling ({shown.num(z[0])}) is "
+      f"{'above' if z[0] > s[0] else 'level with'} the student ({shown.num(s[0])})"
+    )
   elif miss := unresolved("student − ZF", z, s, seeds, shown):
     inside.append(miss[1])
   if miss := unresolved("teacher − student", s, t, seeds, shown):
     no_gap.append(miss[1])
   if k[0] > t[0]:
-    no_gap.append(f"KD is above the teacher ({shown.signed(k[0] - t[0])}), so the gap closed "
-                  "would be over 100 %")
+    no_gap.append(
+      f"KD is above the teacher ({shown.signed(k[0] - t[0])}), so the gap closed "
+      "would be over 100 %"
+    )
   if miss := unresolved("KD − student", s, k, seeds, shown, kd_student_p):
     (fails if miss[0] == "below" else inside).append(miss[1])
   if k[0] <= t[0] and (miss := unresolved("teacher − KD", k, t, seeds, shown)):
@@ -341,8 +443,12 @@ def ordering_steps(summary: Mapping[str, tuple[float, float]], seeds: int, shown
   return zf_fails, no_gap, fails, inside
 
 
-def summary_verdict(summary: Mapping[str, tuple[float, float]], seeds: int,
-                    metric: str = "PSNR", kd_student_p: float | None = None) -> Ordering:
+def summary_verdict(
+  summary: Mapping[str, tuple[float, float]],
+  seeds: int,
+  metric: str = "PSNR",
+  kd_student_p: float | None = None,
+) -> Ordering:
   """ordering_verdict from each model's (mean, std) over `seeds` seeds: what a table holds."""
   shown = shown_as(metric)
   zf_fails, no_gap, fails, inside = ordering_steps(summary, seeds, shown, kd_student_p)
@@ -352,11 +458,16 @@ def summary_verdict(summary: Mapping[str, tuple[float, float]], seeds: int,
     status = NO_GAP if no_gap else NOT_RESOLVED if inside else REPRODUCES
   num = shown.num
   z, s, k, t = (summary[m] for m in ORDERING)
-  numbers = (f"{metric} ZF {num(z[0])}, student {num(s[0])} ± {num(s[1])}, KD {num(k[0])} ± "
-             f"{num(k[1])}, teacher {num(t[0])} ± {num(t[1])}{shown.unit}")
+  numbers = (
+    f"{metric} ZF {num(z[0])}, student {num(s[0])} ± {num(s[1])}, KD {num(k[0])} ± "
+    f"{num(k[1])}, teacher {num(t[0])} ± {num(t[1])}{shown.unit}"
+  )
   if status == REPRODUCES:
-    return Ordering(status, f"{numbers}: {status} — every step exceeds the seed spread (teacher − "
-                            f"student {shown.signed(t[0] - s[0])}).")
+    return Ordering(
+      status,
+      f"{numbers}: {status} — every step exceeds the seed spread (teacher − "
+      f"student {shown.signed(t[0] - s[0])}).",
+    )
   reasons = "; ".join(zf_fails + no_gap + fails + inside)
   return Ordering(status, f"{numbers}: {status} — {reasons}.")
 
@@ -391,16 +502,22 @@ def no_gap_text(no_gap: Sequence[str], teacher_gains: dict | None, epochs: int) 
   rising = [a for a, g in gains.items() if g > PLATEAU_DB]
   flat = [a for a, g in gains.items() if g <= PLATEAU_DB]
   shown = lambda accs: ", ".join(f"{gains[a]:+.2f} dB" for a in accs)  # noqa: E731
-  text = (f" Where no teacher–student gap is resolvable in PSNR ({', '.join(no_gap)}), KD has "
-          "nothing measurable to transfer, so the gap closed there says nothing about the paper's "
-          "claim.")
+  text = (
+    f" Where no teacher–student gap is resolvable in PSNR ({', '.join(no_gap)}), KD has "
+    "nothing measurable to transfer, so the gap closed there says nothing about the paper's "
+    "claim."
+  )
   if rising:
-    text += (f" At {', '.join(rising)} the teacher's validation PSNR was still rising at the end "
-             f"({shown(rising)} over its last 3 epochs): the {epochs}-epoch schedule is too short "
-             "for the deeper D5C5 teacher.")
+    text += (
+      f" At {', '.join(rising)} the teacher's validation PSNR was still rising at the end "
+      f"({shown(rising)} over its last 3 epochs): the {epochs}-epoch schedule is too short "
+      "for the deeper D5C5 teacher."
+    )
   if flat:
-    text += (f" At {', '.join(flat)} the teacher had levelled off ({shown(flat)} over its last 3 "
-             "epochs), so more epochs of this schedule alone are unlikely to open a gap.")
+    text += (
+      f" At {', '.join(flat)} the teacher had levelled off ({shown(flat)} over its last 3 "
+      "epochs), so more epochs of this schedule alone are unlikely to open a gap."
+    )
   if not gains:
     text += " (No training curves were found to tell an unconverged teacher from a converged one.)"
   return text
@@ -411,21 +528,32 @@ def caveat(stats: dict, ran: Sequence[str], setting: str, epochs: int, reproduce
   seeds = min(len(stats[a]["seeds"]) for a in ran)
   runs = f"{seeds} seed{'s' * (seeds > 1)}"
   if reproduced:
-    text = (f" This is {runs} of the reduced setting `{setting}` ({epochs} epochs per stage), not "
-            "the paper's 150-epoch schedule; with at most 3 volumes per seed the paired test has "
-            "little power.")
+    text = (
+      f" This is {runs} of the reduced setting `{setting}` ({epochs} epochs per stage), not "
+      "the paper's 150-epoch schedule; with at most 3 volumes per seed the paired test has "
+      "little power."
+    )
   else:
-    text = (f" All of this is the reduced setting `{setting}` ({runs}, {epochs} epochs per stage), "
-            "not the paper's 150-epoch schedule: the paper's claim is neither confirmed nor "
-            "refuted by it; with at most 3 volumes per seed the paired test has little power.")
+    text = (
+      f" All of this is the reduced setting `{setting}` ({runs}, {epochs} epochs per stage), "
+      "not the paper's 150-epoch schedule: the paper's claim is neither confirmed nor "
+      "refuted by it; with at most 3 volumes per seed the paired test has little power."
+    )
   if SETTINGS[setting].device == "GPU":
-    return text + (" The paper's full schedule (`--setting paper`, 4 stages × 150 epochs per run) "
-                   "has not been run: it needs more GPU time than was lent.")
+    return text + (
+      " The paper's full schedule (`--setting paper`, 4 stages × 150 epochs per run) "
+      "has not been run: it needs more GPU time than was lent."
+    )
   return text + " The paper's setting (`--setting paper`) needs a GPU and has not been run here."
 
 
-def verdict(stats: dict, accs: Sequence[str], setting: str, teacher_gains: dict | None = None,
-            epochs: int | None = None) -> str:
+def verdict(
+  stats: dict,
+  accs: Sequence[str],
+  setting: str,
+  teacher_gains: dict | None = None,
+  epochs: int | None = None,
+) -> str:
   """The verdict section from the numbers: per acc and metric the status of the paper's ordering
   (`ordering_verdict`'s rule). `teacher_gains` ({acc: validation PSNR gained over the teacher's
   last 3 epochs}) tells an unconverged teacher from a levelled-off one. `epochs`: per stage."""
@@ -438,21 +566,32 @@ def verdict(stats: dict, accs: Sequence[str], setting: str, teacher_gains: dict 
   lines = []
   for a in ran:
     n = len(stats[a]["seeds"])
-    lines.append(f"- At {a} ({n} seed{'s' * (n > 1)}): {orderings[a]['PSNR'].sentence} "
-                 f"{orderings[a]['SSIM'].sentence}")
+    lines.append(
+      f"- At {a} ({n} seed{'s' * (n > 1)}): {orderings[a]['PSNR'].sentence} "
+      f"{orderings[a]['SSIM'].sentence}"
+    )
   # What holds at any scale: learning beats zero-filling, and harder undersampling costs dB.
-  gains = [stats[a][(m, "PSNR")][0] - stats[a][("zf", "PSNR")][0]
-           for a in ran for m in ("teacher", "student", "kd")]
+  gains = [
+    stats[a][(m, "PSNR")][0] - stats[a][("zf", "PSNR")][0]
+    for a in ran
+    for m in ("teacher", "student", "kd")
+  ]
   summaries = [ordering_summary(orderings, stats, metric) for metric in ("PSNR", "SSIM")]
-  text = (f"{' '.join(summaries)} Every trained model improves on zero-filling by "
-          f"{min(gains):.1f}–{max(gains):.1f} dB PSNR"
-          f"{' at every acceleration run' if len(ran) > 1 else ''}, as in the paper.")
+  text = (
+    f"{' '.join(summaries)} Every trained model improves on zero-filling by "
+    f"{min(gains):.1f}–{max(gains):.1f} dB PSNR"
+    f"{' at every acceleration run' if len(ran) > 1 else ''}, as in the paper."
+  )
   by_acc = sorted(ran, key=lambda a: float(a.rstrip("x")))
   if len(by_acc) > 1:
-    falls = all(stats[a][("student", "PSNR")][0] > stats[b][("student", "PSNR")][0]
-                for a, b in zip(by_acc, by_acc[1:]))
-    text += (f" The student's PSNR {'falls' if falls else 'does not fall monotonically'} with "
-             f"acceleration ({', '.join(by_acc)}){', as in the paper' if falls else ''}.")
+    falls = all(
+      stats[a][("student", "PSNR")][0] > stats[b][("student", "PSNR")][0]
+      for a, b in zip(by_acc, by_acc[1:])
+    )
+    text += (
+      f" The student's PSNR {'falls' if falls else 'does not fall monotonically'} with "
+      f"acceleration ({', '.join(by_acc)}){', as in the paper' if falls else ''}."
+    )
   if missing:
     text += f" Not run: {', '.join(missing)} — no claim is made there."
   if setting != "paper":
@@ -467,10 +606,14 @@ def verdict(stats: dict, accs: Sequence[str], setting: str, teacher_gains: dict 
 # --- what produced the runs: fields recorded in each run's config.json --------------------------
 
 # (config field, its value in runs that predate the field, what it is)
-RECORDED = (("data.mask_family", "gaussian", "masks"),
-            ("kd.imitation", "paper", "imitation objective"))
-PREDATING = {"gaussian": "kdmri_jax's earlier generated masks",
-             "paper": "the paper's α-weighted imitation objective"}
+RECORDED = (
+  ("data.mask_family", "gaussian", "masks"),
+  ("kd.imitation", "paper", "imitation objective"),
+)
+PREDATING = {
+  "gaussian": "kdmri_jax's earlier generated masks",
+  "paper": "the paper's α-weighted imitation objective",
+}
 
 
 def run_record(workdir: str) -> dict:
@@ -478,8 +621,9 @@ def run_record(workdir: str) -> dict:
   a changed config: values joined by '/'); None where no record has the field (it predates it)."""
   values = {field: [] for field, _, _ in RECORDED}
   names = os.listdir(workdir) if os.path.isdir(workdir) else []
-  records = sorted((n for n in names if n.startswith("config") and n.endswith(".json")),
-                   key=lambda n: (len(n), n))
+  records = sorted(
+    (n for n in names if n.startswith("config") and n.endswith(".json")), key=lambda n: (len(n), n)
+  )
   for name in records:
     with open(os.path.join(workdir, name)) as f:
       config = json.load(f)
@@ -500,13 +644,18 @@ def fields_sentence(records: Mapping[str, Mapping[str, str | None]]) -> str:
     for label, record in records.items():
       by_value.setdefault(record.get(field) or default, []).append(label)
     alike = len(by_value) == 1
-    shown = ", ".join(f"`{value}`" + ("" if alike else f" ({', '.join(labels)})")
-                      for value, labels in by_value.items())
+    shown = ", ".join(
+      f"`{value}`" + ("" if alike else f" ({', '.join(labels)})")
+      for value, labels in by_value.items()
+    )
     predating = [label for label, record in records.items() if record.get(field) is None]
     note = ""
     if predating:
-      who = ("every run predates" if len(predating) == len(records) else
-             f"{', '.join(predating)} predate")
+      who = (
+        "every run predates"
+        if len(predating) == len(records)
+        else f"{', '.join(predating)} predate"
+      )
       note = f" ({who} the field, so `{default}`: {PREDATING[default]})"
     parts.append(f"{what} `config.{field}` = {shown}{' in every run' if alike else ''}{note}")
   text = "; ".join(parts) + "."
@@ -522,10 +671,11 @@ def markdown_table(text: str, heading: str) -> list[list[str]]:
   """The rows (cells, header first, no separator) of the first table after the line `heading`."""
   lines = text.split("\n")
   start = next((i for i, line in enumerate(lines) if line.strip() == heading), None)
-  require(start is not None, f"the markdown has no line {heading!r}; is it a brain.md of this "
-                             "script?")
+  require(
+    start is not None, f"the markdown has no line {heading!r}; is it a brain.md of this script?"
+  )
   rows = []
-  for line in lines[start + 1:]:
+  for line in lines[start + 1 :]:
     if line.startswith("|"):
       if not set(line) <= set("|-: "):
         rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
@@ -556,8 +706,10 @@ def stats_from_markdown(text: str) -> tuple[str, list[str], dict]:
   """(setting, accs, table_stats-like {acc: entry}) from a brain.md's main and gap tables: the
   seed means ± stds as rounded there, the seeds, and the paired tests' p."""
   match = re.search(r"^Setting \*\*(\w+)\*\*", text, re.M)
-  require(match is not None and match.group(1) in SETTINGS, "the markdown names no known setting "
-          "('Setting **NAME**'); is it a brain.md of this script?")
+  require(
+    match is not None and match.group(1) in SETTINGS,
+    "the markdown names no known setting ('Setting **NAME**'); is it a brain.md of this script?",
+  )
   table = markdown_table(text, f"## Table (setting: {match.group(1)})")
   accs = [head.split()[0] for head in table[0][1::2]]
   rows = {row[0]: row[1:] for row in table[1:]}
@@ -572,8 +724,13 @@ def stats_from_markdown(text: str) -> tuple[str, list[str], dict]:
     if entry["seeds"]:
       gap = gaps[acc]
       wins, n = (int(x) for x in gap["KD > S (pairs)"].split("/"))
-      entry["test"] = {"wins": wins, "n": n, "wilcoxon_p": _p_cell(gap["Wilcoxon p (PSNR)"]),
-                       "t_p": _p_cell(gap["paired t p (PSNR)"]), "min_p": 2.0 / 2 ** n}
+      entry["test"] = {
+        "wins": wins,
+        "n": n,
+        "wilcoxon_p": _p_cell(gap["Wilcoxon p (PSNR)"]),
+        "t_p": _p_cell(gap["paired t p (PSNR)"]),
+        "min_p": 2.0 / 2**n,
+      }
       entry["test_ssim"] = {"wilcoxon_p": _p_cell(gap["Wilcoxon p (SSIM)"])}
       entry["gap"] = gap_closed(*(entry[(m, "PSNR")][0] for m in ("teacher", "student", "kd")))
     stats[acc] = entry
@@ -592,7 +749,14 @@ def gains_from_markdown(text: str) -> dict:
 def overrides_from_markdown(text: str) -> list[str]:
   """The `--set` overrides of the reproduce_brain command in the Commands block (epochs)."""
   block = text.split("## Commands", 1)[-1]
-  line = next((ln for ln in block.split("\n") if "reproduce_brain.py" in ln or "experiments.reproduce_brain" in ln), "")
+  line = next(
+    (
+      ln
+      for ln in block.split("\n")
+      if "reproduce_brain.py" in ln or "experiments.reproduce_brain" in ln
+    ),
+    "",
+  )
   words = shlex.split(line) if line else []
   return [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--set"]
 
@@ -606,14 +770,22 @@ def studies_from_markdown(text: str) -> str:
   def rows(heading):
     table = markdown_table(text, heading)
     column = {name: i for i, name in enumerate(table[0])}
-    return [(row[0], {"PSNR": _mean_std(row[column["PSNR (dB)"]]),
-                      "seeds": _seeds(row[column["Seeds"]]),
-                      "test": {"wilcoxon_p": _p_cell(row[column["Wilcoxon p"]])}})
-            for row in table[1:]]
+    return [
+      (
+        row[0],
+        {
+          "PSNR": _mean_std(row[column["PSNR (dB)"]]),
+          "seeds": _seeds(row[column["Seeds"]]),
+          "test": {"wilcoxon_p": _p_cell(row[column["Wilcoxon p"]])},
+        },
+      )
+      for row in table[1:]
+    ]
 
   acc = match.group(1)
-  return brain_studies.tables_verdict(acc, rows(match.group(0)),
-                                      rows(f"## Feature-distillation methods at {acc}"))
+  return brain_studies.tables_verdict(
+    acc, rows(match.group(0)), rows(f"## Feature-distillation methods at {acc}")
+  )
 
 
 def section(text: str, heading: str) -> tuple[int, int]:
@@ -631,12 +803,14 @@ NOTE_START = "This verdict was re-derived on "
 def derivation_note(path: str) -> str:
   """The paragraph under a re-derived verdict: when, where, how and from which numbers."""
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  return (f"{NOTE_START}{now} from this file's own tables — the seed means ± "
-          "stds and the paired tests' p as rounded there (so a difference of means can differ by "
-          "one unit in the last digit from the gap table's), and the teacher's last-3-epoch gains "
-          "of the curves sentence — with `python experiments/reproduce_brain.py --reverdict "
-          f"{common.show([path])}` on {common.machine()}, as the run folders were not on that "
-          "machine. No measured number was changed.")
+  return (
+    f"{NOTE_START}{now} from this file's own tables — the seed means ± "
+    "stds and the paired tests' p as rounded there (so a difference of means can differ by "
+    "one unit in the last digit from the gap table's), and the teacher's last-3-epoch gains "
+    "of the curves sentence — with `python experiments/reproduce_brain.py --reverdict "
+    f"{common.show([path])}` on {common.machine()}, as the run folders were not on that "
+    "machine. No measured number was changed."
+  )
 
 
 def reverdict(text: str, path: str) -> str:
@@ -646,8 +820,13 @@ def reverdict(text: str, path: str) -> str:
   that comes out as written keeps its note, so rerunning leaves the file as it is."""
   setting, accs, stats = stats_from_markdown(text)
   studies = studies_from_markdown(text)
-  body = verdict(stats, accs, setting, gains_from_markdown(text),
-                 setting_epochs(setting, overrides_from_markdown(text)))
+  body = verdict(
+    stats,
+    accs,
+    setting,
+    gains_from_markdown(text),
+    setting_epochs(setting, overrides_from_markdown(text)),
+  )
   body += f" {studies}" if studies else ""
   start, end = section(text, "## Verdict")
   written, _, note = text[start:end].strip("\n").partition(f"\n\n{NOTE_START}")
@@ -655,8 +834,11 @@ def reverdict(text: str, path: str) -> str:
   text = f"{text[:start]}\n{body}\n\n{note}\n\n{text[end:]}"
   if "`config.data.mask_family`" not in text:
     records = {f"{acc} seed {seed}": {} for acc in accs for seed in stats[acc]["seeds"]}
-    text = text.replace(" Data: the embedded MNI brain",
-                        f" {fields_sentence(records)} Data: the embedded MNI brain", 1)
+    text = text.replace(
+      " Data: the embedded MNI brain",
+      f" {fields_sentence(records)} Data: the embedded MNI brain",
+      1,
+    )
   return text
 
 
@@ -668,29 +850,36 @@ def curve_runs(args) -> dict:
 
 def teacher_gains(args) -> dict:
   """{acc: the teacher's validation PSNR gain over its last 3 epochs, or None without a curve}."""
-  return {acc: brain_figures.late_gain(brain_figures.read_curve(os.path.join(w, "teacher", "log.txt")))
-          for acc, w in curve_runs(args).items()}
+  return {
+    acc: brain_figures.late_gain(brain_figures.read_curve(os.path.join(w, "teacher", "log.txt")))
+    for acc, w in curve_runs(args).items()
+  }
 
 
 def curves_sentence(runs: dict) -> str:
   """How much each model's validation PSNR still rose over its last 3 epochs, per acc."""
   parts = []
   for stage, label in brain_figures.CURVE_STAGES:
-    gains = {acc: brain_figures.late_gain(brain_figures.read_curve(os.path.join(w, stage, "log.txt")))
-             for acc, w in runs.items()}
+    gains = {
+      acc: brain_figures.late_gain(brain_figures.read_curve(os.path.join(w, stage, "log.txt")))
+      for acc, w in runs.items()
+    }
     shown = [f"{g:+.2f} dB ({acc})" for acc, g in gains.items() if g is not None]
     if shown:
       parts.append(f"{label.split(' (')[0]} {', '.join(shown)}")
   if not parts:
     return ""
-  return ("Validation PSNR gained over the last 3 epochs of each stage: " + "; ".join(parts) +
-          ". A positive gain at the end of a stage means it stopped before converging.")
+  return (
+    "Validation PSNR gained over the last 3 epochs of each stage: "
+    + "; ".join(parts)
+    + ". A positive gain at the end of a stage means it stopped before converging."
+  )
 
 
 def figures_section(args, runs_root: str, results_dir: str) -> str:
-  """Writes results_dir/brain_figures/ (each acc's qualitative figure from its first finished seed, and the
-  training curves of the first seed from --curves-workdir), named by setting so settings never overwrite
-  each other's figures, and returns the markdown that shows them."""
+  """Writes results_dir/brain_figures/ (each acc's qualitative figure from its first finished seed,
+  and the training curves of the first seed from --curves-workdir), named by setting so settings
+  never overwrite each other's figures, and returns the markdown that shows them."""
   lines, folder = [], os.path.join(results_dir, "brain_figures")
   for acc in args.accs:
     for seed in args.seeds:
@@ -703,82 +892,166 @@ def figures_section(args, runs_root: str, results_dir: str) -> str:
   runs = curve_runs(args)
   title = f"validation PSNR per epoch, setting {args.setting}, seed {seed}"
   if brain_figures.plot_curves(runs, os.path.join(folder, f"{args.setting}_curves.png"), title):
-    lines.append(f"Training curves (validation PSNR per epoch; seed {seed}, runs in "
-                 f"`{common.show([curves_root])}`):\n\n![training curves](brain_figures/{args.setting}_curves.png)")
+    lines.append(
+      f"Training curves (validation PSNR per epoch; seed {seed}, runs in "
+      f"`{common.show([curves_root])}`):\n\n![training "
+      f"curves](brain_figures/{args.setting}_curves.png)"
+    )
     lines.append(curves_sentence(runs))
   lines = [line for line in lines if line]
   if not lines:
     return ""
-  return "\n\n".join(["## Figures", "Each acceleration's validation slice as the report stage draws it (ZF, "
-                       "target, teacher, student, KD; PSNR / SSIM of that slice above each image; error maps "
-                       "below):", *lines])
+  return "\n\n".join(
+    [
+      "## Figures",
+      "Each acceleration's validation slice as the report stage draws it (ZF, "
+      "target, teacher, student, KD; PSNR / SSIM of that slice above each image; error maps "
+      "below):",
+      *lines,
+    ]
+  )
 
 
 def collect(args, argv: Sequence[str], runs_root: str) -> str:
-  runs = {(acc, seed): read_volumes(run_dir(runs_root, args.setting, acc, seed))
-          for acc in args.accs for seed in args.seeds}
+  runs = {
+    (acc, seed): read_volumes(run_dir(runs_root, args.setting, acc, seed))
+    for acc in args.accs
+    for seed in args.seeds
+  }
   stats = table_stats(runs)
   finished = sum(r is not None for r in runs.values())
   description = SETTINGS[args.setting].description
-  records = {f"{acc} seed {seed}": run_record(run_dir(runs_root, args.setting, acc, seed))
-             for (acc, seed), run in runs.items() if run is not None}
-  intro = (f"Setting **{args.setting}**: {description}"
-           f"{' with ' + ', '.join(f'`{o}`' for o in args.overrides) if args.overrides else ''}. "
-           f"{fields_sentence(records) + ' ' if records else ''}"
-           f"Data: the embedded MNI brain (no download). {finished} of {len(runs)} (acc, seed) runs finished; "
-           f"cells of runs that did not finish say \"not run\". PSNR/SSIM: for each run the mean over the "
-           f"validation volumes, then mean ± sample std over the seeds shown in the last row (± 0 for one "
-           f"seed).")
+  records = {
+    f"{acc} seed {seed}": run_record(run_dir(runs_root, args.setting, acc, seed))
+    for (acc, seed), run in runs.items()
+    if run is not None
+  }
+  intro = (
+    f"Setting **{args.setting}**: {description}"
+    f"{' with ' + ', '.join(f'`{o}`' for o in args.overrides) if args.overrides else ''}. "
+    f"{fields_sentence(records) + ' ' if records else ''}"
+    f"Data: the embedded MNI brain (no download). "
+    f"{finished} of {len(runs)} (acc, seed) runs finished; "
+    f'cells of runs that did not finish say "not run". PSNR/SSIM: for each run the mean over the '
+    f"validation volumes, then mean ± sample std over "
+    f"the seeds shown in the last row (± 0 for one seed)."
+  )
   if args.note:
     intro += "\n\n" + "\n\n".join(args.note)
-  commands = [common.show(run_command(args.setting, acc, seed,
-                                      run_dir(runs_root, args.setting, acc, seed), args.overrides))
-              for acc in args.accs for seed in args.seeds]
+  commands = [
+    common.show(
+      run_command(
+        args.setting, acc, seed, run_dir(runs_root, args.setting, acc, seed), args.overrides
+      )
+    )
+    for acc in args.accs
+    for seed in args.seeds
+  ]
   studies, studies_verdict = "", ""
   if args.studies_acc:
-    run_dirs = {seed: run_dir(runs_root, args.setting, args.studies_acc, seed) for seed in args.seeds}
+    run_dirs = {
+      seed: run_dir(runs_root, args.setting, args.studies_acc, seed) for seed in args.seeds
+    }
     rows = brain_studies.study_rows(args.methods)
-    study_commands = [common.show(brain_studies.study_command(
-        key, spec, study_base(args.setting, args.studies_acc), run_dirs[seed],
-        run_overrides(args.setting, args.studies_acc, seed, args.overrides))) for seed in args.seeds for key, spec in rows.items()]
+    study_commands = [
+      common.show(
+        brain_studies.study_command(
+          key,
+          spec,
+          study_base(args.setting, args.studies_acc),
+          run_dirs[seed],
+          run_overrides(args.setting, args.studies_acc, seed, args.overrides),
+        )
+      )
+      for seed in args.seeds
+      for key, spec in rows.items()
+    ]
     studies = brain_studies.sections(run_dirs, args.studies_acc, args.methods, study_commands)
     studies_verdict = " " + brain_studies.verdict(run_dirs, args.studies_acc, args.methods)
   figures = figures_section(args, runs_root, os.path.dirname(os.path.abspath(args.out)))
   now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  collected_where = (
+    " (where the table was collected; the runs ran where the introduction says)"
+    if args.collect_only
+    else ""
+  )
   text = [
-      "# Reproducing KD-MRI on brain (embedded MNI data)", "", intro, "",
-      f"## Table (setting: {args.setting})", "", main_table(stats, args.accs), "",
-      params_line(stats), "",
-      "The paper's brain table for reference (MRBrainS, 240×240, 150 epochs per stage; a different data set, "
-      "so only the orderings and the gap closed are comparable, not the dB):", "", paper_table(args.accs), "",
-      "## KD vs student: gap closed and paired test", "", gap_table(stats, args.accs), "",
-      "Gap closed: (KD − S) / (T − S) of the seed-mean PSNRs (undefined when the teacher is no better than "
-      "the student). Paired test: two-sided exact Wilcoxon signed-rank test over (seed, validation volume) "
-      "pairs of KD vs student PSNR — chosen over a paired t-test because with 3–9 pairs normality cannot be "
-      "checked; the paired t-test p is shown for comparison. The smallest Wilcoxon p attainable with n pairs "
-      "is 2/2^n (shown as `min`), so one seed (3 pairs) can never reach 0.05. Pairs from different seeds "
-      "share volumes, so they are not fully independent.", "",
-      "## Verdict", "", verdict(stats, args.accs, args.setting, teacher_gains(args),
-                                     setting_epochs(args.setting, args.overrides)) + studies_verdict, "",
-      *([studies, ""] if studies else []),
-      *([figures, ""] if figures else []),
-      "## Runs and wall time", "", wall_table(runs_root, args.setting, args.accs, args.seeds), "",
-      "Training epochs: the sum of the per-epoch times in each stage's log.txt (no compilation, validation or "
-      "evaluation). Run wall: the whole `main` command as timed by this script. " + (
-          "The runs of a GPU setting may have shared one GPU (`--parallel`), so their times are not single-run "
-          "times." if SETTINGS[args.setting].device == "GPU" else "The CPU was shared with other jobs, so times are only indicative."), "",
-      "## Commands", "", "```", common.script_command(argv, "reproduce_brain.py"), *commands, "```", "",
-      f"Machine: {common.machine()}"
-      f"{' (where the table was collected; the runs ran where the introduction says)' if args.collect_only else ''}. "
-      f"Written {now}.", ""]
+    "# Reproducing KD-MRI on brain (embedded MNI data)",
+    "",
+    intro,
+    "",
+    f"## Table (setting: {args.setting})",
+    "",
+    main_table(stats, args.accs),
+    "",
+    params_line(stats),
+    "",
+    "The paper's brain table for reference (MRBrainS, 240×240, 150 epochs per stage; a different "
+    "data set, so only the orderings and the gap closed are comparable, not the dB):",
+    "",
+    paper_table(args.accs),
+    "",
+    "## KD vs student: gap closed and paired test",
+    "",
+    gap_table(stats, args.accs),
+    "",
+    "Gap closed: (KD − S) / (T − S) of the seed-mean PSNRs (undefined when the teacher is no "
+    "better than the student). Paired test: two-sided exact Wilcoxon signed-rank test over (seed, "
+    "validation volume) pairs of KD vs student PSNR — chosen over a paired t-test because with 3–9 "
+    "pairs normality cannot be checked; the paired t-test p is shown for comparison. The smallest "
+    "Wilcoxon p attainable with n pairs is 2/2^n (shown as `min`), so one seed (3 pairs) can never "
+    "reach 0.05. Pairs from different seeds share volumes, so they are not fully independent.",
+    "",
+    "## Verdict",
+    "",
+    verdict(
+      stats,
+      args.accs,
+      args.setting,
+      teacher_gains(args),
+      setting_epochs(args.setting, args.overrides),
+    )
+    + studies_verdict,
+    "",
+    *([studies, ""] if studies else []),
+    *([figures, ""] if figures else []),
+    "## Runs and wall time",
+    "",
+    wall_table(runs_root, args.setting, args.accs, args.seeds),
+    "",
+    "Training epochs: the sum of the per-epoch times in each stage's log.txt (no compilation, "
+    "validation or evaluation). Run wall: the whole `main` command as timed by this script. "
+    + (
+      "The runs of a GPU setting may have shared one GPU "
+      "(`--parallel`), so their times are not single-run times."
+      if SETTINGS[args.setting].device == "GPU"
+      else "The CPU was shared with other jobs, so times are only indicative."
+    ),
+    "",
+    "## Commands",
+    "",
+    "```",
+    common.script_command(argv, "reproduce_brain.py"),
+    *commands,
+    "```",
+    "",
+    f"Machine: {common.machine()}{collected_where}. Written {now}.",
+    "",
+  ]
   return "\n".join(text)
 
 
-def run_all(jobs: Sequence[tuple[str, int]], run_one: Callable[[str, int], object], parallel: int,
-            stop: datetime.datetime | None, stop_after: str | None) -> None:
-  """Runs `run_one(acc, seed)` for every job in order, up to `parallel` at once; none starts after `stop`.
-  With parallel > 1 each run may use 1/parallel of the accelerator's memory (unless the user set
-  XLA_PYTHON_CLIENT_MEM_FRACTION), since JAX would otherwise claim 75 % of it for the first run."""
+def run_all(
+  jobs: Sequence[tuple[str, int]],
+  run_one: Callable[[str, int], object],
+  parallel: int,
+  stop: datetime.datetime | None,
+  stop_after: str | None,
+) -> None:
+  """Runs `run_one(acc, seed)` for every job in order, up to `parallel` at once; none starts after
+  `stop`. With parallel > 1 each run may use 1/parallel of the accelerator's memory (unless the user
+  set XLA_PYTHON_CLIENT_MEM_FRACTION), since JAX would otherwise claim 75 % of it for the first
+  run."""
   if parallel > 1:
     os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", f"{min(0.75, 0.9 / parallel):.2f}")
 
@@ -809,8 +1082,10 @@ def rewrite_verdict(path: str) -> int:
   try:
     new = reverdict(text, path)
   except (KeyError, IndexError, ValueError) as error:  # a cell or row the tables should have
-    raise InputError(f"--reverdict {path}: its tables are not as this script writes them "
-                     f"({type(error).__name__}: {error}); is it a brain.md of this script?") from None
+    raise InputError(
+      f"--reverdict {path}: its tables are not as this script writes them "
+      f"({type(error).__name__}: {error}); is it a brain.md of this script?"
+    ) from None
   if new == text:
     print(f"the verdict of {path} is unchanged")
     return 0
@@ -820,39 +1095,90 @@ def rewrite_verdict(path: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--setting", choices=sorted(SETTINGS), default="cpu",
-                      help="paper: configs/brain_{acc}.py (GPU); gpu: the same with 30 epochs per stage; cpu: "
-                           "configs/brain_cpu.py at each acc (10 epochs); cpu_long: the same with 40 epochs")
-  parser.add_argument("--accs", default=",".join(ACCS), help="comma-separated accelerations, e.g. 4x,8x")
-  parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated train.seed values")
-  parser.add_argument("--workdir", default=os.path.join("experiments", "runs", "reproduce_brain"),
-                      help="root folder; runs go to WORKDIR/<setting>/acc_<acc>/seed_<seed>")
-  parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                      help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)")
-  parser.add_argument("--note", action="append", default=[],
-                      help="a sentence added under the introduction, e.g. how the runs were launched")
-  parser.add_argument("--studies-acc", default=None, metavar="ACC",
-                      help="also run the ablation and the method comparison at this acc (e.g. 8x) on each "
-                           "seed's finished run, and add their tables")
-  parser.add_argument("--methods", default=",".join(common.default_methods()),
-                      help="feature-distillation methods of the comparison (default: all)")
-  parser.add_argument("--curves-workdir", default=None,
-                      help="root of the runs whose logs give the training curves (default: --workdir)")
-  parser.add_argument("--collect-only", action="store_true", help="only write the table from finished runs")
-  parser.add_argument("--parallel", type=int, default=1, metavar="N",
-                      help="run up to N (acc, seed) runs at once (e.g. 3 on one large GPU, each then limited "
-                           "to 1/N of its memory through XLA_PYTHON_CLIENT_MEM_FRACTION)")
-  parser.add_argument("--stop-after", default=None, metavar="HH:MM",
-                      help="start no new run after this UTC time (then collect what finished)")
-  parser.add_argument("--out", default=os.path.join(common.RESULTS, "brain.md"), help="markdown output")
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  parser.add_argument(
+    "--setting",
+    choices=sorted(SETTINGS),
+    default="cpu",
+    help="paper: configs/brain_{acc}.py (GPU); gpu: the same with 30 epochs per stage; cpu: "
+    "configs/brain_cpu.py at each acc (10 epochs); cpu_long: the same with 40 epochs",
+  )
+  parser.add_argument(
+    "--accs", default=",".join(ACCS), help="comma-separated accelerations, e.g. 4x,8x"
+  )
+  parser.add_argument(
+    "--seeds", default=",".join(map(str, SEEDS)), help="comma-separated train.seed values"
+  )
+  parser.add_argument(
+    "--workdir",
+    default=os.path.join("experiments", "runs", "reproduce_brain"),
+    help="root folder; runs go to WORKDIR/<setting>/acc_<acc>/seed_<seed>",
+  )
+  parser.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)",
+  )
+  parser.add_argument(
+    "--note",
+    action="append",
+    default=[],
+    help="a sentence added under the introduction, e.g. how the runs were launched",
+  )
+  parser.add_argument(
+    "--studies-acc",
+    default=None,
+    metavar="ACC",
+    help="also run the ablation and the method comparison at this acc (e.g. 8x) on each "
+    "seed's finished run, and add their tables",
+  )
+  parser.add_argument(
+    "--methods",
+    default=",".join(common.default_methods()),
+    help="feature-distillation methods of the comparison (default: all)",
+  )
+  parser.add_argument(
+    "--curves-workdir",
+    default=None,
+    help="root of the runs whose logs give the training curves (default: --workdir)",
+  )
+  parser.add_argument(
+    "--collect-only", action="store_true", help="only write the table from finished runs"
+  )
+  parser.add_argument(
+    "--parallel",
+    type=int,
+    default=1,
+    metavar="N",
+    help="run up to N (acc, seed) runs at once (e.g. 3 on one large GPU, each then limited "
+    "to 1/N of its memory through XLA_PYTHON_CLIENT_MEM_FRACTION)",
+  )
+  parser.add_argument(
+    "--stop-after",
+    default=None,
+    metavar="HH:MM",
+    help="start no new run after this UTC time (then collect what finished)",
+  )
+  parser.add_argument(
+    "--out", default=os.path.join(common.RESULTS, "brain.md"), help="markdown output"
+  )
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-  parser.add_argument("--dry-run", action="store_true", help="print the commands without running them")
-  parser.add_argument("--reverdict", default=None, metavar="FILE",
-                      help="only rewrite FILE's verdict (a brain.md of this script) from its own "
-                           "tables, for when its run folders are gone; nothing runs, no number "
-                           "changes")
+  parser.add_argument(
+    "--dry-run", action="store_true", help="print the commands without running them"
+  )
+  parser.add_argument(
+    "--reverdict",
+    default=None,
+    metavar="FILE",
+    help="only rewrite FILE's verdict (a brain.md of this script) from its own "
+    "tables, for when its run folders are gone; nothing runs, no number "
+    "changes",
+  )
   return parser
 
 
@@ -860,6 +1186,7 @@ def check_args(args) -> None:
   """Validates the run arguments before any work, turning the lists into Python lists."""
   args.overrides = common.check_overrides(args.overrides)
   from kdmri_jax.masks import parse_acceleration
+
   args.accs = [a.strip() for a in args.accs.split(",") if a.strip()]
   require(bool(args.accs), "--accs is empty; give e.g. 4x,5x,8x.")
   for acc in args.accs:
@@ -867,19 +1194,27 @@ def check_args(args) -> None:
   try:
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
   except ValueError:
-    require(False, f"--seeds {args.seeds!r} is not a comma-separated list of integers, e.g. 42,43,44.")
+    require(
+      False, f"--seeds {args.seeds!r} is not a comma-separated list of integers, e.g. 42,43,44."
+    )
   require(bool(args.seeds), "--seeds is empty; give e.g. 42,43,44.")
   require(args.parallel >= 1, f"--parallel {args.parallel} must be at least 1.")
   if args.studies_acc:
     parse_acceleration(args.studies_acc)
-    require(args.studies_acc in args.accs, f"--studies-acc {args.studies_acc} is not one of --accs "
-            f"{','.join(args.accs)}; the studies build on that acc's runs.")
+    require(
+      args.studies_acc in args.accs,
+      f"--studies-acc {args.studies_acc} is not one of --accs "
+      f"{','.join(args.accs)}; the studies build on that acc's runs.",
+    )
   from kdmri_jax.feature_losses import get_feature_loss
+
   args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
   for method in args.methods:
     get_feature_loss(method)  # one sentence listing the names
-  require(args.overwrite or args.dry_run or not os.path.exists(args.out),
-          f"{args.out} exists; pass --overwrite to replace it.")
+  require(
+    args.overwrite or args.dry_run or not os.path.exists(args.out),
+    f"{args.out} exists; pass --overwrite to replace it.",
+  )
 
 
 def stop_time(stop_after: str | None) -> datetime.datetime | None:
@@ -896,14 +1231,21 @@ def stop_time(stop_after: str | None) -> datetime.datetime | None:
 
 def run_main_table(args, root: str, stop: datetime.datetime | None) -> None:
   """Every (acc, seed) run of the main table, the first seed at every acc first."""
+
   def run_one(acc: str, seed: int) -> None:
     workdir = run_dir(root, args.setting, acc, seed)
     command = run_command(args.setting, acc, seed, workdir, args.overrides)
     common.timed_run(command, workdir, f"{acc} seed {seed}", TRAINED, args.dry_run)
 
-  # Order: the first seed at every acc, then the next seed, so partial results cover every acc early.
-  run_all([(acc, seed) for seed in args.seeds for acc in args.accs], run_one, args.parallel, stop,
-          args.stop_after)
+  # Order: the first seed at every acc, then the next seed, so partial results cover every acc
+  # early.
+  run_all(
+    [(acc, seed) for seed in args.seeds for acc in args.accs],
+    run_one,
+    args.parallel,
+    stop,
+    args.stop_after,
+  )
 
 
 def run_study_rows(args, root: str, stop: datetime.datetime | None) -> None:
@@ -914,9 +1256,15 @@ def run_study_rows(args, root: str, stop: datetime.datetime | None) -> None:
       print(f"--stop-after {args.stop_after} reached; starting no more studies.", flush=True)
       break
     if args.dry_run or read_volumes(workdir) is not None:
-      brain_studies.run_studies(workdir, study_base(args.setting, args.studies_acc),
-                                run_overrides(args.setting, args.studies_acc, seed, args.overrides),
-                                args.methods, f"{args.studies_acc} seed {seed}", args.dry_run, stop)
+      brain_studies.run_studies(
+        workdir,
+        study_base(args.setting, args.studies_acc),
+        run_overrides(args.setting, args.studies_acc, seed, args.overrides),
+        args.methods,
+        f"{args.studies_acc} seed {seed}",
+        args.dry_run,
+        stop,
+      )
 
 
 def main(argv: Sequence[str]) -> int:

@@ -48,13 +48,15 @@ def build(name: str, size: int, batch: int) -> list[benchmark.Impl]:
   params = models.init_params(model, jax.random.PRNGKey(0), 8, 8)
   data = benchmark.make_batch(model, batch, size, size)
   return [_xla_grad_impl(name, model, params, data)] + [
-      _train_impl(impl, name, model, params, data) for impl in IMPLS[1:]]
+    _train_impl(impl, name, model, params, data) for impl in IMPLS[1:]
+  ]
 
 
 def report_lines(stats: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
   """'MODEL IMPL: MS ms, x torch_eager RATIO' per timed case ('MODEL IMPL: STATUS' otherwise)."""
-  medians = {key: 1e3 * statistics.median(s["times"]) for key, s in stats.items()
-             if s["status"] == "ok"}
+  medians = {
+    key: 1e3 * statistics.median(s["times"]) for key, s in stats.items() if s["status"] == "ok"
+  }
   lines = []
   for (name, impl), s in stats.items():
     if (name, impl) not in medians:
@@ -72,8 +74,10 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args(argv)
-  require(args.size >= 8 and args.batch >= 1 and args.repeats >= 1,
-          "--size must be at least 8, --batch and --repeats at least 1.")
+  require(
+    args.size >= 8 and args.batch >= 1 and args.repeats >= 1,
+    "--size must be at least 8, --batch and --repeats at least 1.",
+  )
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch's import, as in the benchmark
   impls = [impl for name in MODELS for impl in build(name, args.size, args.batch)]
   load = os.getloadavg()[0]

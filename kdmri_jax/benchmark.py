@@ -3,37 +3,40 @@
     python -m kdmri_jax.benchmark --models teacher student --shapes 240x240 640x368 --batch 1 \
         --modes inference train --precision float32 bfloat16 --repeats 5 --json speed.json
 
-For each (model, mode, shape, batch) every available implementation is built with the same weights (random
-init through JAX, converted with `kdmri_jax.torch_reference.jax_to_torch_state_dict`), compiled and
-warmed up (the first call's time is reported as `compile_s`), then timed round-robin: repetition r runs each
-implementation once before repetition r+1 starts, so load from other processes falls on all of them alike.
-Reported: the median over repetitions.
+For each (model, mode, shape, batch) every available implementation is built with the same weights
+(random init through JAX, converted with `kdmri_jax.torch_reference.jax_to_torch_state_dict`),
+compiled and warmed up (the first call's time is reported as `compile_s`), then timed round-robin:
+repetition r runs each implementation once before repetition r+1 starts, so load from other
+processes falls on all of them alike. Reported: the median over repetitions.
 
-Implementations: `jax_jit` (the jitted inference function / train step), `jax_export` (the deserialized
-`jax.export` artifact), `onnxruntime` (the ONNX graph of `kdmri_jax.onnx_export`, inference only),
-`torch_eager` (the reference as written, NCHW, `torch.inference_mode`; on a GPU with
-`cudnn.benchmark` on, as PyTorch advises for fixed shapes), `torch_eager_cl` (the same in
-channels_last memory format, oneDNN's fast CPU layout) and `torch_compile` (inductor; "unavailable: reason"
-if it fails). A training step is forward, L1 loss to the target, backward and an Adam update
-(lr 1e-3): for JAX the project's own step (`train.make_train_step` on the `student`/`teacher` objective and
-`train.make_optimizer`, as training runs it), for PyTorch `torch.optim.Adam`. Without torch (the
-optional `torch` extra), the torch rows report "unavailable" and why; the rest run as usual.
+Implementations: `jax_jit` (the jitted inference function / train step), `jax_export` (the
+deserialized `jax.export` artifact), `onnxruntime` (the ONNX graph of `kdmri_jax.onnx_export`,
+inference only), `torch_eager` (the reference as written, NCHW, `torch.inference_mode`; on a GPU
+with `cudnn.benchmark` on, as PyTorch advises for fixed shapes), `torch_eager_cl` (the same in
+channels_last memory format, oneDNN's fast CPU layout) and `torch_compile` (inductor; "unavailable:
+reason" if it fails). A training step is forward, L1 loss to the target, backward and an Adam update
+(lr 1e-3): for JAX the project's own step (`train.make_train_step` on the `student`/`teacher`
+objective and `train.make_optimizer`, as training runs it), for PyTorch `torch.optim.Adam`. Without
+torch (the optional `torch` extra), the torch rows report "unavailable" and why; the rest run as
+usual.
 
-GFLOP/s use the analytic convolution count, 2·H·W·Cin·Cout·9 per conv and image (×3 for a training step:
-forward, input gradient, weight gradient); the DFTs are not counted. `% peak` relates them to the machine's
-measured convolution peak: the best GFLOP/s of one 32→32 conv3x3 + ReLU (256×256, batch 1) over JAX,
-PyTorch (both layouts) and ONNX Runtime (32 images on a GPU) — a roofline for this layer shape, not the
-datasheet peak. Peak device memory is reported on GPU (PyTorch's allocator, JAX's `memory_stats`).
+GFLOP/s use the analytic convolution count, 2·H·W·Cin·Cout·9 per conv and image (×3 for a training
+step: forward, input gradient, weight gradient); the DFTs are not counted. `% peak` relates them to
+the machine's measured convolution peak: the best GFLOP/s of one 32→32 conv3x3 + ReLU (256×256,
+batch 1) over JAX, PyTorch (both layouts) and ONNX Runtime (32 images on a GPU) — a roofline for
+this layer shape, not the datasheet peak. Peak device memory is reported on GPU (PyTorch's
+allocator, JAX's `memory_stats`).
 
-`--precision` (one or more; all timed in the same interleaved rounds) applies to every implementation alike:
-`float32` is full fp32 (JAX `default_matmul_precision("highest")`, PyTorch's `allow_tf32` flags off; XLA and
-cuDNN would otherwise use TF32 on Ampere/Hopper GPUs); `tf32` allows TensorFloat-32 convolutions and products
-(NVIDIA GPUs only: skipped on CPU, where it would be float32 again); `bfloat16` computes the convolutions in
-bf16 with float32 parameters and Adam state (the Flax models with `dtype=bfloat16`, which run `model.apply`:
-the `inference.JAX_OPS` rewrites are float32-only; PyTorch under `torch.autocast`; no ONNX graph).
-The PyTorch flags are restored after every call. Each inference row reports `max_abs_diff_vs_fp32`, the max
-|difference| of its output from the float32 JAX model's on the same batch (float32 rows: the rounding floor).
-The roofline is measured in float32; `× torch_eager` compares with PyTorch eager at the same precision.
+`--precision` (one or more; all timed in the same interleaved rounds) applies to every
+implementation alike: `float32` is full fp32 (JAX `default_matmul_precision("highest")`, PyTorch's
+`allow_tf32` flags off; XLA and cuDNN would otherwise use TF32 on Ampere/Hopper GPUs); `tf32` allows
+TensorFloat-32 convolutions and products (NVIDIA GPUs only: skipped on CPU, where it would be
+float32 again); `bfloat16` computes the convolutions in bf16 with float32 parameters and Adam state
+(the Flax models with `dtype=bfloat16`, which run `model.apply`: the `inference.JAX_OPS` rewrites
+are float32-only; PyTorch under `torch.autocast`; no ONNX graph). The PyTorch flags are restored
+after every call. Each inference row reports `max_abs_diff_vs_fp32`, the max |difference| of its
+output from the float32 JAX model's on the same batch (float32 rows: the rounding floor). The
+roofline is measured in float32; `× torch_eager` compares with PyTorch eager at the same precision.
 """
 
 from __future__ import annotations
@@ -55,11 +58,10 @@ import jax.numpy as jnp
 import numpy as np
 from ml_collections import ConfigDict
 
-from kdmri_jax import export as export_lib
-from kdmri_jax import convert, inference, models, sharding, train
-from kdmri_jax.models import layout
+from kdmri_jax import convert, export as export_lib, inference, models, sharding, train
 from kdmri_jax.atomic import write_text_atomic
 from kdmri_jax.errors import require, require_writable_output, run_cli
+from kdmri_jax.models import layout
 
 IMPLS = ("jax_jit", "jax_export", "onnxruntime", "torch_eager", "torch_eager_cl", "torch_compile")
 TRAIN_IMPLS = ("jax_jit", "torch_eager", "torch_eager_cl", "torch_compile")
@@ -69,26 +71,41 @@ TF32_ONLY_GPU = "tf32 applies to NVIDIA GPUs only (on CPU it would time float32 
 LEARNING_RATE = 1e-3
 # The training step's settings: L1 and Adam at the paper's rate (configs/default.py); the step decay
 # (×0.1 every 40 epochs) does not change the rate within the timed steps.
-TRAIN_SETTINGS = {"loss": "l1", "learning_rate": LEARNING_RATE, "lr_step_epochs": 40,
-                  "lr_gamma": 0.1}
+TRAIN_SETTINGS = {
+  "loss": "l1",
+  "learning_rate": LEARNING_RATE,
+  "lr_step_epochs": 40,
+  "lr_gamma": 0.1,
+}
 
 
-# ---------------------------------------------------------------------------------------------- counting
+# ----------------------------------------------------------------------------------------- counting
 
 
 def conv_flops(model: Any, batch: int, height: int, width: int, mode: str = "inference") -> float:
   """Analytic conv FLOPs: Σ 2·H·W·Cin·Cout·9 per image; a training step counts 3× the forward."""
   taps = np.prod(layout.KERNEL_SIZE)
-  forward = sum(2.0 * height * width * conv.in_features * conv.out_features * taps
-                for stack in layout.conv_stacks(model) for conv in stack) * batch
+  forward = (
+    sum(
+      2.0 * height * width * conv.in_features * conv.out_features * taps
+      for stack in layout.conv_stacks(model)
+      for conv in stack
+    )
+    * batch
+  )
   return forward * (3.0 if mode == "train" else 1.0)
 
 
 def machine_line() -> str:
   """The CPU model and core count from lscpu (falls back to `platform`)."""
   try:
-    info = dict(line.split(":", 1) for line in subprocess.run(
-        ["lscpu"], capture_output=True, text=True, check=True).stdout.splitlines() if ":" in line)
+    info = dict(
+      line.split(":", 1)
+      for line in subprocess.run(
+        ["lscpu"], capture_output=True, text=True, check=True
+      ).stdout.splitlines()
+      if ":" in line
+    )
     info = {k.strip(): v.strip() for k, v in info.items()}
     cores = int(info.get("Core(s) per socket", 1)) * int(info.get("Socket(s)", 1))
     avx512 = ", AVX-512" if "avx512f" in info.get("Flags", "") else ""
@@ -97,10 +114,12 @@ def machine_line() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"
 
 
-# ---------------------------------------------------------------------------------------------- inputs
+# ------------------------------------------------------------------------------------------- inputs
 
 
-def make_batch(model: Any, batch: int, height: int, width: int, seed: int = 0) -> dict[str, np.ndarray]:
+def make_batch(
+  model: Any, batch: int, height: int, width: int, seed: int = 0
+) -> dict[str, np.ndarray]:
   """A random batch in the kdmri_jax layout (zero-filled image, masked k-space, mask, target)."""
   inputs = export_lib.example_inputs(model, batch, height, width, seed)
   target = np.random.default_rng(seed + 1).random((batch, height, width), dtype=np.float32)
@@ -110,14 +129,17 @@ def make_batch(model: Any, batch: int, height: int, width: int, seed: int = 0) -
 
 
 class Impl:
-  """One implementation of one benchmark case: `run()` does one timed unit of work and waits for it."""
+  """One implementation of one benchmark case: `run()` does one timed unit of work and waits for
+  it."""
 
-  def __init__(self, name: Any, run: Callable[[], Any], device: str, memory: Callable[[], int | None] = None):
+  def __init__(
+    self, name: Any, run: Callable[[], Any], device: str, memory: Callable[[], int | None] = None
+  ):
     self.name, self.run, self.device = name, run, device
     self.memory = memory or (lambda: None)
 
 
-# ---------------------------------------------------------------------------------------------- precision
+# ---------------------------------------------------------------------------------------- precision
 
 
 @contextlib.contextmanager
@@ -139,9 +161,11 @@ def precision_scope(precision: str):
 
 def _scoped(function: Callable[[], Any], precision: str) -> Callable[[], Any]:
   """`function` called inside `precision_scope(precision)` (about 2 µs per call)."""
+
   def call():
     with precision_scope(precision):
       return function()
+
   return call
 
 
@@ -174,8 +198,9 @@ def _jax_inference(model, params, batch, kind: str, device) -> Callable[[], Any]
   return lambda: function(*args).block_until_ready()
 
 
-def jax_train_step(model_name: str, model: Any, params: Any, batch: dict, device
-                   ) -> Callable[[], Any]:
+def jax_train_step(
+  model_name: str, model: Any, params: Any, batch: dict, device
+) -> Callable[[], Any]:
   """A function running the project's training step once on `batch` (and waiting for it):
   `train.make_train_step` on a one-device mesh, with the `teacher`/`student` stage's objective
   (L1 to the target) and `train.make_optimizer` (Adam); the state is donated, as in training."""
@@ -201,10 +226,11 @@ def _jax_memory(device) -> Callable[[], int | None]:
   def peak():
     stats = device.memory_stats() if hasattr(device, "memory_stats") else None
     return None if not stats else stats.get("peak_bytes_in_use")
+
   return peak
 
 
-# ---------------------------------------------------------------------------------------------- PyTorch
+# ------------------------------------------------------------------------------------------ PyTorch
 
 
 class Unavailable(Exception):
@@ -242,7 +268,10 @@ def _torch_setup(model_name: str, params: Any, batch: dict, device: str, channel
     image = image.contiguous(memory_format=torch.channels_last)
   args = [image]
   if torch_reference.is_reconstruction(model_name):
-    args += [torch.from_numpy(batch["kspace"]).to(device), torch.from_numpy(batch["mask"]).to(device)]
+    args += [
+      torch.from_numpy(batch["kspace"]).to(device),
+      torch.from_numpy(batch["mask"]).to(device),
+    ]
   target = torch.from_numpy(batch["target"]).unsqueeze(1).to(device)
   return torch, net, args, target
 
@@ -257,7 +286,9 @@ def _autocast(torch, device: str, precision: str):
   return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bfloat16")
 
 
-def _torch_inference(model_name, params, batch, device, precision, channels_last=False, compiled=False):
+def _torch_inference(
+  model_name, params, batch, device, precision, channels_last=False, compiled=False
+):
   torch, net, args, _ = _torch_setup(model_name, params, batch, device, channels_last)
   net.eval()
   forward = torch.compile(net, dynamic=False) if compiled else net
@@ -292,11 +323,13 @@ def _torch_train(model_name, params, batch, device, precision, channels_last=Fal
 def _torch_memory(device: str) -> Callable[[], int | None]:
   def peak():
     import torch
+
     return int(torch.cuda.max_memory_allocated()) if device == "cuda" else None
+
   return peak
 
 
-# ---------------------------------------------------------------------------------------------- ONNX
+# --------------------------------------------------------------------------------------------- ONNX
 
 
 def _onnx_inference(model, params, batch, threads: int, spin: bool) -> Callable[[], Any]:
@@ -308,29 +341,47 @@ def _onnx_inference(model, params, batch, threads: int, spin: bool) -> Callable[
   return lambda: session.run(None, feed)[0]
 
 
-# ---------------------------------------------------------------------------------------------- cases
+# -------------------------------------------------------------------------------------------- cases
 
 
-def build_impl(name: str, mode: str, model_name: str, model: Any, params: Any, batch: dict,
-               device: str, ort_threads: int, spin: bool = True, precision: str = "float32") -> Impl:
-  """The implementation `name` of one case at `precision`; raises if it cannot be built on this machine.
+def build_impl(
+  name: str,
+  mode: str,
+  model_name: str,
+  model: Any,
+  params: Any,
+  batch: dict,
+  device: str,
+  ort_threads: int,
+  spin: bool = True,
+  precision: str = "float32",
+) -> Impl:
+  """The implementation `name` of one case at `precision`; raises if it cannot be built on this
+  machine.
 
   Building (tracing, export) and every call of `run` happen inside `precision_scope(precision)`.
   """
   with precision_scope(precision):
-    impl = _build_impl(name, mode, model_name, model, params, batch, device, ort_threads, spin, precision)
+    impl = _build_impl(
+      name, mode, model_name, model, params, batch, device, ort_threads, spin, precision
+    )
   impl.run = _scoped(impl.run, precision)
   return impl
 
 
-def _build_impl(name, mode, model_name, model, params, batch, device, ort_threads, spin, precision) -> Impl:
+def _build_impl(
+  name, mode, model_name, model, params, batch, device, ort_threads, spin, precision
+) -> Impl:
   jax_device = jax.devices("gpu")[0] if device == "gpu" else jax.devices("cpu")[0]
   torch_device = "cuda" if device == "gpu" else "cpu"
   if name in ("jax_jit", "jax_export"):
     if precision == "bfloat16":
       model = model.clone(dtype=jnp.bfloat16)  # bf16 compute, float32 parameters
-    run = (_jax_inference(model, params, batch, name, jax_device) if mode == "inference"
-           else jax_train_step(model_name, model, params, batch, jax_device))
+    run = (
+      _jax_inference(model, params, batch, name, jax_device)
+      if mode == "inference"
+      else jax_train_step(model_name, model, params, batch, jax_device)
+    )
     return Impl(name, run, device, _jax_memory(jax_device))
   if name == "onnxruntime":
     require(device == "cpu", "onnxruntime is benchmarked on CPU only.")
@@ -339,8 +390,15 @@ def _build_impl(name, mode, model_name, model, params, batch, device, ort_thread
     return Impl(name, _onnx_inference(model, params, batch, ort_threads, spin), device)
   if name.startswith("torch"):
     builder = _torch_inference if mode == "inference" else _torch_train
-    run = builder(model_name, params, batch, torch_device, precision, channels_last=name == "torch_eager_cl",
-                  compiled=name == "torch_compile")
+    run = builder(
+      model_name,
+      params,
+      batch,
+      torch_device,
+      precision,
+      channels_last=name == "torch_eager_cl",
+      compiled=name == "torch_compile",
+    )
     return Impl(name, run, device, _torch_memory(torch_device))
   raise ValueError(f"unknown implementation {name!r}")
 
@@ -378,13 +436,17 @@ def time_case(impls: list[Impl], repeats: int, warmup: int) -> dict[str, dict[st
       impl.run()
       results[impl.name]["times"].append(time.perf_counter() - start)
   for impl in live:
-    # Process-wide peaks (PyTorch's allocator, JAX's memory_stats): an upper bound per implementation.
+    # Process-wide peaks (PyTorch's allocator, JAX's memory_stats): an upper bound per
+    # implementation.
     results[impl.name]["peak_memory_bytes"] = impl.memory()
   return results
 
 
-def measure_peak(device: str, repeats: int, ort_threads: int, spin: bool = True) -> dict[str, float]:
-  """GFLOP/s of one 32→32 conv3x3 + ReLU at 256×256 per implementation; the best is the machine peak."""
+def measure_peak(
+  device: str, repeats: int, ort_threads: int, spin: bool = True
+) -> dict[str, float]:
+  """GFLOP/s of one 32→32 conv3x3 + ReLU at 256×256 per implementation; the best is the machine
+  peak."""
   size, channels = 256, 32
   images = 32 if device == "gpu" else 1  # one 256×256 conv cannot fill a GPU
   rng = np.random.default_rng(0)
@@ -395,19 +457,27 @@ def measure_peak(device: str, repeats: int, ort_threads: int, spin: bool = True)
   jax_device = jax.devices("gpu")[0] if device == "gpu" else jax.devices("cpu")[0]
 
   xj, kj = jax.device_put(x, jax_device), jax.device_put(kernel, jax_device)
-  conv = jax.jit(lambda x, k: jax.nn.relu(jax.lax.conv_general_dilated(
-      x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+  conv = jax.jit(
+    lambda x, k: jax.nn.relu(
+      jax.lax.conv_general_dilated(x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    )
+  )
   runs = {"jax_jit": lambda: conv(xj, kj).block_until_ready()}
   runs.update(_torch_conv_runs(x, kernel, bias, "cuda" if device == "gpu" else "cpu"))
   if device == "cpu":
     runs["onnxruntime"] = _onnx_conv(kernel, bias, size, channels, ort_threads, spin)
   impls = [Impl(name, run, device) for name, run in runs.items()]
   stats = time_case(impls, repeats, warmup=2)
-  return {name: flops / statistics.median(s["times"]) / 1e9 for name, s in stats.items() if s["status"] == "ok"}
+  return {
+    name: flops / statistics.median(s["times"]) / 1e9
+    for name, s in stats.items()
+    if s["status"] == "ok"
+  }
 
 
-def _torch_conv_runs(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, device: str
-                     ) -> dict[str, Callable[[], Any]]:
+def _torch_conv_runs(
+  x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, device: str
+) -> dict[str, Callable[[], Any]]:
   """The roofline conv in PyTorch, NCHW and channels_last; none where torch is not installed."""
   torch = optional_torch()
   if torch is None:
@@ -422,24 +492,38 @@ def _torch_conv_runs(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, device
         out = torch.relu(torch.nn.functional.conv2d(x, w, bt, padding=1))
       _torch_sync(torch, device)
       return out
+
     return run
 
-  return {"torch_eager": torch_conv(xt, wt),
-          "torch_eager_cl": torch_conv(xt.contiguous(memory_format=torch.channels_last),
-                                       wt.contiguous(memory_format=torch.channels_last))}
+  return {
+    "torch_eager": torch_conv(xt, wt),
+    "torch_eager_cl": torch_conv(
+      xt.contiguous(memory_format=torch.channels_last),
+      wt.contiguous(memory_format=torch.channels_last),
+    ),
+  }
 
 
 def _onnx_conv(kernel, bias, size, channels, threads, spin):
   from onnx import TensorProto, helper, numpy_helper
+
   from kdmri_jax import onnx_export
 
-  nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
-           helper.make_node("Relu", ["y"], ["z"])]
+  nodes = [
+    helper.make_node("Conv", ["x", "w", "b"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+    helper.make_node("Relu", ["y"], ["z"]),
+  ]
   shape = [1, channels, size, size]
-  graph = helper.make_graph(nodes, "conv", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
-                            [helper.make_tensor_value_info("z", TensorProto.FLOAT, shape)],
-                            [numpy_helper.from_array(kernel.transpose(3, 2, 0, 1).copy(), "w"),
-                             numpy_helper.from_array(bias, "b")])
+  graph = helper.make_graph(
+    nodes,
+    "conv",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+    [helper.make_tensor_value_info("z", TensorProto.FLOAT, shape)],
+    [
+      numpy_helper.from_array(kernel.transpose(3, 2, 0, 1).copy(), "w"),
+      numpy_helper.from_array(bias, "b"),
+    ],
+  )
   proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", onnx_export.OPSET)])
   proto.ir_version = min(proto.ir_version, 9)
   session = onnx_export.session(proto, threads, spin=spin)
@@ -447,57 +531,95 @@ def _onnx_conv(kernel, bias, size, channels, threads, spin):
   return lambda: session.run(None, {"x": x})[0]
 
 
-# ---------------------------------------------------------------------------------------------- report
+# ------------------------------------------------------------------------------------------- report
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """Student/teacher speed-up (teacher ms / student ms) per implementation, precision, mode, shape, batch."""
-  by_key = {(r["model"], r["mode"], r["impl"], r["precision"], r["batch"], r["height"], r["width"]): r
-            for r in rows if r.get("median_ms")}
+  """Student/teacher speed-up (teacher ms / student ms) per implementation, precision, mode, shape,
+  batch."""
+  by_key = {
+    (r["model"], r["mode"], r["impl"], r["precision"], r["batch"], r["height"], r["width"]): r
+    for r in rows
+    if r.get("median_ms")
+  }
   out = []
   for (model, mode, impl, precision, b, h, w), row in by_key.items():
     if model != "teacher":
       continue
     student = by_key.get(("student", mode, impl, precision, b, h, w))
     if student:
-      out.append({"mode": mode, "impl": impl, "precision": precision, "batch": b, "height": h, "width": w,
-                  "teacher_ms": row["median_ms"], "student_ms": student["median_ms"],
-                  "student_speedup": row["median_ms"] / student["median_ms"]})
+      out.append(
+        {
+          "mode": mode,
+          "impl": impl,
+          "precision": precision,
+          "batch": b,
+          "height": h,
+          "width": w,
+          "teacher_ms": row["median_ms"],
+          "student_ms": student["median_ms"],
+          "student_speedup": row["median_ms"] / student["median_ms"],
+        }
+      )
   return out
 
 
-def markdown(rows: list[dict[str, Any]], speedups: list[dict[str, Any]], peak: dict[str, float],
-             notes: Sequence[str] = ()) -> str:
-  lines = ["| model | mode | H×W | B | impl | precision | median ms | GFLOP/s | % peak | compile s | × torch_eager "
-           "| max abs diff vs fp32 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-  eager = {_case(r): r["median_ms"] for r in rows if r["impl"] == "torch_eager" and r.get("median_ms")}
+def markdown(
+  rows: list[dict[str, Any]],
+  speedups: list[dict[str, Any]],
+  peak: dict[str, float],
+  notes: Sequence[str] = (),
+) -> str:
+  lines = [
+    "| model | mode | H×W | B | impl | precision | median ms | GFLOP/s | % peak | compile s | × "
+    "torch_eager | max abs diff vs fp32 |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  eager = {
+    _case(r): r["median_ms"] for r in rows if r["impl"] == "torch_eager" and r.get("median_ms")
+  }
   for r in rows:
-    case = (f"| {r['model']} | {r['mode']} | {r['height']}×{r['width']} | {r['batch']} | {r['impl']} | "
-            f"{r['precision']} |")
+    case = (
+      f"| {r['model']} | {r['mode']} | {r['height']}×{r['width']} "
+      f"| {r['batch']} | {r['impl']} | {r['precision']} |"
+    )
     if not r.get("median_ms"):
       lines.append(f"{case} {r['status']} | | | | | |")
       continue
     base = eager.get(_case(r))
     ratio = f"{base / r['median_ms']:.2f}" if base else ""
-    lines.append(f"{case} {r['median_ms']:.1f} | {r['gflops_per_s']:.1f} | {_fmt(r['pct_of_peak'], '.0f')} | "
-                 f"{r['compile_s']:.2f} | {ratio} | {_fmt(r.get('max_abs_diff_vs_fp32'), '.1e')} |")
+    lines.append(
+      f"{case} {r['median_ms']:.1f} | {r['gflops_per_s']:.1f} | {_fmt(r['pct_of_peak'], '.0f')} | "
+      f"{r['compile_s']:.2f} | {ratio} | {_fmt(r.get('max_abs_diff_vs_fp32'), '.1e')} |"
+    )
   if speedups:
-    lines += ["", "| mode | H×W | B | impl | precision | teacher ms | student ms | student speed-up |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += [
+      "",
+      "| mode | H×W | B | impl | precision | teacher ms | student ms | student speed-up |",
+      "|---|---|---|---|---|---|---|---|",
+    ]
     for s in speedups:
-      lines.append(f"| {s['mode']} | {s['height']}×{s['width']} | {s['batch']} | {s['impl']} | {s['precision']} | "
-                   f"{s['teacher_ms']:.1f} | {s['student_ms']:.1f} | {s['student_speedup']:.2f} |")
+      lines.append(
+        f"| {s['mode']} | {s['height']}×{s['width']} | {s['batch']} "
+        f"| {s['impl']} | {s['precision']} | {s['teacher_ms']:.1f} "
+        f"| {s['student_ms']:.1f} | {s['student_speedup']:.2f} |"
+      )
   if peak:
     best = max(peak, key=peak.get)
-    lines += ["", "Roofline (32→32 conv3x3 + ReLU, 256×256, float32): " +
-              ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + f" GFLOP/s; peak = {peak[best]:.1f} ({best})."]
+    lines += [
+      "",
+      "Roofline (32→32 conv3x3 + ReLU, 256×256, float32): "
+      + ", ".join(f"{k} {v:.1f}" for k, v in peak.items())
+      + f" GFLOP/s; peak = {peak[best]:.1f} ({best}).",
+    ]
   if notes:
     lines += ["", *notes]
   return "\n".join(lines)
 
 
 def _case(row: dict[str, Any]) -> tuple:
-  """The key of the PyTorch eager row a row is compared with: same model, mode, precision, batch, shape."""
+  """The key of the PyTorch eager row a row is compared with: same model, mode, precision, batch,
+  shape."""
   return row["model"], row["mode"], row["precision"], row["batch"], row["height"], row["width"]
 
 
@@ -513,28 +635,48 @@ def parse_shape(text: str) -> tuple[int, int]:
     height, width = (int(v) for v in text.lower().split("x"))
   except ValueError:
     height = width = 0
-  require(height > 0 and width > 0, f"--shapes entry {text!r} is not HxW with positive sizes, e.g. 240x240.")
+  require(
+    height > 0 and width > 0,
+    f"--shapes entry {text!r} is not HxW with positive sizes, e.g. 240x240.",
+  )
   return height, width
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.benchmark", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m kdmri_jax.benchmark", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--models", nargs="+", default=["teacher", "student"])
   parser.add_argument("--shapes", nargs="+", default=["240x240", "640x368"])
   parser.add_argument("--batch", nargs="+", type=int, default=[1])
   parser.add_argument("--modes", nargs="+", default=list(MODES))
   parser.add_argument("--impls", nargs="+", default=list(IMPLS))
-  parser.add_argument("--precision", nargs="+", default=["float32"],
-                      help=f"one or more of {', '.join(PRECISIONS)} (tf32: NVIDIA GPUs only), timed side by side")
+  parser.add_argument(
+    "--precision",
+    nargs="+",
+    default=["float32"],
+    help=f"one or more of {', '.join(PRECISIONS)} (tf32: NVIDIA GPUs only), timed side by side",
+  )
   parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--warmup", type=int, default=1, help="untimed calls after the first (compile) call")
-  parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                      help="auto: the GPU when JAX sees one, else the CPU")
-  parser.add_argument("--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: per core)")
-  parser.add_argument("--busy-wait", action="store_true",
-                      help="keep OpenMP/ONNX Runtime busy-waiting worker threads (their defaults; best on a "
-                           "dedicated machine). Without it the benchmark sets OMP_WAIT_POLICY=PASSIVE and turns "
-                           "ORT spinning off, which is 2-4x faster for both on a machine shared with other jobs")
+  parser.add_argument(
+    "--warmup", type=int, default=1, help="untimed calls after the first (compile) call"
+  )
+  parser.add_argument(
+    "--device",
+    choices=("auto", "cpu", "gpu"),
+    default="auto",
+    help="auto: the GPU when JAX sees one, else the CPU",
+  )
+  parser.add_argument(
+    "--ort-threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: per core)"
+  )
+  parser.add_argument(
+    "--busy-wait",
+    action="store_true",
+    help="keep OpenMP/ONNX Runtime busy-waiting worker threads (their defaults; best on a "
+    "dedicated machine). Without it the benchmark sets OMP_WAIT_POLICY=PASSIVE and turns "
+    "ORT spinning off, which is 2-4x faster for both on a machine shared with other jobs",
+  )
   parser.add_argument("--no-peak", action="store_true", help="skip the conv roofline measurement")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--json", help="write the rows, speed-ups and machine facts here")
@@ -549,8 +691,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
   torch = optional_torch()  # loaded first, so that every precision scope sets its flags
   if device == "gpu" and torch is not None:
-    # PyTorch's advice for fixed input shapes: cuDNN times its algorithms and keeps the fastest (for the
-    # roofline and every PyTorch case alike).
+    # PyTorch's advice for fixed input shapes: cuDNN times its algorithms and keeps the fastest (for
+    # the roofline and every PyTorch case alike).
     torch.backends.cudnn.benchmark = True
   precisions, notes = usable_precisions(args.precision, device)
   require(precisions, f"--precision: {TF32_ONLY_GPU}; choose float32 or bfloat16 on the CPU.")
@@ -558,7 +700,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(note, file=sys.stderr)
   load_before = os.getloadavg()
   with precision_scope("float32"):
-    peak = {} if args.no_peak else measure_peak(device, max(args.repeats, 3), args.ort_threads, args.busy_wait)
+    peak = (
+      {}
+      if args.no_peak
+      else measure_peak(device, max(args.repeats, 3), args.ort_threads, args.busy_wait)
+    )
   built = {}
   for model_name in args.models:
     model = models.build_model(model_name)
@@ -571,29 +717,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows += _time_cases(args, device, built, precisions, mode, shape, peak)
   report = _report(args, device, torch, precisions, notes, peak, built, rows, load_before)
   print(markdown(rows, report["student_speedups"], peak, notes))
-  print(f"\n{report['machine']}; {report['date']}; 1-min load average {report['load_average_1m']['start']} at "
-        f"start, {report['load_average_1m']['end']} at end.")
+  print(
+    f"\n{report['machine']}; {report['date']}; 1-min load average "
+    f"{report['load_average_1m']['start']} at start, {report['load_average_1m']['end']} at end."
+  )
   return report
 
 
-def _time_cases(args: argparse.Namespace, device: str, built: dict, precisions: Sequence[str],
-                mode: str, shape: tuple[int, int, int], peak: dict[str, float]
-                ) -> list[dict[str, Any]]:
+def _time_cases(
+  args: argparse.Namespace,
+  device: str,
+  built: dict,
+  precisions: Sequence[str],
+  mode: str,
+  shape: tuple[int, int, int],
+  peak: dict[str, float],
+) -> list[dict[str, Any]]:
   """The rows of one (mode, (H, W, batch)). All models and precisions are timed in the same
   interleaved rounds, so the student/teacher and bf16/fp32 ratios compare calls made under the same
   machine load."""
   height, width, batch_size = shape
-  batches = {name: make_batch(model, batch_size, height, width, args.seed)
-             for name, (model, _) in built.items()}
-  cases = [(m, p, n) for m in built for p in precisions for n in args.impls
-           if not applicable(n, mode)]
+  batches = {
+    name: make_batch(model, batch_size, height, width, args.seed)
+    for name, (model, _) in built.items()
+  }
+  cases = [
+    (m, p, n) for m in built for p in precisions for n in args.impls if not applicable(n, mode)
+  ]
   impls, stats = [], {}
   for case in cases:
     model_name, precision, name = case
     model, params = built[model_name]
     try:
-      impl = build_impl(name, mode, model_name, model, params, batches[model_name], device,
-                        args.ort_threads, args.busy_wait, precision)
+      impl = build_impl(
+        name,
+        mode,
+        model_name,
+        model,
+        params,
+        batches[model_name],
+        device,
+        args.ort_threads,
+        args.busy_wait,
+        precision,
+      )
       impl.name = case
       impls.append(impl)
     except Exception as error:
@@ -605,58 +772,105 @@ def _time_cases(args: argparse.Namespace, device: str, built: dict, precisions: 
   return [_row(case, stats[case], mode, device, shape, built, best_peak) for case in cases]
 
 
-def _row(case: tuple[str, str, str], s: dict[str, Any], mode: str, device: str,
-         shape: tuple[int, int, int], built: dict, best_peak: float | None) -> dict[str, Any]:
+def _row(
+  case: tuple[str, str, str],
+  s: dict[str, Any],
+  mode: str,
+  device: str,
+  shape: tuple[int, int, int],
+  built: dict,
+  best_peak: float | None,
+) -> dict[str, Any]:
   """One JSON row from an implementation's timing stats `s` (also printed as a progress line)."""
   model_name, precision, name = case
   height, width, batch_size = shape
   model, params = built[model_name]
   flops = conv_flops(model, batch_size, height, width, mode)
-  row = {"model": model_name, "mode": mode, "impl": name, "precision": precision, "device": device,
-         "batch": batch_size, "height": height, "width": width, "median_ms": None,
-         "gflops_per_s": None, "status": s["status"], "params": models.count_params(params),
-         "gflop": flops / 1e9, "max_abs_diff_vs_fp32": s.get("max_abs_diff_vs_fp32")}
+  row = {
+    "model": model_name,
+    "mode": mode,
+    "impl": name,
+    "precision": precision,
+    "device": device,
+    "batch": batch_size,
+    "height": height,
+    "width": width,
+    "median_ms": None,
+    "gflops_per_s": None,
+    "status": s["status"],
+    "params": models.count_params(params),
+    "gflop": flops / 1e9,
+    "max_abs_diff_vs_fp32": s.get("max_abs_diff_vs_fp32"),
+  }
   if s["status"] == "ok":
     median = statistics.median(s["times"])
-    row.update(median_ms=median * 1e3, gflops_per_s=flops / median / 1e9,
-               min_ms=min(s["times"]) * 1e3, compile_s=s["compile_s"], repeats=len(s["times"]),
-               peak_memory_bytes=s.get("peak_memory_bytes"))
+    row.update(
+      median_ms=median * 1e3,
+      gflops_per_s=flops / median / 1e9,
+      min_ms=min(s["times"]) * 1e3,
+      compile_s=s["compile_s"],
+      repeats=len(s["times"]),
+      peak_memory_bytes=s.get("peak_memory_bytes"),
+    )
     row["pct_of_peak"] = 100.0 * row["gflops_per_s"] / best_peak if best_peak else None
   status = "" if s["status"] == "ok" else s["status"]
-  print(f"{model_name} {mode} {height}x{width} b{batch_size} {name} {precision}: "
-        f"{row['median_ms'] and round(row['median_ms'], 1)} ms {status}",
-        file=sys.stderr, flush=True)
+  print(
+    f"{model_name} {mode} {height}x{width} b{batch_size} {name} {precision}: "
+    f"{row['median_ms'] and round(row['median_ms'], 1)} ms {status}",
+    file=sys.stderr,
+    flush=True,
+  )
   return row
 
 
-def _report(args: argparse.Namespace, device: str, torch: Any, precisions: Sequence[str],
-            notes: Sequence[str], peak: dict[str, float], built: dict, rows: list[dict[str, Any]],
-            load_before: tuple[float, ...]) -> dict[str, Any]:
+def _report(
+  args: argparse.Namespace,
+  device: str,
+  torch: Any,
+  precisions: Sequence[str],
+  notes: Sequence[str],
+  peak: dict[str, float],
+  built: dict,
+  rows: list[dict[str, Any]],
+  load_before: tuple[float, ...],
+) -> dict[str, Any]:
   """The JSON report: the machine, versions and threads (torch's None without torch), the rows."""
   now = datetime.datetime.now(datetime.timezone.utc)
-  return {"machine": machine_line() if device == "cpu" else str(jax.devices()[0].device_kind),
-          "device": device, "date": now.isoformat(timespec="seconds"),
-          "command": "python -m kdmri_jax.benchmark " + " ".join(getattr(args, "argv", [])),
-          "versions": {"jax": jax.__version__,
-                       "torch": None if torch is None else torch.__version__,
-                       "onnxruntime": _ort_version()},
-          "threads": {"torch": None if torch is None else torch.get_num_threads(),
-                      "onnxruntime": args.ort_threads or "per core", "busy_wait": args.busy_wait,
-                      "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY")},
-          "load_average_1m": {"start": round(load_before[0], 2),
-                              "end": round(os.getloadavg()[0], 2)},
-          "precisions": list(precisions), "notes": list(notes), "peak_gflops_per_s": peak,
-          "params": {name: models.count_params(params) for name, (_, params) in built.items()},
-          "rows": rows, "student_speedups": summarize(rows)}
+  return {
+    "machine": machine_line() if device == "cpu" else str(jax.devices()[0].device_kind),
+    "device": device,
+    "date": now.isoformat(timespec="seconds"),
+    "command": "python -m kdmri_jax.benchmark " + " ".join(getattr(args, "argv", [])),
+    "versions": {
+      "jax": jax.__version__,
+      "torch": None if torch is None else torch.__version__,
+      "onnxruntime": _ort_version(),
+    },
+    "threads": {
+      "torch": None if torch is None else torch.get_num_threads(),
+      "onnxruntime": args.ort_threads or "per core",
+      "busy_wait": args.busy_wait,
+      "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+    },
+    "load_average_1m": {"start": round(load_before[0], 2), "end": round(os.getloadavg()[0], 2)},
+    "precisions": list(precisions),
+    "notes": list(notes),
+    "peak_gflops_per_s": peak,
+    "params": {name: models.count_params(params) for name, (_, params) in built.items()},
+    "rows": rows,
+    "student_speedups": summarize(rows),
+  }
 
 
 def _add_diffs(stats: dict, impls: list[Impl], built: dict, batches: dict) -> None:
-  """Adds `max_abs_diff_vs_fp32` to the stats of every timed inference impl (one extra, untimed call)."""
+  """Adds `max_abs_diff_vs_fp32` to the stats of every timed inference impl (one extra, untimed
+  call)."""
   references = {}
   for model_name, (model, params) in built.items():
     with precision_scope("float32"):
       references[model_name] = export_lib.reference_output(
-          model, params, inference.model_inputs(model, batches[model_name]))
+        model, params, inference.model_inputs(model, batches[model_name])
+      )
   for impl in impls:
     if stats[impl.name]["status"] == "ok":
       stats[impl.name]["max_abs_diff_vs_fp32"] = max_abs_diff(impl.run(), references[impl.name[0]])
@@ -665,6 +879,7 @@ def _add_diffs(stats: dict, impls: list[Impl], built: dict, batches: dict) -> No
 def _ort_version() -> str | None:
   try:
     import onnxruntime
+
     return onnxruntime.__version__
   except ImportError:
     return None
@@ -681,18 +896,25 @@ def main(argv: Sequence[str]) -> int:
     require(mode in MODES, f"--modes {mode!r} is not one of {list(MODES)}.")
   for precision in args.precision:
     require(precision in PRECISIONS, f"--precision {precision!r} is not one of {list(PRECISIONS)}.")
-  require(args.repeats >= 1 and all(b >= 1 for b in args.batch), "--repeats and --batch must be >= 1.")
+  require(
+    args.repeats >= 1 and all(b >= 1 for b in args.batch), "--repeats and --batch must be >= 1."
+  )
   for shape in args.shapes:
     parse_shape(shape)
   if args.json:
     require_writable_output(args.json, "--json", "file")
-    require(args.overwrite or not os.path.exists(args.json),
-            f"output {args.json} already exists; choose another --json or pass --overwrite.")
+    require(
+      args.overwrite or not os.path.exists(args.json),
+      f"output {args.json} already exists; choose another --json or pass --overwrite.",
+    )
   if args.device == "gpu":
     platforms = sorted({d.platform for d in jax.devices()})
-    require("gpu" in platforms, f"--device gpu: JAX sees no GPU here (platforms: "
-                                f"{', '.join(platforms)}); install jax[cuda] on a GPU machine or "
-                                f"pass --device cpu.")
+    require(
+      "gpu" in platforms,
+      f"--device gpu: JAX sees no GPU here (platforms: "
+      f"{', '.join(platforms)}); install jax[cuda] on a GPU machine or "
+      f"pass --device cpu.",
+    )
   if not args.busy_wait:
     # Must precede the first `import torch` (OpenMP reads it once); a user's own setting wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

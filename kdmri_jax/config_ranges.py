@@ -26,6 +26,7 @@ KD_INIT_FROM = ("feature", "student", "scratch")
 class Range:
   """What one field accepts: a value of `kind` within [low, high] (open ends when `*_open`), one
   of `choices()`, or what `parse(field, value)` accepts (raising `InputError` naming the field)."""
+
   kind: type
   low: float | None = None
   high: float | None = None
@@ -81,6 +82,7 @@ def _is_kind(value: Any, kind: type) -> bool:
 
 # --- kinds of field -------------------------------------------------------------------------------
 
+
 def integer(low: int, optional: bool = False) -> Range:
   return Range(int, low=low, optional=optional)
 
@@ -108,43 +110,52 @@ def parsed(parse: Callable[[str, Any], Any]) -> Range:
 
 # --- the project's registries and parsers ---------------------------------------------------------
 
+
 def _datasets():
   from kdmri_jax import data
+
   return data.DATASETS
 
 
 def _model_presets():
   from kdmri_jax import models
+
   return models.PRESETS
 
 
 def _reconstruction_losses():
   from kdmri_jax import losses
+
   return losses.RECONSTRUCTION_LOSSES
 
 
 def _imitation_objectives():
   from kdmri_jax import losses
+
   return losses.IMITATION_OBJECTIVES
 
 
 def _feature_losses():
   from kdmri_jax import feature_losses
+
   return feature_losses.FEATURE_LOSSES
 
 
 def _feature_best():
   from kdmri_jax import train
+
   return train.FEATURE_BEST
 
 
 def _mask_families():
   from kdmri_jax import masks
+
   return masks.MASK_FAMILIES
 
 
 def _acceleration(field: str, value: str) -> None:
   from kdmri_jax import masks
+
   try:
     masks.parse_acceleration(value)
   except InputError:
@@ -153,19 +164,24 @@ def _acceleration(field: str, value: str) -> None:
 
 def _stages(field: str, value: str) -> None:
   from kdmri_jax import pipeline
+
   pipeline.parse_stages(value)  # its sentence names config.stages
 
 
 def _trained_stages(field: str, value: str) -> None:
   from kdmri_jax import pipeline
+
   unknown = [s for s in pipeline.split_names(value) if s not in pipeline.TRAINED_STAGES]
   if unknown:
-    raise InputError(f"config.{field}={value!r} names unknown stage(s) {unknown}; choose from "
-                     f"{','.join(pipeline.TRAINED_STAGES)}.")
+    raise InputError(
+      f"config.{field}={value!r} names unknown stage(s) {unknown}; choose from "
+      f"{','.join(pipeline.TRAINED_STAGES)}."
+    )
 
 
 def _layer_pairs(field: str, value: str) -> None:
   from kdmri_jax import train
+
   if value != "paper":
     train.parse_layer_pairs(value, model=None)  # its sentence names config.kd.layer_pairs
 
@@ -173,57 +189,57 @@ def _layer_pairs(field: str, value: str) -> None:
 # --- the table ------------------------------------------------------------------------------------
 
 RANGES: dict[str, Range] = {
-    "dataset": one_of(_datasets),
-    "acc": parsed(_acceleration),
-    "task": one_of(lambda: TASKS),
-    "stages": parsed(_stages),
-    "workdir": text(),
-    "pretrained_teacher": text(),
-    "data.root": text(),
-    "data.cache_dir": text(),
-    "data.mask_path": text(),
-    "data.source": one_of(lambda: DATA_SOURCES),
-    "data.image_size": integer(7),  # SSIM's 7×7 window (kdmri_jax.metrics)
-    "data.num_workers": integer(0),
-    "data.seed": integer(0),
-    "data.mask_seed": integer(0),
-    "data.mask_family": one_of(_mask_families),
-    "data.max_slices": integer(1, optional=True),
-    "data.tfds_dir": text(),
-    "models.teacher": one_of(_model_presets),
-    "models.student": one_of(_model_presets),
-    "models.num_cascades": integer(1, optional=True),
-    "models.features": integer(1, optional=True),
-    "models.student_features": integer(1, optional=True),
-    "kd.imitation": one_of(_imitation_objectives),
-    "kd.alpha": number(0, 1),
-    "kd.feature_loss": one_of(_feature_losses),
-    "kd.layer_pairs": parsed(_layer_pairs),
-    "kd.feature_weight": number(0, low_open=True),
-    "kd.feature_best": one_of(_feature_best),
-    "kd.kd_feature_weight": number(0),
-    "kd.init_from": one_of(lambda: KD_INIT_FROM),
-    "train.batch_size": integer(1),
-    "train.num_epochs": integer(1),
-    "train.learning_rate": number(0, low_open=True),
-    "train.lr_step_epochs": integer(1),
-    "train.lr_gamma": number(0, 1, low_open=True),
-    "train.seed": integer(0),
-    "train.loss": one_of(_reconstruction_losses),
-    "train.compute_dtype": one_of(lambda: COMPUTE_DTYPES),
-    "train.log_every_steps": integer(1),
-    "train.checkpoint_every_steps": integer(0),
-    "train.keep_checkpoints": integer(1),
-    "train.num_image_examples": integer(0),
-    "train.progress_bar": flag(),
-    "evaluate.batch_size": integer(1),
-    "evaluate.stages": parsed(_trained_stages),
-    "evaluate.save_reconstructions": flag(),
-    "distributed.auto": flag(),
-    "distributed.coordinator_address": text(),
-    "distributed.num_processes": integer(1, optional=True),
-    "distributed.process_id": integer(0, optional=True),
-    "sr.keep": integer(1),  # at most data.image_size: checked with the data (kdmri_jax.data.sr)
+  "dataset": one_of(_datasets),
+  "acc": parsed(_acceleration),
+  "task": one_of(lambda: TASKS),
+  "stages": parsed(_stages),
+  "workdir": text(),
+  "pretrained_teacher": text(),
+  "data.root": text(),
+  "data.cache_dir": text(),
+  "data.mask_path": text(),
+  "data.source": one_of(lambda: DATA_SOURCES),
+  "data.image_size": integer(7),  # SSIM's 7×7 window (kdmri_jax.metrics)
+  "data.num_workers": integer(0),
+  "data.seed": integer(0),
+  "data.mask_seed": integer(0),
+  "data.mask_family": one_of(_mask_families),
+  "data.max_slices": integer(1, optional=True),
+  "data.tfds_dir": text(),
+  "models.teacher": one_of(_model_presets),
+  "models.student": one_of(_model_presets),
+  "models.num_cascades": integer(1, optional=True),
+  "models.features": integer(1, optional=True),
+  "models.student_features": integer(1, optional=True),
+  "kd.imitation": one_of(_imitation_objectives),
+  "kd.alpha": number(0, 1),
+  "kd.feature_loss": one_of(_feature_losses),
+  "kd.layer_pairs": parsed(_layer_pairs),
+  "kd.feature_weight": number(0, low_open=True),
+  "kd.feature_best": one_of(_feature_best),
+  "kd.kd_feature_weight": number(0),
+  "kd.init_from": one_of(lambda: KD_INIT_FROM),
+  "train.batch_size": integer(1),
+  "train.num_epochs": integer(1),
+  "train.learning_rate": number(0, low_open=True),
+  "train.lr_step_epochs": integer(1),
+  "train.lr_gamma": number(0, 1, low_open=True),
+  "train.seed": integer(0),
+  "train.loss": one_of(_reconstruction_losses),
+  "train.compute_dtype": one_of(lambda: COMPUTE_DTYPES),
+  "train.log_every_steps": integer(1),
+  "train.checkpoint_every_steps": integer(0),
+  "train.keep_checkpoints": integer(1),
+  "train.num_image_examples": integer(0),
+  "train.progress_bar": flag(),
+  "evaluate.batch_size": integer(1),
+  "evaluate.stages": parsed(_trained_stages),
+  "evaluate.save_reconstructions": flag(),
+  "distributed.auto": flag(),
+  "distributed.coordinator_address": text(),
+  "distributed.num_processes": integer(1, optional=True),
+  "distributed.process_id": integer(0, optional=True),
+  "sr.keep": integer(1),  # at most data.image_size: checked with the data (kdmri_jax.data.sr)
 }
 
 
@@ -245,5 +261,7 @@ def check(config: Any) -> None:
       continue  # a field only a config file of the user's adds: nothing reads it
     problem = declared.problem(field, value)
     if problem is not None:
-      raise InputError(f"config.{field}={value!r} {problem}; change it in the config file or pass "
-                       f"--config.{field}=VALUE.")
+      raise InputError(
+        f"config.{field}={value!r} {problem}; change it in "
+        f"the config file or pass --config.{field}=VALUE."
+      )

@@ -2,17 +2,18 @@
 
   python -m kdmri_jax.convert --torch-checkpoint best_model.pt --model teacher --out ckpt/teacher
 
-The authors save `{'epoch', 'args', 'model': state_dict, 'optimizer', ...}`; a bare state_dict (optionally
-with DataParallel's `module.` prefix) is accepted too. Key names map one to one:
+The authors save `{'epoch', 'args', 'model': state_dict, 'optimizer', ...}`; a bare state_dict
+(optionally with DataParallel's `module.` prefix) is accepted too. Key names map one to one:
 
-  DC-CNN  `cascade{c}.conv{j}.{weight,bias}`  ->  params['cascade_{c-1}']['conv_{j-1}']['kernel'|'bias']
-  VDSR    `conv{j}.{weight,bias}`             ->  params['conv_{j-1}']['kernel'|'bias']
+  DC-CNN  `cascade{c}.conv{j}.{weight,bias}`
+            ->  params['cascade_{c-1}']['conv_{j-1}']['kernel'|'bias']
+  VDSR    `conv{j}.{weight,bias}`  ->  params['conv_{j-1}']['kernel'|'bias']
 
-with PyTorch's OIHW weights transposed to Flax's HWIO kernels. Convolution is cross-correlation in both
-frameworks, so no kernel flip is needed. Files are read with `torch.load(weights_only=True)`,
+with PyTorch's OIHW weights transposed to Flax's HWIO kernels. Convolution is cross-correlation in
+both frameworks, so no kernel flip is needed. Files are read with `torch.load(weights_only=True)`,
 allowing just the types the authors' dict holds (`authors_pickle_globals`), in both torch.save
-formats, pickled by numpy 1 or 2; any other object is refused unless --trust-pickle. torch is
-needed for this command only.
+formats, pickled by numpy 1 or 2; any other object is refused unless --trust-pickle. torch is needed
+for this command only.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict
   """Drops DataParallel's `module.` prefix when every key has it."""
   keys = list(state_dict)
   if keys and all(isinstance(k, str) and k.startswith(prefix) for k in keys):
-    return {k[len(prefix):]: v for k, v in state_dict.items()}
+    return {k[len(prefix) :]: v for k, v in state_dict.items()}
   return dict(state_dict)
 
 
@@ -76,23 +77,30 @@ def guess_model(state_dict: Mapping[str, Any]) -> str | None:
   return None
 
 
-def torch_state_dict_to_params(model_name: str, state_dict: Mapping[str, Any],
-                               source: str = "state_dict") -> dict[str, Any]:
+def torch_state_dict_to_params(
+  model_name: str, state_dict: Mapping[str, Any], source: str = "state_dict"
+) -> dict[str, Any]:
   """The authors' state_dict (tensors or arrays) -> kdmri_jax Flax params for preset `model_name`.
 
-  Checks that every expected key is present, no other key is, every shape matches and every value is a
-  finite float; the first problem raises `InputError` naming the key, the model and `source`.
+  Checks that every expected key is present, no other key is, every shape matches and every value is
+  a finite float; the first problem raises `InputError` naming the key, the model and `source`.
   """
   from kdmri_jax import models
 
-  require(model_name in models.PRESETS, f"unknown model {model_name!r}; choose one of {sorted(models.PRESETS)}.")
+  require(
+    model_name in models.PRESETS,
+    f"unknown model {model_name!r}; choose one of {sorted(models.PRESETS)}.",
+  )
   state_dict = strip_prefix(state_dict)
   expected = expected_shapes(model_name)
 
   def mismatch(detail: str) -> InputError:
     guess = guess_model(state_dict)
-    hint = (f"it looks like a {guess!r} checkpoint, so pass --model {guess}" if guess else
-            "check that it was saved by the authors' KD-MRI code for this model")
+    hint = (
+      f"it looks like a {guess!r} checkpoint, so pass --model {guess}"
+      if guess
+      else "check that it was saved by the authors' KD-MRI code for this model"
+    )
     return InputError(f"{source} does not hold a {model_name!r} model: {detail}; {hint}.")
 
   for key in expected:
@@ -107,9 +115,14 @@ def torch_state_dict_to_params(model_name: str, state_dict: Mapping[str, Any],
     array = _to_numpy(state_dict[key])
     if tuple(array.shape) != shape:
       raise mismatch(f"key '{key}' has shape {tuple(array.shape)}, expected {shape}")
-    require(array.dtype.kind == "f", f"{source}: key '{key}' holds {array.dtype} values, expected floats.")
-    require(bool(np.all(np.isfinite(array))), f"{source}: key '{key}' contains NaN or Inf values; the "
-            f"checkpoint is damaged or training diverged.")
+    require(
+      array.dtype.kind == "f", f"{source}: key '{key}' holds {array.dtype} values, expected floats."
+    )
+    require(
+      bool(np.all(np.isfinite(array))),
+      f"{source}: key '{key}' contains NaN or Inf values; the "
+      f"checkpoint is damaged or training diverged.",
+    )
     array = array.astype(np.float32)
     if names[-1] == "kernel":
       array = np.ascontiguousarray(array.transpose(2, 3, 1, 0))  # OIHW -> HWIO
@@ -124,9 +137,11 @@ def _import_torch():
   try:
     import torch
   except ImportError:
-    raise InputError(f"converting a PyTorch checkpoint needs PyTorch, which is not installed; install the CPU "
-                     f"build with `pip install {TORCH_PIN} --index-url https://download.pytorch.org/whl/cpu` "
-                     f"(only `convert` needs it).") from None
+    raise InputError(
+      f"converting a PyTorch checkpoint needs PyTorch, which is not installed; "
+      f"install the CPU build with `pip install {TORCH_PIN} --index-url "
+      f"https://download.pytorch.org/whl/cpu` (only `convert` needs it)."
+    ) from None
   return torch
 
 
@@ -169,10 +184,12 @@ def _refusal(path: str, message: str) -> InputError:
   if refused is None and not re.search(r"Can only|unrecognized function", message):
     return InputError(f"{path} is not a PyTorch checkpoint (torch.load cannot read it).")
   what = f"a {refused[1]} object" if refused else "Python objects"
-  return InputError(f"PyTorch checkpoint {path} holds {what}, which is none of the types the "
-                    f"authors' checkpoints hold (tensors, argparse.Namespace, pathlib paths, "
-                    f"numpy scalars), and unpickling other objects can run code, so it was not "
-                    f"loaded; if you trust the file, add --trust-pickle.")
+  return InputError(
+    f"PyTorch checkpoint {path} holds {what}, which is none of the types the "
+    f"authors' checkpoints hold (tensors, argparse.Namespace, pathlib paths, "
+    f"numpy scalars), and unpickling other objects can run code, so it was not "
+    f"loaded; if you trust the file, add --trust-pickle."
+  )
 
 
 def read_torch_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Any:
@@ -191,8 +208,9 @@ def read_torch_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -
   except pickle.UnpicklingError as error:
     raise _refusal(path, str(error)) from None
   except Exception as error:  # torch raises EOFError, KeyError, ... for non-checkpoints
-    raise InputError(f"{path} is not a PyTorch checkpoint (torch.load failed: "
-                     f"{type(error).__name__}).") from None
+    raise InputError(
+      f"{path} is not a PyTorch checkpoint (torch.load failed: {type(error).__name__})."
+    ) from None
 
 
 def state_dict_of(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
@@ -200,12 +218,21 @@ def state_dict_of(checkpoint: Any, path: str | os.PathLike) -> dict[str, Any]:
   checkpoint itself when it is a bare state_dict."""
   state_dict = checkpoint
   if isinstance(checkpoint, Mapping):
-    state_dict = next((checkpoint[key] for key in ("model", "state_dict")
-                       if isinstance(checkpoint.get(key), Mapping)), checkpoint)
-  require(isinstance(state_dict, Mapping) and len(state_dict) > 0
-          and all(hasattr(v, "shape") for v in state_dict.values()),
-          f"PyTorch checkpoint {os.fspath(path)} holds neither a state_dict nor a dict with a "
-          f"'model' state_dict.")
+    state_dict = next(
+      (
+        checkpoint[key]
+        for key in ("model", "state_dict")
+        if isinstance(checkpoint.get(key), Mapping)
+      ),
+      checkpoint,
+    )
+  require(
+    isinstance(state_dict, Mapping)
+    and len(state_dict) > 0
+    and all(hasattr(v, "shape") for v in state_dict.values()),
+    f"PyTorch checkpoint {os.fspath(path)} holds neither "
+    f"a state_dict nor a dict with a 'model' state_dict.",
+  )
   return dict(state_dict)
 
 
@@ -226,37 +253,63 @@ def training_record(checkpoint: Any) -> dict[str, Any]:
   return record
 
 
-def convert(torch_checkpoint: str | os.PathLike, model_name: str, out: str | os.PathLike,
-            overwrite: bool = False, trust_pickle: bool = False) -> str:
-  """Converts a PyTorch checkpoint file to an orbax checkpoint at `out`; returns `out`'s absolute path.
+def convert(
+  torch_checkpoint: str | os.PathLike,
+  model_name: str,
+  out: str | os.PathLike,
+  overwrite: bool = False,
+  trust_pickle: bool = False,
+) -> str:
+  """Converts a PyTorch checkpoint file to an orbax checkpoint at `out`; returns `out`'s absolute
+  path.
 
   Everything is checked before anything is written, so a bad input leaves `out` untouched.
   """
   from kdmri_jax import checkpoints, models
 
-  require(model_name in models.PRESETS, f"unknown --model {model_name!r}; choose one of {sorted(models.PRESETS)}.")
+  require(
+    model_name in models.PRESETS,
+    f"unknown --model {model_name!r}; choose one of {sorted(models.PRESETS)}.",
+  )
   out = os.path.abspath(out)
-  require(overwrite or not (os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out))),
-          f"output {out} already exists; choose a new --out or pass --overwrite.")
+  require(
+    overwrite or not (os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out))),
+    f"output {out} already exists; choose a new --out or pass --overwrite.",
+  )
   require(not os.path.isfile(out), f"output {out} is a file; --out must be a directory.")
   checkpoint = read_torch_checkpoint(torch_checkpoint, trust_pickle)
   state_dict = state_dict_of(checkpoint, torch_checkpoint)
-  params = torch_state_dict_to_params(model_name, state_dict, source=f"PyTorch checkpoint {torch_checkpoint}")
+  params = torch_state_dict_to_params(
+    model_name, state_dict, source=f"PyTorch checkpoint {torch_checkpoint}"
+  )
   model = models.build_model(model_name)
-  meta = checkpoints.make_meta(model_name, model, source="pytorch",
-                               torch_checkpoint=os.path.abspath(torch_checkpoint),
-                               **training_record(checkpoint))
+  meta = checkpoints.make_meta(
+    model_name,
+    model,
+    source="pytorch",
+    torch_checkpoint=os.path.abspath(torch_checkpoint),
+    **training_record(checkpoint),
+  )
   return checkpoints.save_params(out, params, meta, overwrite=overwrite)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.convert", description=__doc__.split("\n")[0])
-  parser.add_argument("--torch-checkpoint", required=True, help="the authors' best_model.pt (or a state_dict)")
-  parser.add_argument("--model", required=True, choices=["teacher", "student", "vdsr_teacher", "vdsr_student"])
+  parser = argparse.ArgumentParser(
+    prog="python -m kdmri_jax.convert", description=__doc__.split("\n")[0]
+  )
+  parser.add_argument(
+    "--torch-checkpoint", required=True, help="the authors' best_model.pt (or a state_dict)"
+  )
+  parser.add_argument(
+    "--model", required=True, choices=["teacher", "student", "vdsr_teacher", "vdsr_student"]
+  )
   parser.add_argument("--out", required=True, help="directory for the orbax checkpoint")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-  parser.add_argument("--trust-pickle", action="store_true",
-                      help="load with weights_only=False (only for files you trust)")
+  parser.add_argument(
+    "--trust-pickle",
+    action="store_true",
+    help="load with weights_only=False (only for files you trust)",
+  )
   args = parser.parse_args(argv)
   require_writable_output(args.out, "--out", "folder")
   out = convert(args.torch_checkpoint, args.model, args.out, args.overwrite, args.trust_pickle)

@@ -1,9 +1,9 @@
 """One kind of error for bad user input, and the CLI wrapper that reports it in one sentence.
 
-Every command-line entry point runs through `run_cli`: an `InputError` (a missing file, a wrong key, a
-mask of the wrong shape, ...) is printed as a single line on stderr and the process exits with status 2.
-Anything else is a bug and keeps its traceback. `--debug` on any command shows the traceback of an
-`InputError` too.
+Every command-line entry point runs through `run_cli`: an `InputError` (a missing file, a wrong key,
+a mask of the wrong shape, ...) is printed as a single line on stderr and the process exits with
+status 2. Anything else is a bug and keeps its traceback. `--debug` on any command shows the
+traceback of an `InputError` too.
 """
 
 from __future__ import annotations
@@ -39,19 +39,26 @@ def require_writable_dir(path: str, what: str = "--workdir", min_free_bytes: int
   parent = path
   while not os.path.exists(parent):
     parent = os.path.dirname(parent)
-  require(os.path.isdir(parent), f"{what} {path} cannot be created: {parent} is a file, not a folder; "
-                                 f"choose another {what}.")
+  require(
+    os.path.isdir(parent),
+    f"{what} {path} cannot be created: {parent} is a file, not a folder; choose another {what}.",
+  )
   try:
     os.makedirs(path, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
       pass
   except OSError as error:
-    raise InputError(f"{what} {path} is not writable ({error.strerror or error}); choose a folder on a "
-                     f"writable disk.") from None
+    raise InputError(
+      f"{what} {path} is not writable ({error.strerror or error}); "
+      f"choose a folder on a writable disk."
+    ) from None
   free = shutil.disk_usage(path).free
-  require(free >= min_free_bytes, f"{what} {path} has only {free / 2**20:.0f} MiB free, less than the "
-                                  f"{min_free_bytes / 2**20:.0f} MiB a run needs; free space or choose "
-                                  f"another {what}.")
+  require(
+    free >= min_free_bytes,
+    f"{what} {path} has only {free / 2**20:.0f} MiB free, less than the "
+    f"{min_free_bytes / 2**20:.0f} MiB a run needs; free space or choose "
+    f"another {what}.",
+  )
   return path
 
 
@@ -98,17 +105,23 @@ def require_writable_output(path: str | os.PathLike, what: str, kind: str = "fil
     require(have == want, f"{what} {path} is a {have}, not a {want}; choose another {what}.")
   written = path if kind == "folder" else os.path.dirname(path)
   existing = _nearest_existing(written)
-  require(os.path.isdir(existing), f"{what} {path} cannot be created: {existing} is a file, not "
-                                   f"a folder; choose another {what}.")
-  require(kind != "file" or existing == written,
-          f"{what} {path} cannot be written: its folder {written} does not exist; create it first "
-          f"or choose another {what}.")
+  require(
+    os.path.isdir(existing),
+    f"{what} {path} cannot be created: {existing} is a file, not a folder; choose another {what}.",
+  )
+  require(
+    kind != "file" or existing == written,
+    f"{what} {path} cannot be written: its folder {written} "
+    f"does not exist; create it first or choose another {what}.",
+  )
   try:
     with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
       pass
   except OSError as error:
-    raise InputError(f"{what} {path} cannot be written: {existing} takes no new files "
-                     f"({error.strerror or error}); choose a writable folder.") from None
+    raise InputError(
+      f"{what} {path} cannot be written: {existing} takes no new files "
+      f"({error.strerror or error}); choose a writable folder."
+    ) from None
   return path
 
 
@@ -131,8 +144,9 @@ class Terminated(BaseException):
 
 @contextlib.contextmanager
 def terminate_as_exception(signum: int = signal.SIGTERM) -> Iterator[None]:
-  """While the block runs, `signum` raises `Terminated` once (not a silent death), so the command can
-  say what was left behind; further signals are ignored while it unwinds. No-op off the main thread."""
+  """While the block runs, `signum` raises `Terminated` once (not a silent death), so the command
+  can say what was left behind; further signals are ignored while it unwinds. No-op off the main
+  thread."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return

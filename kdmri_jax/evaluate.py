@@ -1,17 +1,21 @@
 """Evaluate reconstructions against fully-sampled targets, as the authors' `evaluate.py` does.
 
   python -m kdmri_jax.evaluate --target-path datasets/mrbrain/validation/acc_4x \
-      --predictions-path experiments/brain/acc_4x/dc_kd/results --report-path experiments/brain/acc_4x/dc_kd
+      --predictions-path experiments/brain/acc_4x/dc_kd/results \
+      --report-path experiments/brain/acc_4x/dc_kd
 
-Every `*.h5` target file (dataset `volfs`, H×W×S, or H×W for a knee slice) is paired with the prediction
-file of the same name (dataset `reconstruction`, S×H×W). Per volume it computes MSE, NMSE, PSNR, SSIM and
-HFN (`kdmri_jax.metrics`) and writes into the report folder:
-  report.txt               the reference's line: `HFN = m +/- 2·std MSE = ... SSIM = ...` (4 significant digits)
-  metrics.json             the inputs, the summary (mean, std, 2·std, n) and every volume's values
-  metrics_per_volume.csv   one row per volume
-  metrics_per_slice.csv    one row per slice (with --per-slice; R = the volume max, see `slice_metrics`)
-Any bad input (missing folder, no or unmatched files, missing dataset, shape mismatch, NaN/inf) is one
-error sentence and exit status 2, and nothing is written. Existing outputs are kept unless --overwrite.
+Every `*.h5` target file (dataset `volfs`, H×W×S, or H×W for a knee slice) is paired with the
+prediction file of the same name (dataset `reconstruction`, S×H×W). Per volume it computes MSE,
+NMSE, PSNR, SSIM and HFN (`kdmri_jax.metrics`) and writes into the report folder:
+  report.txt              the reference's line: `HFN = m +/- 2·std MSE = ... SSIM = ...`
+                          (4 significant digits)
+  metrics.json            the inputs, the summary (mean, std, 2·std, n) and every volume's values
+  metrics_per_volume.csv  one row per volume
+  metrics_per_slice.csv   one row per slice (with --per-slice; R = the volume max, see
+                          `slice_metrics`)
+Any bad input (missing folder, no or unmatched files, missing dataset, shape mismatch, NaN/inf) is
+one error sentence and exit status 2, and nothing is written. Existing outputs are kept unless
+--overwrite.
 """
 
 from __future__ import annotations
@@ -40,14 +44,21 @@ PER_SLICE_FILE = "metrics_per_slice.csv"
 
 
 # Targets and predictions (`h5_read.Spec`): real S×H×W magnitude images (or one H×W slice).
-VOLUME_SPEC = h5_read.Spec(kinds="fiu", ranks=(2, 3), expected="real numbers (a magnitude image)",
-                           hint="store a real magnitude image of 2 or 3 axes, with finite values")
+VOLUME_SPEC = h5_read.Spec(
+  kinds="fiu",
+  ranks=(2, 3),
+  expected="real numbers (a magnitude image)",
+  hint="store a real magnitude image of 2 or 3 axes, with finite values",
+)
 
 
 def _read(path: pathlib.Path, key: str, what: str) -> np.ndarray:
   with h5_read.open_file(path) as f:
-    require(key in f, f"{what} file {path} has no dataset '{key}' (it holds {sorted(f.keys())}); "
-            f"write the {what} under '{key}'.")
+    require(
+      key in f,
+      f"{what} file {path} has no dataset '{key}' (it holds {sorted(f.keys())}); "
+      f"write the {what} under '{key}'.",
+    )
     data = h5_read.read(f, key, str(path), VOLUME_SPEC)
   return data.astype(np.float32, copy=False)
 
@@ -65,9 +76,13 @@ def read_prediction(path: str | os.PathLike, key: str = PREDICTION_KEY) -> np.nd
 
 
 def resolve_target_dir(target_path: str | os.PathLike, acc: str | None = None) -> pathlib.Path:
-  """The target folder: `target_path/acc_{acc}` when --acc is given and that folder exists, else target_path."""
+  """The target folder: `target_path/acc_{acc}` when --acc is given and that folder exists, else
+  target_path."""
   target_dir = pathlib.Path(target_path)
-  require(target_dir.is_dir(), f"target path {target_dir} is not a folder; pass the folder of target .h5 files.")
+  require(
+    target_dir.is_dir(),
+    f"target path {target_dir} is not a folder; pass the folder of target .h5 files.",
+  )
   if acc is not None:
     parse_acceleration(acc)
     sub = target_dir / f"acc_{acc}"
@@ -76,40 +91,65 @@ def resolve_target_dir(target_path: str | os.PathLike, acc: str | None = None) -
   return target_dir
 
 
-def match_files(target_dir: str | os.PathLike, predictions_dir: str | os.PathLike
-                ) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
+def match_files(
+  target_dir: str | os.PathLike, predictions_dir: str | os.PathLike
+) -> list[tuple[str, pathlib.Path, pathlib.Path]]:
   """[(name, target file, prediction file)] for every target `*.h5`, sorted by name."""
   target_dir, predictions_dir = pathlib.Path(target_dir), pathlib.Path(predictions_dir)
-  require(target_dir.is_dir(), f"target path {target_dir} is not a folder; pass the folder of target .h5 files.")
-  require(predictions_dir.is_dir(),
-          f"predictions path {predictions_dir} is not a folder; pass the folder of reconstruction .h5 files.")
+  require(
+    target_dir.is_dir(),
+    f"target path {target_dir} is not a folder; pass the folder of target .h5 files.",
+  )
+  require(
+    predictions_dir.is_dir(),
+    f"predictions path {predictions_dir} is not a folder; "
+    f"pass the folder of reconstruction .h5 files.",
+  )
   targets = sorted(p for p in target_dir.glob("*.h5") if p.is_file())
-  require(bool(targets), f"target path {target_dir} holds no .h5 files; point it at e.g. validation/acc_4x.")
+  require(
+    bool(targets),
+    f"target path {target_dir} holds no .h5 files; point it at e.g. validation/acc_4x.",
+  )
   pairs = []
   for target in targets:
     prediction = predictions_dir / target.name
-    require(prediction.is_file(), f"prediction file {prediction} is missing for target {target}; "
-            f"reconstruct every target volume first.")
+    require(
+      prediction.is_file(),
+      f"prediction file {prediction} is missing for target {target}; "
+      f"reconstruct every target volume first.",
+    )
     pairs.append((target.stem, target, prediction))
   return pairs
 
 
-def load_pairs(pairs: Iterable[tuple[str, pathlib.Path, pathlib.Path]], target_key: str = TARGET_KEY
-               ) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
-  """Reads each (name, target file, prediction file) as (name, gt (S,H,W), pred (S,H,W)), checked."""
+def load_pairs(
+  pairs: Iterable[tuple[str, pathlib.Path, pathlib.Path]], target_key: str = TARGET_KEY
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+  """Reads each (name, target file, prediction file) as (name, gt (S,H,W), pred (S,H,W)),
+  checked."""
   for name, target_file, prediction_file in pairs:
     gt = read_target(target_file, target_key)
     pred = read_prediction(prediction_file)
-    require(gt.shape == pred.shape, f"prediction {prediction_file} has shape {pred.shape} (S×H×W) but target "
-            f"{target_file} is {gt.shape} as S×H×W; reconstruct with the target's size.")
-    require(min(gt.shape[1:]) >= metrics.SSIM_WIN_SIZE, f"target {target_file} slices are {gt.shape[1:]}; "
-            f"SSIM needs at least {metrics.SSIM_WIN_SIZE}×{metrics.SSIM_WIN_SIZE} pixels.")
-    require(float(gt.max()) > 0.0, f"target {target_file} is all zeros or negative; PSNR and NMSE are undefined.")
+    require(
+      gt.shape == pred.shape,
+      f"prediction {prediction_file} has shape {pred.shape} (S×H×W) but target "
+      f"{target_file} is {gt.shape} as S×H×W; reconstruct with the target's size.",
+    )
+    require(
+      min(gt.shape[1:]) >= metrics.SSIM_WIN_SIZE,
+      f"target {target_file} slices are {gt.shape[1:]}; "
+      f"SSIM needs at least {metrics.SSIM_WIN_SIZE}×{metrics.SSIM_WIN_SIZE} pixels.",
+    )
+    require(
+      float(gt.max()) > 0.0,
+      f"target {target_file} is all zeros or negative; PSNR and NMSE are undefined.",
+    )
     yield name, gt, pred
 
 
-def evaluate_volumes(volumes: Iterable[tuple[str, np.ndarray, np.ndarray]], per_slice: bool = False
-                     ) -> dict[str, list[dict[str, Any]]]:
+def evaluate_volumes(
+  volumes: Iterable[tuple[str, np.ndarray, np.ndarray]], per_slice: bool = False
+) -> dict[str, list[dict[str, Any]]]:
   """Metrics of (name, gt, pred) volumes (S, H, W): {'volumes': [row], 'slices': [row]}.
 
   A volume row is {'name', 'slices', 'HFN', 'MSE', 'NMSE', 'PSNR', 'SSIM'}; slice rows (only with
@@ -128,14 +168,19 @@ def evaluate_volumes(volumes: Iterable[tuple[str, np.ndarray, np.ndarray]], per_
 
 def per_metric(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
   """Columns of metric rows: {metric name: (N,) array}."""
-  return {name: np.array([row[name] for row in rows], dtype=np.float64) for name in metrics.METRIC_NAMES}
+  return {
+    name: np.array([row[name] for row in rows], dtype=np.float64) for name in metrics.METRIC_NAMES
+  }
 
 
 def reference_report(rows: Sequence[dict[str, Any]]) -> str:
-  """The reference's report.txt line: `NAME = mean +/- 2·std` (format .4g, sorted names, sample std)."""
+  """The reference's report.txt line: `NAME = mean +/- 2·std` (format .4g, sorted names, sample
+  std)."""
   summary = metrics.summarize_all(per_metric(rows))
-  return " ".join(f"{name} = {summary[name]['mean']:.4g} +/- {2 * summary[name]['std']:.4g}"
-                  for name in metrics.METRIC_NAMES)
+  return " ".join(
+    f"{name} = {summary[name]['mean']:.4g} +/- {2 * summary[name]['std']:.4g}"
+    for name in metrics.METRIC_NAMES
+  )
 
 
 def json_safe(value: Any) -> Any:
@@ -165,9 +210,13 @@ def output_paths(report_dir: str | os.PathLike, per_slice: bool = False) -> list
   return [pathlib.Path(report_dir) / name for name in names]
 
 
-def write_outputs(report_dir: str | os.PathLike, result: dict[str, list[dict[str, Any]]],
-                  meta: dict[str, Any] | None = None) -> list[pathlib.Path]:
-  """Writes report.txt, metrics.json, metrics_per_volume.csv (and metrics_per_slice.csv); returns paths."""
+def write_outputs(
+  report_dir: str | os.PathLike,
+  result: dict[str, list[dict[str, Any]]],
+  meta: dict[str, Any] | None = None,
+) -> list[pathlib.Path]:
+  """Writes report.txt, metrics.json, metrics_per_volume.csv (and metrics_per_slice.csv); returns
+  paths."""
   report_dir = pathlib.Path(report_dir)
   report_dir.mkdir(parents=True, exist_ok=True)
   volumes, slices = result["volumes"], result["slices"]
@@ -178,9 +227,9 @@ def write_outputs(report_dir: str | os.PathLike, result: dict[str, list[dict[str
     s["two_std"] = 2 * s["std"]
   document = {**(meta or {}), "n_volumes": len(volumes), "summary": summary, "volumes": volumes}
   texts = {
-      "report.txt": reference_report(volumes) + "\n",
-      "metrics.json": json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n",
-      "metrics_per_volume.csv": _csv_text(volumes),
+    "report.txt": reference_report(volumes) + "\n",
+    "metrics.json": json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n",
+    "metrics_per_volume.csv": _csv_text(volumes),
   }
   if slices:
     texts[PER_SLICE_FILE] = _csv_text(slices)
@@ -200,18 +249,40 @@ def read_metrics(report_dir: str | os.PathLike) -> dict[str, Any] | None:
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m kdmri_jax.evaluate", description=__doc__.split("\n\n")[0],
-      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument("--target-path", type=pathlib.Path, required=True,
-                      help="folder of target .h5 files (dataset 'volfs', H×W×S)")
-  parser.add_argument("--predictions-path", type=pathlib.Path, required=True,
-                      help="folder of prediction .h5 files with the same names (dataset 'reconstruction', S×H×W)")
-  parser.add_argument("--report-path", type=pathlib.Path, required=True,
-                      help="folder for report.txt, metrics.json and the CSV files (created if missing)")
-  parser.add_argument("--acc", default=None,
-                      help="acceleration such as 4x: uses TARGET_PATH/acc_{acc} when it exists; recorded in metrics.json")
-  parser.add_argument("--target-key", default=TARGET_KEY,
-                      help="target dataset name (e.g. img_volus_4x evaluates the zero-filled input)")
+    prog="python -m kdmri_jax.evaluate",
+    description=__doc__.split("\n\n")[0],
+    formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+  )
+  parser.add_argument(
+    "--target-path",
+    type=pathlib.Path,
+    required=True,
+    help="folder of target .h5 files (dataset 'volfs', H×W×S)",
+  )
+  parser.add_argument(
+    "--predictions-path",
+    type=pathlib.Path,
+    required=True,
+    help="folder of prediction .h5 files with the same names (dataset 'reconstruction', S×H×W)",
+  )
+  parser.add_argument(
+    "--report-path",
+    type=pathlib.Path,
+    required=True,
+    help="folder for report.txt, metrics.json and the CSV files (created if missing)",
+  )
+  parser.add_argument(
+    "--acc",
+    default=None,
+    help=(
+      "acceleration such as 4x: uses TARGET_PATH/acc_{acc} when it exists; recorded in metrics.json"
+    ),
+  )
+  parser.add_argument(
+    "--target-key",
+    default=TARGET_KEY,
+    help="target dataset name (e.g. img_volus_4x evaluates the zero-filled input)",
+  )
   parser.add_argument("--per-slice", action="store_true", help="also write metrics_per_slice.csv")
   parser.add_argument("--overwrite", action="store_true", help="replace existing report files")
   return parser
@@ -224,12 +295,20 @@ def main(argv: Sequence[str] | None = None) -> int:
   pairs = match_files(target_dir, args.predictions_path)
   outputs = output_paths(args.report_path, args.per_slice)
   existing = [str(p) for p in outputs if p.exists()]
-  require(args.overwrite or not existing,
-          f"report file {existing[0] if existing else ''} already exists; pass --overwrite or another --report-path.")
-  # Every volume is read and checked before anything is written, so bad input leaves no partial report.
+  require(
+    args.overwrite or not existing,
+    f"report file {existing[0] if existing else ''} already "
+    f"exists; pass --overwrite or another --report-path.",
+  )
+  # Every volume is read and checked before anything is written, so bad input leaves no partial
+  # report.
   result = evaluate_volumes(load_pairs(pairs, args.target_key), per_slice=args.per_slice)
-  meta = {"target_path": str(target_dir), "predictions_path": str(args.predictions_path),
-          "target_key": args.target_key, "acc": args.acc}
+  meta = {
+    "target_path": str(target_dir),
+    "predictions_path": str(args.predictions_path),
+    "target_key": args.target_key,
+    "acc": args.acc,
+  }
   write_outputs(args.report_path, result, meta)
   line = reference_report(result["volumes"])
   print(f"{len(result['volumes'])} volumes: {line}")

@@ -1,16 +1,20 @@
-"""Export a trained model's inference function: a `jax.export` artifact (StableHLO) or an ONNX graph.
+"""Export a trained model's inference function: a `jax.export` artifact (StableHLO) or an ONNX
+graph.
 
-    python -m kdmri_jax.export --checkpoint CKPT --model teacher --shape 240 240 --batch 1 --out teacher.jax
-    python -m kdmri_jax.export --checkpoint CKPT --model student --shape 240 240 --format onnx --out student.onnx
+    python -m kdmri_jax.export --checkpoint CKPT --model teacher --shape 240 240 --batch 1 \
+        --out teacher.jax
+    python -m kdmri_jax.export --checkpoint CKPT --model student --shape 240 240 --format onnx \
+        --out student.onnx
 
 The exported function is `kdmri_jax.inference.image_function`: the reconstruction only (feature maps
 dropped), with the weights baked in:
   DC-CNN  (image (B, H, W) f32, kspace (B, H, W) c64, mask (B, H, W) f32) -> image (B, H, W) f32
   VDSR    (image (B, H, W) f32) -> image (B, H, W) f32
-A `.jax` file loads without the model code: `jax.export.deserialize(open(f, "rb").read()).call(*args)`.
-The ONNX graph takes k-space as (B, H, W, 2) real/imaginary (see `kdmri_jax.onnx_export`). Every export is
-run once on random inputs and compared with the jitted model (max |difference| <= 1e-4) before it is written,
-to a temporary file renamed into place; an existing output is never replaced without `--overwrite`.
+A `.jax` file loads without the model code: `jax.export.deserialize(open(f,
+"rb").read()).call(*args)`. The ONNX graph takes k-space as (B, H, W, 2) real/imaginary (see
+`kdmri_jax.onnx_export`). Every export is run once on random inputs and compared with the jitted
+model (max |difference| <= 1e-4) before it is written, to a temporary file renamed into place; an
+existing output is never replaced without `--overwrite`.
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ TOLERANCE = 1e-4
 FORMATS = ("jax", "onnx")
 
 
-def example_inputs(model: Any, batch: int, height: int, width: int, seed: int = 0) -> tuple[np.ndarray, ...]:
-  """Random inputs of the exported signature: a DC-CNN gets image, its k-space (masked) and a 0/1 mask."""
+def example_inputs(
+  model: Any, batch: int, height: int, width: int, seed: int = 0
+) -> tuple[np.ndarray, ...]:
+  """Random inputs of the exported signature: a DC-CNN gets image, its k-space (masked) and a 0/1
+  mask."""
   rng = np.random.default_rng(seed)
   image = rng.random((batch, height, width), dtype=np.float32)
   if not models.is_reconstruction(model):
@@ -44,7 +51,9 @@ def example_inputs(model: Any, batch: int, height: int, width: int, seed: int = 
   return zero_filled, kspace, mask
 
 
-def input_specs(model: Any, batch: int, height: int, width: int) -> tuple[jax.ShapeDtypeStruct, ...]:
+def input_specs(
+  model: Any, batch: int, height: int, width: int
+) -> tuple[jax.ShapeDtypeStruct, ...]:
   shape = (batch, height, width)
   image = jax.ShapeDtypeStruct(shape, jnp.float32)
   if not models.is_reconstruction(model):
@@ -68,7 +77,8 @@ def load_jax(path: str | os.PathLike) -> jax.export.Exported:
 
 
 def reference_output(model: Any, params: Any, inputs: Sequence[np.ndarray]) -> np.ndarray:
-  """The jitted model's reconstruction (features dropped), the ground truth of every export check."""
+  """The jitted model's reconstruction (features dropped), the ground truth of every export
+  check."""
   return np.asarray(jax.jit(inference.image_function(model, params, fast=False))(*inputs))
 
 
@@ -77,19 +87,31 @@ def max_abs_error(output: Any, reference: np.ndarray) -> float:
 
 
 def _atomic_write(path: str, payload: bytes, overwrite: bool) -> None:
-  require(overwrite or not os.path.exists(path),
-          f"output {path} already exists; choose another --out or pass --overwrite.")
+  require(
+    overwrite or not os.path.exists(path),
+    f"output {path} already exists; choose another --out or pass --overwrite.",
+  )
   directory = os.path.dirname(os.path.abspath(path))
   require(os.path.isdir(directory), f"output folder {directory} does not exist; create it first.")
   write_bytes_atomic(path, payload)
 
 
-def export(model: Any, params: Any, batch: int, height: int, width: int, out: str,
-           format: str = "jax", overwrite: bool = False) -> float:
+def export(
+  model: Any,
+  params: Any,
+  batch: int,
+  height: int,
+  width: int,
+  out: str,
+  format: str = "jax",
+  overwrite: bool = False,
+) -> float:
   """Exports, verifies against the jitted model, writes `out`; returns the max |difference|."""
   require(format in FORMATS, f"--format {format!r} is not one of {FORMATS}.")
-  require(overwrite or not os.path.exists(out),
-          f"output {out} already exists; choose another --out or pass --overwrite.")
+  require(
+    overwrite or not os.path.exists(out),
+    f"output {out} already exists; choose another --out or pass --overwrite.",
+  )
   inputs = example_inputs(model, batch, height, width)
   reference = reference_output(model, params, inputs)
   if format == "jax":
@@ -105,16 +127,24 @@ def export(model: Any, params: Any, batch: int, height: int, width: int, out: st
     output = session.run(None, onnx_export.onnx_inputs(model, *inputs))[0]
     error = max_abs_error(output, reference)
   if not error <= TOLERANCE:
-    raise RuntimeError(f"{format} export differs from the jitted model by {error:.2e} > {TOLERANCE:.0e}.")
+    raise RuntimeError(
+      f"{format} export differs from the jitted model by {error:.2e} > {TOLERANCE:.0e}."
+    )
   _atomic_write(out, payload, overwrite)
   return error
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.export", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m kdmri_jax.export", description=__doc__.split("\n\n")[0]
+  )
   parser.add_argument("--checkpoint", required=True, help="kdmri_jax checkpoint directory")
-  parser.add_argument("--model", required=True, choices=sorted(models.PRESETS),
-                      help="the model the checkpoint must hold")
+  parser.add_argument(
+    "--model",
+    required=True,
+    choices=sorted(models.PRESETS),
+    help="the model the checkpoint must hold",
+  )
   parser.add_argument("--shape", type=int, nargs=2, required=True, metavar=("H", "W"))
   parser.add_argument("--batch", type=int, default=1)
   parser.add_argument("--out", required=True, help="output file (.jax or .onnx)")
@@ -126,18 +156,24 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str]) -> int:
   args = parse_args(argv)
   height, width = args.shape
-  require(height > 0 and width > 0 and args.batch > 0,
-          f"--shape {height} {width} and --batch {args.batch} must be positive.")
+  require(
+    height > 0 and width > 0 and args.batch > 0,
+    f"--shape {height} {width} and --batch {args.batch} must be positive.",
+  )
   require_writable_output(args.out, "--out", "file")
-  require(args.overwrite or not os.path.exists(args.out),
-          f"output {args.out} already exists; choose another --out or pass --overwrite.")
+  require(
+    args.overwrite or not os.path.exists(args.out),
+    f"output {args.out} already exists; choose another --out or pass --overwrite.",
+  )
   model, params, _ = checkpoints.load_params(args.checkpoint, expected_model=args.model)
   try:
     error = export(model, params, args.batch, height, width, args.out, args.format, args.overwrite)
   except NotImplementedError as reason:
     raise InputError(f"--format {args.format} cannot export this checkpoint: {reason}") from None
-  print(f"wrote {args.out} ({args.format}, {args.model}, batch {args.batch}, {height}x{width}); "
-        f"max |export - jit| = {error:.2e}")
+  print(
+    f"wrote {args.out} ({args.format}, {args.model}, batch {args.batch}, {height}x{width}); "
+    f"max |export - jit| = {error:.2e}"
+  )
   return 0
 
 

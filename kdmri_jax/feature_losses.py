@@ -1,25 +1,25 @@
 """Feature-distillation losses over matched (teacher, student) feature maps, and their registry.
 
-A feature map is (B, H, W, C), post-ReLU. A loss takes one teacher map and one student map and returns a
-scalar; `feature_distillation` averages it over the configured layer pairs (for KD-MRI: teacher conv 3 and
-student conv 2 of every cascade). The methods, by registry name:
+A feature map is (B, H, W, C), post-ReLU. A loss takes one teacher map and one student map and
+returns a scalar; `feature_distillation` averages it over the configured layer pairs (for KD-MRI:
+teacher conv 3 and student conv 2 of every cascade). The methods, by registry name:
 
-| name              | method                                             | compares                     |
-|-------------------|----------------------------------------------------|------------------------------|
-| `attention`       | attention transfer, per-sample (the paper)         | Σ_c F² maps, L2 over space   |
-| `attention_code`  | attention transfer as the authors' code normalises | Σ_c F² maps, L2 over batch   |
-| `fitnet`          | FitNet hints (Romero et al. 2015)                  | maps, via a 1×1 regressor    |
-| `fsp`             | flow of solution procedure (Yim et al. 2017)       | Gram of two layers' maps     |
-| `sp`              | similarity preserving (Tung & Mori 2019)           | batch × batch similarity     |
-| `cc`              | correlation congruence (Peng et al. 2019)          | batch × batch RBF kernel     |
-| `local_affinity`, `pairwise` | structured KD pair-wise (Liu et al. 2019) | node × node cosine affinity |
-| `feature_l1`, `feature_l2` | imitation of the maps themselves          | maps, element-wise           |
-| `vid`             | variational information distill. (Ahn et al. 2019) | Gaussian likelihood of F_T   |
-| `rkd`             | relational KD: distance, angle (Park et al. 2019)  | batch distances, angles      |
-| `pkt`             | probabilistic transfer (Passalis & Tefas 2018)     | batch cosine-kernel KL       |
-| `ab`              | activation boundaries (Heo et al. 2019)            | teacher on/off, margin       |
-| `ft`              | factor transfer (Kim et al. 2018)                  | paraphrased factors          |
-| `nst`             | neuron selectivity transfer (Huang & Wang 2017)    | MMD of channel maps          |
+| name             | method                                           | compares                   |
+|------------------|--------------------------------------------------|----------------------------|
+| `attention`      | attention transfer, per-sample (the paper)       | Σ_c F² maps, L2 over space |
+| `attention_code` | attention transfer, normalised as authors' code  | Σ_c F² maps, L2 over batch |
+| `fitnet`         | FitNet hints (Romero et al. 2015)                | maps, via a 1×1 regressor  |
+| `fsp`            | flow of solution procedure (Yim et al. 2017)     | Gram of two layers' maps   |
+| `sp`             | similarity preserving (Tung & Mori 2019)         | batch × batch similarity   |
+| `cc`             | correlation congruence (Peng et al. 2019)        | batch × batch RBF kernel   |
+| `local_affinity`, `pairwise` | structured KD (Liu et al. 2019)     | node × node cosine affinity |
+| `feature_l1`, `feature_l2` | imitation of the maps themselves       | maps, element-wise         |
+| `vid`            | variational info. distillation (Ahn et al. 2019) | Gaussian likelihood of F_T |
+| `rkd`            | relational KD, distance/angle (Park et al. 2019) | batch distances, angles    |
+| `pkt`            | probabilistic transfer (Passalis & Tefas 2018)   | batch cosine-kernel KL     |
+| `ab`             | activation boundaries (Heo et al. 2019)          | teacher on/off, margin     |
+| `ft`             | factor transfer (Kim et al. 2018)                | paraphrased factors        |
+| `nst`            | neuron selectivity transfer (Huang & Wang 2017)  | MMD of channel maps        |
 
 Adding a method is one function `(teacher_map, student_map) -> scalar` and one entry in
 `FEATURE_LOSSES` (and, if it needs different layers by default, one entry in `METHOD_LAYER_PAIRS`).
@@ -51,29 +51,42 @@ def _f32(x: jnp.ndarray) -> jnp.ndarray:
   return jnp.asarray(x).astype(jnp.float32)
 
 
-def _check_maps(method: str, teacher: jnp.ndarray, student: jnp.ndarray, same_channels: bool) -> None:
-  """Maps must be (B, H, W, C) with the same batch and spatial size (and channels where required)."""
+def _check_maps(
+  method: str, teacher: jnp.ndarray, student: jnp.ndarray, same_channels: bool
+) -> None:
+  """Maps must be (B, H, W, C) with the same batch and spatial size (and channels where
+  required)."""
   if teacher.ndim != 4 or student.ndim != 4:
-    raise InputError(f"{method} needs (B, H, W, C) feature maps, got teacher {teacher.shape} and "
-                     f"student {student.shape}; pick layer paths that select a single map.")
+    raise InputError(
+      f"{method} needs (B, H, W, C) feature maps, got teacher {teacher.shape} and "
+      f"student {student.shape}; pick layer paths that select a single map."
+    )
   end = 4 if same_channels else 3
   if teacher.shape[:end] != student.shape[:end]:
     what = "shape" if same_channels else "batch and spatial size"
-    hint = " (use `fitnet`, whose 1×1 regressor maps student channels to the teacher's)" if (
-        method.startswith("feature_") and teacher.shape[:3] == student.shape[:3]) else ""
-    raise InputError(f"{method} needs teacher and student maps of the same {what}, got {teacher.shape} "
-                     f"and {student.shape}{hint}.")
+    hint = (
+      " (use `fitnet`, whose 1×1 regressor maps student channels to the teacher's)"
+      if (method.startswith("feature_") and teacher.shape[:3] == student.shape[:3])
+      else ""
+    )
+    raise InputError(
+      f"{method} needs teacher and student maps of the same "
+      f"{what}, got {teacher.shape} and {student.shape}{hint}."
+    )
 
 
-def _check_trainable_maps(method: str, teacher: jnp.ndarray, student: jnp.ndarray, params: Any
-                          ) -> None:
+def _check_trainable_maps(
+  method: str, teacher: jnp.ndarray, student: jnp.ndarray, params: Any
+) -> None:
   """`_check_maps` for a method with trainable parts: without their `params` it compares the maps
   channel by channel, so the channel counts must match."""
   _check_maps(method, teacher, student, same_channels=False)
   if params is None and teacher.shape[-1] != student.shape[-1]:
-    raise InputError(f"{method}: the student map has {student.shape[-1]} channels and the "
-                     f"teacher's {teacher.shape[-1]}; create its trainable parts with "
-                     "init_feature_params and pass their params.")
+    raise InputError(
+      f"{method}: the student map has {student.shape[-1]} channels and the "
+      f"teacher's {teacher.shape[-1]}; create its trainable parts with "
+      "init_feature_params and pass their params."
+    )
 
 
 # --- vectors and norms shared by the methods -----------------------------------------------------
@@ -107,15 +120,16 @@ def _off_diagonal(size: int) -> jnp.ndarray:
   return 1.0 - jnp.eye(size, dtype=jnp.float32)
 
 
-# --- attention transfer ------------------------------------------------------------------------------
+# --- attention transfer ---------------------------------------------------------------------------
 
 
 def attention_map(feature: jnp.ndarray, normalize: str = "sample") -> jnp.ndarray:
   """Spatial attention Q = Σ_c F_c², flattened to (B, H·W) and L2-normalised.
 
-  `normalize="sample"`: Q_b / ‖Q_b‖₂ over space for each sample (the paper; Zagoruyko & Komodakis 2017).
-  `normalize="batch"`: Q[:, p] / ‖Q[:, p]‖₂ over the batch at each pixel p, as the authors' code does
-  (`F.normalize(dim=0)`); with batch size 1 every map is then 1 everywhere and the loss is 0.
+  `normalize="sample"`: Q_b / ‖Q_b‖₂ over space for each sample (the paper; Zagoruyko & Komodakis
+  2017). `normalize="batch"`: Q[:, p] / ‖Q[:, p]‖₂ over the batch at each pixel p, as the authors'
+  code does (`F.normalize(dim=0)`); with batch size 1 every map is then 1 everywhere and the loss is
+  0.
   """
   q = jnp.sum(jnp.square(feature.astype(jnp.float32)), axis=-1).reshape(feature.shape[0], -1)
   if normalize == "sample":
@@ -127,8 +141,9 @@ def attention_map(feature: jnp.ndarray, normalize: str = "sample") -> jnp.ndarra
   return _row_normalize(q, axis)
 
 
-def attention_transfer(teacher: jnp.ndarray, student: jnp.ndarray, normalize: str = "sample",
-                       p: int = 1) -> jnp.ndarray:
+def attention_transfer(
+  teacher: jnp.ndarray, student: jnp.ndarray, normalize: str = "sample", p: int = 1
+) -> jnp.ndarray:
   """AT loss = mean |Q_T − Q_S|^p over samples and pixels (p = 1 as in the authors' code)."""
   _check_maps("attention", teacher, student, same_channels=False)
   diff = attention_map(teacher, normalize) - attention_map(student, normalize)
@@ -140,7 +155,7 @@ def attention_transfer_batch(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.
   return attention_transfer(teacher, student, normalize="batch")
 
 
-# --- imitation of the maps and FitNet hints -----------------------------------------------------------
+# --- imitation of the maps and FitNet hints -------------------------------------------------------
 
 
 def feature_l1(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
@@ -156,11 +171,12 @@ def feature_l2(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
 
 
 class HintRegressor(nn.Module):
-  """FitNet's regressor r: a 1×1 convolution with bias from the student's C_S channels to the teacher's C_T.
+  """FitNet's regressor r: a 1×1 convolution with bias from the student's C_S channels to the
+  teacher's C_T.
 
   Its parameters are {'conv1x1': {'kernel': (C_S, C_T), 'bias': (C_T,)}}; they are created by
-  `init_feature_params`, trained together with the student in the feature stage, and dropped afterwards (the KD stage and
-  inference use the student alone).
+  `init_feature_params`, trained together with the student in the feature stage, and dropped
+  afterwards (the KD stage and inference use the student alone).
   """
 
   features: int
@@ -188,23 +204,24 @@ def _init_on_channels(module: nn.Module, channels: int, rng: jax.Array) -> Any:
 def fitnet(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None) -> jnp.ndarray:
   """FitNet hints (Romero et al., ICLR 2015): L = mean (F_T − r(F_S))² over every element.
 
-  r is the identity when the channel counts match (KD-MRI: 32/32 for DC-CNN, 64/64 for VDSR) and then
-  `fitnet` equals `feature_l2`; otherwise r is a `HintRegressor` whose `params` must be given (from
-  `init_feature_params`). Romero et al. also use a convolutional regressor when spatial sizes differ;
-  the models here keep the size, so that case is an error.
+  r is the identity when the channel counts match (KD-MRI: 32/32 for DC-CNN, 64/64 for VDSR) and
+  then `fitnet` equals `feature_l2`; otherwise r is a `HintRegressor` whose `params` must be given
+  (from `init_feature_params`). Romero et al. also use a convolutional regressor when spatial sizes
+  differ; the models here keep the size, so that case is an error.
   """
   _check_trainable_maps("fitnet", teacher, student, params)
   return jnp.mean(jnp.square(_f32(teacher) - _hint(teacher, student, params)))
 
 
 def init_hint_regressor(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
-  """Parameters of a `HintRegressor` for this pair, or None when the channel counts already match."""
+  """Parameters of a `HintRegressor` for this pair, or None when the channel counts already
+  match."""
   if teacher.shape[-1] == student.shape[-1]:
     return None
   return _init_on_channels(HintRegressor(teacher.shape[-1]), student.shape[-1], rng)
 
 
-# --- FSP --------------------------------------------------------------------------------------------
+# --- FSP ------------------------------------------------------------------------------------------
 
 
 def fsp_matrix(first: jnp.ndarray, second: jnp.ndarray) -> jnp.ndarray:
@@ -218,15 +235,21 @@ def fsp_matrix(first: jnp.ndarray, second: jnp.ndarray) -> jnp.ndarray:
 def fsp(teacher: Sequence[jnp.ndarray], student: Sequence[jnp.ndarray]) -> jnp.ndarray:
   """FSP (Yim et al., CVPR 2017): L = mean over (b, i, j) of (G_T − G_S)².
 
-  Each side is a *pair of layers* (start, end) of one section of the network — by default a cascade's first
-  conv and the distilled conv (`FSP_LAYER_PAIRS`) — and G = `fsp_matrix(start, end)`. The teacher's and student's start maps
-  must share their channel count, as must the end maps, so that both G are C1 × C2; all four maps must have
-  the same spatial size.
+  Each side is a *pair of layers* (start, end) of one section of the network — by default a
+  cascade's first conv and the distilled conv (`FSP_LAYER_PAIRS`) — and G = `fsp_matrix(start,
+  end)`. The teacher's and student's start maps must share their channel count, as must the end
+  maps, so that both G are C1 × C2; all four maps must have the same spatial size.
   """
-  if not (isinstance(teacher, (tuple, list)) and isinstance(student, (tuple, list))
-          and len(teacher) == 2 and len(student) == 2):
-    raise InputError("fsp compares a pair of layers per side: give each layer pair as "
-                     "((teacher_start, teacher_end), (student_start, student_end)), see FSP_LAYER_PAIRS.")
+  if not (
+    isinstance(teacher, (tuple, list))
+    and isinstance(student, (tuple, list))
+    and len(teacher) == 2
+    and len(student) == 2
+  ):
+    raise InputError(
+      "fsp compares a pair of layers per side: give each layer pair as "
+      "((teacher_start, teacher_end), (student_start, student_end)), see FSP_LAYER_PAIRS."
+    )
   for t, s in zip(teacher, student):
     _check_maps("fsp", t, s, same_channels=True)
   _check_maps("fsp", teacher[0], teacher[1], same_channels=False)
@@ -234,14 +257,14 @@ def fsp(teacher: Sequence[jnp.ndarray], student: Sequence[jnp.ndarray]) -> jnp.n
   return jnp.mean(jnp.square(diff))
 
 
-# --- batch-similarity methods: SP and CC --------------------------------------------------------------
+# --- batch-similarity methods: SP and CC ----------------------------------------------------------
 
 
 def similarity_preserving(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarray:
   """SP (Tung & Mori, ICCV 2019): L = ‖G̃_T − G̃_S‖_F² / B².
 
-  Q = F reshaped to (B, H·W·C), G = Q Qᵀ (B × B), G̃ = G with each row L2-normalised. Channel counts may
-  differ. With batch size 1 both G̃ are 1 and the loss is 0.
+  Q = F reshaped to (B, H·W·C), G = Q Qᵀ (B × B), G̃ = G with each row L2-normalised. Channel counts
+  may differ. With batch size 1 both G̃ are 1 and the loss is 0.
   """
   _check_maps("sp", teacher, student, same_channels=False)
   b = teacher.shape[0]
@@ -254,24 +277,27 @@ def similarity_preserving(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.nda
 
 
 def rbf_taylor_kernel(embedding: jnp.ndarray, gamma: float = 0.4, order: int = 2) -> jnp.ndarray:
-  """Gaussian RBF k(x, y) = exp(−γ‖x − y‖²) for unit vectors, by its Taylor series of `order` in x·y.
+  """Gaussian RBF k(x, y) = exp(−γ‖x − y‖²) for unit vectors, by its Taylor series of `order` in
+  x·y.
 
-  For ‖x‖ = ‖y‖ = 1: exp(−γ‖x − y‖²) = e^{−2γ} · exp(2γ x·y) ≈ e^{−2γ} Σ_{p=0}^{P} (2γ)^p (x·y)^p / p!.
+  For ‖x‖ = ‖y‖ = 1: exp(−γ‖x − y‖²) = e^{−2γ} · exp(2γ x·y) ≈ e^{−2γ} Σ_{p=0}^{P} (2γ)^p (x·y)^p /
+  p!.
   """
   z = _row_normalize(_f32(embedding))
   dots = z @ z.T
-  series = sum((2 * gamma) ** p / math.factorial(p) * dots ** p for p in range(order + 1))
+  series = sum((2 * gamma) ** p / math.factorial(p) * dots**p for p in range(order + 1))
   return math.exp(-2 * gamma) * series
 
 
-def correlation_congruence(teacher: jnp.ndarray, student: jnp.ndarray, gamma: float = 0.4,
-                           order: int = 2) -> jnp.ndarray:
+def correlation_congruence(
+  teacher: jnp.ndarray, student: jnp.ndarray, gamma: float = 0.4, order: int = 2
+) -> jnp.ndarray:
   """CC (Peng et al., ICCV 2019): L = ‖C_T − C_S‖_F² / B².
 
   Embeddings are the maps averaged over space, (B, C), L2-normalised; C is the B × B Gaussian-RBF
   correlation by its Taylor expansion (`rbf_taylor_kernel`, γ = 0.4, order P = 2 as in the paper's
-  experiments). The paper also adds instance-level KD on logits, which has no counterpart here. Channel
-  counts may differ. With batch size 1 both C are e^{−2γ}·Σ(2γ)^p/p! and the loss is 0.
+  experiments). The paper also adds instance-level KD on logits, which has no counterpart here.
+  Channel counts may differ. With batch size 1 both C are e^{−2γ}·Σ(2γ)^p/p! and the loss is 0.
   """
   _check_maps("cc", teacher, student, same_channels=False)
   b = teacher.shape[0]
@@ -280,14 +306,15 @@ def correlation_congruence(teacher: jnp.ndarray, student: jnp.ndarray, gamma: fl
   return jnp.sum(jnp.square(kt - ks)) / (b * b)
 
 
-# --- structured KD: pair-wise (local) affinity ---------------------------------------------------------
+# --- structured KD: pair-wise (local) affinity ----------------------------------------------------
 
 
 def max_pool_nodes(feature: jnp.ndarray, scale: float | None) -> jnp.ndarray:
-  """Non-overlapping max pooling with patch int(H·scale) × int(W·scale), ceil mode -> (B, N, C) nodes.
+  """Non-overlapping max pooling with patch int(H·scale) × int(W·scale), ceil mode -> (B, N, C)
+  nodes.
 
-  `scale=None` keeps every pixel as a node. Edge patches that stick out are padded with −∞, so they take
-  the maximum of the pixels they do cover (PyTorch's `ceil_mode=True`).
+  `scale=None` keeps every pixel as a node. Edge patches that stick out are padded with −∞, so they
+  take the maximum of the pixels they do cover (PyTorch's `ceil_mode=True`).
   """
   x = _f32(feature)
   b, h, w, c = x.shape
@@ -309,14 +336,17 @@ def affinity(nodes: jnp.ndarray) -> jnp.ndarray:
   return jnp.einsum("bmc,bnc->bmn", z, z)
 
 
-def local_affinity(teacher: jnp.ndarray, student: jnp.ndarray, scale: float | None = 0.125) -> jnp.ndarray:
+def local_affinity(
+  teacher: jnp.ndarray, student: jnp.ndarray, scale: float | None = 0.125
+) -> jnp.ndarray:
   """Pair-wise distillation of structured KD (Liu et al., CVPR 2019), the authors' code's criterion.
 
-  Nodes are the maps max-pooled over patches of int(H·scale) × int(W·scale) pixels (`max_pool_nodes`; the
-  default 1/8 gives about 8 × 8 nodes at any image size); L = mean over (b, i, j) of (a^S_ij − a^T_ij)²
-  with a the cosine `affinity` of node feature vectors — the authors' `sim_dis_compute`, Σ / N² / B.
-  Their code leaves the pooling commented out (every pixel a node, `scale=None`), which needs N² = (H·W)²
-  entries per sample: 13 GB at 240 × 240. Channel counts may differ.
+  Nodes are the maps max-pooled over patches of int(H·scale) × int(W·scale) pixels
+  (`max_pool_nodes`; the default 1/8 gives about 8 × 8 nodes at any image size); L = mean over (b,
+  i, j) of (a^S_ij − a^T_ij)² with a the cosine `affinity` of node feature vectors — the authors'
+  `sim_dis_compute`, Σ / N² / B. Their code leaves the pooling commented out (every pixel a node,
+  `scale=None`), which needs N² = (H·W)² entries per sample: 13 GB at 240 × 240. Channel counts may
+  differ.
   """
   _check_maps("local_affinity", teacher, student, same_channels=False)
   diff = affinity(max_pool_nodes(teacher, scale)) - affinity(max_pool_nodes(student, scale))
@@ -360,8 +390,9 @@ def vid_regressor(teacher_channels: int) -> ConvStack:
   return ConvStack((teacher_channels,) * 3)
 
 
-def variational_information(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None
-                            ) -> jnp.ndarray:
+def variational_information(
+  teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None
+) -> jnp.ndarray:
   """VID (Ahn et al., CVPR 2019): the negative log-likelihood of the teacher's map under a Gaussian
   predicted from the student's, a variational lower bound on their mutual information:
 
@@ -386,8 +417,10 @@ def init_vid(teacher: jnp.ndarray, student: jnp.ndarray, rng: jax.Array) -> Any:
   """VID's trainable parts for one layer pair: the mean regressor and α with σ² = 1 at the start."""
   c_t = teacher.shape[-1]
   alpha = jnp.full((c_t,), math.log(math.expm1(1.0 - VID_EPS)), jnp.float32)  # softplus⁻¹(1 − ε)
-  return {"regressor": _init_on_channels(vid_regressor(c_t), student.shape[-1], rng),
-          "alpha": alpha}
+  return {
+    "regressor": _init_on_channels(vid_regressor(c_t), student.shape[-1], rng),
+    "alpha": alpha,
+  }
 
 
 # --- RKD ------------------------------------------------------------------------------------------
@@ -420,8 +453,12 @@ def rkd_angles(embedding: jnp.ndarray) -> jnp.ndarray:
   return jnp.einsum("jid,jkd->jik", unit, unit)
 
 
-def relational(teacher: jnp.ndarray, student: jnp.ndarray, distance_weight: float = 1.0,
-               angle_weight: float = 2.0) -> jnp.ndarray:
+def relational(
+  teacher: jnp.ndarray,
+  student: jnp.ndarray,
+  distance_weight: float = 1.0,
+  angle_weight: float = 2.0,
+) -> jnp.ndarray:
   """RKD (Park et al., CVPR 2019): L = λ_D · mean_{i,j} l_δ(ψ_D^T − ψ_D^S) + λ_A · mean_{i,j,k}
   l_δ(ψ_A^T − ψ_A^S), l_δ the Huber loss (δ = 1), over every pair and triplet of the batch.
 
@@ -473,8 +510,9 @@ def probabilistic_transfer(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.nd
 # --- AB -------------------------------------------------------------------------------------------
 
 
-def activation_boundary(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None,
-                        margin: float = 1.0) -> jnp.ndarray:
+def activation_boundary(
+  teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None, margin: float = 1.0
+) -> jnp.ndarray:
   """AB (Heo et al., AAAI 2019), the piecewise-differentiable activation transfer loss:
 
     L = mean over (b, h, w, c) of  ρ(t) · max(0, μ − r(s))² + (1 − ρ(t)) · max(0, μ + r(s))²
@@ -493,7 +531,8 @@ def activation_boundary(teacher: jnp.ndarray, student: jnp.ndarray, params: Any 
   response = _hint(teacher, student, params)
   on = (_f32(teacher) > 0).astype(jnp.float32)
   hinge = on * jnp.square(jax.nn.relu(margin - response)) + (1 - on) * jnp.square(
-      jax.nn.relu(margin + response))
+    jax.nn.relu(margin + response)
+  )
   return jnp.mean(hinge)
 
 
@@ -507,9 +546,11 @@ def ft_networks(teacher_channels: int, student_channels: int) -> dict[str, ConvS
   normalisation): the paraphraser's encoder C_T → C_T → m → m and decoder m → m → C_T → C_T, m =
   ⌈k·C_T⌉, and the translator C_S → C_S → m → m."""
   m = max(1, math.ceil(FT_RATE * teacher_channels))
-  return {"encoder": ConvStack((teacher_channels, m, m), 3, leaky=True),
-          "decoder": ConvStack((m, teacher_channels, teacher_channels), 3, leaky=True),
-          "translator": ConvStack((student_channels, m, m), 3, leaky=True)}
+  return {
+    "encoder": ConvStack((teacher_channels, m, m), 3, leaky=True),
+    "decoder": ConvStack((m, teacher_channels, teacher_channels), 3, leaky=True),
+    "translator": ConvStack((student_channels, m, m), 3, leaky=True),
+  }
 
 
 def factor_transfer(teacher: jnp.ndarray, student: jnp.ndarray, params: Any = None) -> jnp.ndarray:
@@ -581,67 +622,68 @@ def neuron_selectivity(teacher: jnp.ndarray, student: jnp.ndarray) -> jnp.ndarra
   return jnp.maximum(jnp.mean(mmd), 0.0)  # MMD² ≥ 0 for a positive-definite kernel; rounding aside
 
 
-# --- registry -------------------------------------------------------------------------------------------
+# --- registry -------------------------------------------------------------------------------------
 
 FeatureLoss = Callable[[Any, Any], jnp.ndarray]
 
 FEATURE_LOSSES: dict[str, FeatureLoss] = {
-    "attention": attention_transfer,
-    "attention_code": attention_transfer_batch,
-    "fitnet": fitnet,
-    "fsp": fsp,
-    "sp": similarity_preserving,
-    "cc": correlation_congruence,
-    "local_affinity": local_affinity,
-    "pairwise": local_affinity,
-    "feature_l1": feature_l1,
-    "feature_l2": feature_l2,
-    "vid": variational_information,
-    "rkd": relational,
-    "pkt": probabilistic_transfer,
-    "ab": activation_boundary,
-    "ft": factor_transfer,
-    "nst": neuron_selectivity,
+  "attention": attention_transfer,
+  "attention_code": attention_transfer_batch,
+  "fitnet": fitnet,
+  "fsp": fsp,
+  "sp": similarity_preserving,
+  "cc": correlation_congruence,
+  "local_affinity": local_affinity,
+  "pairwise": local_affinity,
+  "feature_l1": feature_l1,
+  "feature_l2": feature_l2,
+  "vid": variational_information,
+  "rkd": relational,
+  "pkt": probabilistic_transfer,
+  "ab": activation_boundary,
+  "ft": factor_transfer,
+  "nst": neuron_selectivity,
 }
 
-# Methods with trainable parameters: name -> init(teacher_map, student_map, rng) -> params or None. The
-# loss then takes them as `params=`.
+# Methods with trainable parameters: name -> init(teacher_map, student_map, rng) -> params or None.
+# The loss then takes them as `params=`.
 FEATURE_PARAM_INITS: dict[str, Callable[[Any, Any, jax.Array], Any]] = {
-    "fitnet": init_hint_regressor,
-    "ab": init_hint_regressor,
-    "vid": init_vid,
-    "ft": init_ft,
+  "fitnet": init_hint_regressor,
+  "ab": init_hint_regressor,
+  "vid": init_vid,
+  "ft": init_ft,
 }
 
-# A layer path indexes a model's features: (cascade, layer) for DC-CNN, (layer,) for VDSR; 0-based. For
-# `fsp` a path is a pair of such paths (start, end).
+# A layer path indexes a model's features: (cascade, layer) for DC-CNN, (layer,) for VDSR; 0-based.
+# For `fsp` a path is a pair of such paths (start, end).
 LayerPath = Sequence[int]
 
 # KD-MRI's pairs: teacher conv 3 ↔ student conv 2 in each of the 5 cascades; VDSR teacher layer 6 ↔
 # student layer 4.
 PAPER_LAYER_PAIRS = {
-    "dccnn": tuple(((c, 2), (c, 1)) for c in range(5)),
-    "vdsr": (((5,), (3,)),),
+  "dccnn": tuple(((c, 2), (c, 1)) for c in range(5)),
+  "vdsr": (((5,), (3,)),),
 }
 
-# FSP's sections end at the paper's distilled layer and start at the first conv of the same cascade (the
-# flow through the part of the network the paper distils): teacher (c,0)→(c,2), student (c,0)→(c,1);
-# VDSR teacher 0→5, student 0→3.
+# FSP's sections end at the paper's distilled layer and start at the first conv of the same cascade
+# (the flow through the part of the network the paper distils): teacher (c,0)→(c,2), student
+# (c,0)→(c,1); VDSR teacher 0→5, student 0→3.
 FSP_LAYER_PAIRS = {
-    "dccnn": tuple((((c, 0), (c, 2)), ((c, 0), (c, 1))) for c in range(5)),
-    "vdsr": ((((0,), (5,)), ((0,), (3,))),),
+  "dccnn": tuple((((c, 0), (c, 2)), ((c, 0), (c, 1))) for c in range(5)),
+  "vdsr": ((((0,), (5,)), ((0,), (3,))),),
 }
 
 METHOD_LAYER_PAIRS: dict[str, dict[str, tuple]] = {"fsp": FSP_LAYER_PAIRS}
 
-# Methods that compare a section (start layer, end layer) per side. A single path `end` given to them
-# stands for (`end` with its last index set to 0, `end`): the section from the block's first conv, so
-# `PAPER_LAYER_PAIRS` and `FSP_LAYER_PAIRS` select the same maps for `fsp`.
+# Methods that compare a section (start layer, end layer) per side. A single path `end` given to
+# them stands for (`end` with its last index set to 0, `end`): the section from the block's first
+# conv, so `PAPER_LAYER_PAIRS` and `FSP_LAYER_PAIRS` select the same maps for `fsp`.
 SECTION_METHODS = frozenset({"fsp"})
 
 
 def section(path: Any) -> Any:
-  """A single layer path `(..., l)` -> the section `((..., 0), (..., l))`; a pair of paths is kept."""
+  """A single layer path `(..., l)` -> the section `((..., 0), (..., l))`; a pair of paths is
+  kept."""
   try:
     ints = tuple(int(i) for i in path)
   except (TypeError, ValueError):
@@ -673,7 +715,9 @@ def _describe_paths(features: Any) -> str:
     node = node[0]
   if not ranges:
     return "no feature layers"
-  names = ["c", "l"] if len(ranges) == 2 else ["l"] if len(ranges) == 1 else [f"i{k}" for k in ranges]
+  names = (
+    ["c", "l"] if len(ranges) == 2 else ["l"] if len(ranges) == 1 else [f"i{k}" for k in ranges]
+  )
   spans = " and ".join(f"{n} in 0..{r - 1}" for n, r in zip(names, ranges))
   return f"({', '.join(names)}{',' if len(names) == 1 else ''}) with {spans}"
 
@@ -701,13 +745,20 @@ def select(features: Any, path: Any, role: str = "model") -> Any:
   else:
     if not isinstance(node, (tuple, list)):
       return node
-  raise InputError(f"the {role} has no feature layer {path!r}; valid layer paths are "
-                   f"{_describe_paths(features)}.")
+  raise InputError(
+    f"the {role} has no feature layer {path!r}; valid layer paths are {_describe_paths(features)}."
+  )
 
 
-def init_feature_params(name: str, teacher_features: Any, student_features: Any,
-                        pairs: Sequence[tuple[Any, Any]], rng: jax.Array) -> dict[str, Any]:
-  """Trainable parameters method `name` needs, keyed by pair index ('0', '1', ...); {} for most methods.
+def init_feature_params(
+  name: str,
+  teacher_features: Any,
+  student_features: Any,
+  pairs: Sequence[tuple[Any, Any]],
+  rng: jax.Array,
+) -> dict[str, Any]:
+  """Trainable parameters method `name` needs, keyed by pair index ('0', '1', ...); {} for most
+  methods.
 
   `FEATURE_PARAM_INITS` says which have any: `fitnet` and `ab` between maps with different channel
   counts (a `HintRegressor` per pair), `vid` and `ft` always. The feature stage optimises them
@@ -720,16 +771,23 @@ def init_feature_params(name: str, teacher_features: Any, student_features: Any,
     return {}
   params = {}
   for i, (t, s) in enumerate(pairs):
-    p = init(select(teacher_features, t, "teacher"), select(student_features, s, "student"),
-             jax.random.fold_in(rng, i))
+    p = init(
+      select(teacher_features, t, "teacher"),
+      select(student_features, s, "student"),
+      jax.random.fold_in(rng, i),
+    )
     if p is not None:
       params[str(i)] = p
   return params
 
 
-def feature_distillation(name: str, teacher_features: Any, student_features: Any,
-                         pairs: Sequence[tuple[Any, Any]],
-                         params: Mapping[str, Any] | None = None) -> jnp.ndarray:
+def feature_distillation(
+  name: str,
+  teacher_features: Any,
+  student_features: Any,
+  pairs: Sequence[tuple[Any, Any]],
+  params: Mapping[str, Any] | None = None,
+) -> jnp.ndarray:
   """Mean of loss `name` over the (teacher path, student path) pairs.
 
   `params` are the method's trainable parameters from `init_feature_params` (see there which have
@@ -737,14 +795,17 @@ def feature_distillation(name: str, teacher_features: Any, student_features: Any
   """
   fn = get_feature_loss(name)
   if not pairs:
-    raise InputError(f"feature loss {name!r} got no layer pairs; set config.kd.layer_pairs, e.g. "
-                     f"{PAPER_LAYER_PAIRS['dccnn'][0]!r} for DC-CNN.")
+    raise InputError(
+      f"feature loss {name!r} got no layer pairs; set config.kd.layer_pairs, e.g. "
+      f"{PAPER_LAYER_PAIRS['dccnn'][0]!r} for DC-CNN."
+    )
   params = params or {}
   if name in SECTION_METHODS:
     pairs = [(section(t), section(s)) for t, s in pairs]
   terms = []
   for i, (t, s) in enumerate(pairs):
     extra = {"params": params[str(i)]} if str(i) in params else {}
-    terms.append(fn(select(teacher_features, t, "teacher"), select(student_features, s, "student"),
-                    **extra))
+    terms.append(
+      fn(select(teacher_features, t, "teacher"), select(student_features, s, "student"), **extra)
+    )
   return sum(terms) / len(terms)

@@ -1,8 +1,8 @@
 """Orthonormal 2-D FFTs and the DC-CNN data-consistency (DC) step.
 
-Conventions (as in the KD-MRI reference code): images are (..., H, W); k-space is unshifted (the DC term at
-index 0); the FFT is orthonormal (`norm="ortho"`), so `ifft2(fft2(x)) == x` and energy is preserved.
-Masks are (H, W) or broadcastable to the k-space, 1 at sampled locations and 0 elsewhere.
+Conventions (as in the KD-MRI reference code): images are (..., H, W); k-space is unshifted (the DC
+term at index 0); the FFT is orthonormal (`norm="ortho"`), so `ifft2(fft2(x)) == x` and energy is
+preserved. Masks are (H, W) or broadcastable to the k-space, 1 at sampled locations and 0 elsewhere.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ def to_channels(image: jnp.ndarray) -> jnp.ndarray:
   return jnp.stack([image.real, image.imag], axis=-1)
 
 
-def consistent_kspace(predicted: jnp.ndarray, measured: jnp.ndarray, mask: jnp.ndarray,
-                      noise_lambda: jnp.ndarray | float | None = None) -> jnp.ndarray:
+def consistent_kspace(
+  predicted: jnp.ndarray,
+  measured: jnp.ndarray,
+  mask: jnp.ndarray,
+  noise_lambda: jnp.ndarray | float | None = None,
+) -> jnp.ndarray:
   """Replaces predicted k-space by the measurement where the mask is set.
 
   Noise-free (`noise_lambda=None`): k = m·k0 + (1−m)·k_pred, exact at sampled points.
@@ -44,13 +48,18 @@ def consistent_kspace(predicted: jnp.ndarray, measured: jnp.ndarray, mask: jnp.n
   return jnp.where(mask > 0, sampled_value.astype(predicted.dtype), predicted)
 
 
-def data_consistency(image: jnp.ndarray, measured: jnp.ndarray, mask: jnp.ndarray,
-                     noise_lambda: jnp.ndarray | float | None = None,
-                     keep_complex: bool = False) -> jnp.ndarray:
+def data_consistency(
+  image: jnp.ndarray,
+  measured: jnp.ndarray,
+  mask: jnp.ndarray,
+  noise_lambda: jnp.ndarray | float | None = None,
+  keep_complex: bool = False,
+) -> jnp.ndarray:
   """The DC layer: x_dc = IFFT2(consistent_kspace(FFT2(x), k0, m)).
 
-  `image` is real (magnitude images, as in the reference code) or complex. The result is the real part of
-  the inverse FFT — the reference behaviour — unless `keep_complex`, which returns the complex image.
+  `image` is real (magnitude images, as in the reference code) or complex. The result is the real
+  part of the inverse FFT — the reference behaviour — unless `keep_complex`, which returns the
+  complex image.
   """
   kspace = consistent_kspace(fft2(image), measured, mask, noise_lambda)
   result = ifft2(kspace)

@@ -56,27 +56,38 @@ def reconstruct(model: Any, params: Any, batch: Mapping[str, Any]) -> jax.Array:
 def make_predict(model: Any, mesh: jax.sharding.Mesh) -> Callable[[Any, Mapping], jax.Array]:
   """`predict(params, batch) -> image (B, H, W)` jitted on `mesh`; the output is replicated."""
   repl, data = sharding.replicated(mesh), sharding.batch_sharded(mesh)
-  return jax.jit(lambda params, batch: reconstruct(model, params, batch),
-                 in_shardings=(repl, data), out_shardings=repl)
+  return jax.jit(
+    lambda params, batch: reconstruct(model, params, batch),
+    in_shardings=(repl, data),
+    out_shardings=repl,
+  )
 
 
 def predictor(model: Any, params: Any, batch_size: int) -> Callable[..., np.ndarray]:
   """A function (image (S,H,W)[, kspace, mask]) -> (S,H,W) float32: `reconstruct` batch by batch.
 
   The last batch of a volume is zero-padded to the batch size, so one compiled program serves every
-  batch; a volume of fewer slices runs as one batch of its size. The mask, (H, W), serves every slice.
+  batch; a volume of fewer slices runs as one batch of its size. The mask, (H, W), serves every
+  slice.
   """
   forward = jax.jit(lambda params, batch: reconstruct(model, params, batch))
 
-  def predict(image: np.ndarray, kspace: np.ndarray | None = None, mask: np.ndarray | None = None
-              ) -> np.ndarray:
+  def predict(
+    image: np.ndarray, kspace: np.ndarray | None = None, mask: np.ndarray | None = None
+  ) -> np.ndarray:
     outputs = []
     size = min(batch_size, image.shape[0])
     for start in range(0, image.shape[0], size):
       stop = min(start + size, image.shape[0])
-      batch = as_batch(model, (_pad(image[start:stop], size),
-                               None if kspace is None else _pad(kspace[start:stop], size), mask))
-      outputs.append(np.asarray(forward(params, batch), dtype=np.float32)[:stop - start])
+      batch = as_batch(
+        model,
+        (
+          _pad(image[start:stop], size),
+          None if kspace is None else _pad(kspace[start:stop], size),
+          mask,
+        ),
+      )
+      outputs.append(np.asarray(forward(params, batch), dtype=np.float32)[: stop - start])
     return np.concatenate(outputs)
 
   return predict
@@ -107,8 +118,9 @@ def plain_structure(model: Any) -> bool:
   consistency, no residual)."""
   if not models.is_reconstruction(model):
     return True
-  return not (model.complex_images or model.residual or model.noise_lambda is not None
-              or model.learn_lambda)
+  return not (
+    model.complex_images or model.residual or model.noise_lambda is not None or model.learn_lambda
+  )
 
 
 def has_fast_path(model: Any) -> bool:
@@ -148,7 +160,7 @@ def _taps(x: jnp.ndarray) -> list[jnp.ndarray]:
   height, width = x.shape[1], x.shape[2]
   pad = [(0, 0), (1, 1), (1, 1)] + [(0, 0)] * (x.ndim - 3)
   padded = jnp.pad(x, pad)
-  return [padded[:, i:i + height, j:j + width] for i in range(3) for j in range(3)]
+  return [padded[:, i : i + height, j : j + width] for i in range(3) for j in range(3)]
 
 
 def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarray:
@@ -169,8 +181,9 @@ def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarr
     per_tap = jnp.dot(x, kernel[..., 0].reshape(9, cin).T)  # (B, H, W, 9)
     shifted = _taps(per_tap)
     return (bias + sum(plane[..., i] for i, plane in enumerate(shifted)))[..., None]
-  out = jax.lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  out = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
   return out + bias
 
 

@@ -45,8 +45,9 @@ def imitation_paper(student, teacher, target, alpha: float, distance: Distance =
   return alpha * distance(student, target) + (1.0 - alpha) * distance(student, teacher)
 
 
-def imitation_authors_code(student, teacher, target, alpha: float, distance: Distance = l1
-                           ) -> jnp.ndarray:
+def imitation_authors_code(
+  student, teacher, target, alpha: float, distance: Distance = l1
+) -> jnp.ndarray:
   """L1(x_S, y) + L1(x_S, x_T) / N, N = elements of the batch's output: the authors' train_kd.py.
 
   reconstruction/train_kd.py with `--imitation_required` divides the teacher term, a mean already,
@@ -58,8 +59,9 @@ def imitation_authors_code(student, teacher, target, alpha: float, distance: Dis
   return distance(student, target) + distance(student, teacher) / student.size
 
 
-def imitation_authors_script(student, teacher, target, alpha: float, distance: Distance = l1
-                             ) -> jnp.ndarray:
+def imitation_authors_script(
+  student, teacher, target, alpha: float, distance: Distance = l1
+) -> jnp.ndarray:
   """L1(x_S, y) alone, from the feature stage's weights: the authors' reconstruction/train_kd.sh.
 
   The shipped script does not pass `--imitation_required`, so train_kd.py fine-tunes the AT student
@@ -70,8 +72,9 @@ def imitation_authors_script(student, teacher, target, alpha: float, distance: D
   return distance(student, target)
 
 
-def imitation_authors_sr(student, teacher, target, alpha: float, distance: Distance = l1
-                         ) -> jnp.ndarray:
+def imitation_authors_sr(
+  student, teacher, target, alpha: float, distance: Distance = l1
+) -> jnp.ndarray:
   """L1(x_S, y) + L1(x_S, x_T): the authors' super-resolution/train_sr_kd.py.
 
   Their super-resolution train_kd.sh passes `--imitation_required`, and this script does not divide
@@ -82,10 +85,10 @@ def imitation_authors_sr(student, teacher, target, alpha: float, distance: Dista
 
 
 IMITATION_OBJECTIVES: dict[str, Callable[..., jnp.ndarray]] = {
-    "paper": imitation_paper,
-    "authors_code": imitation_authors_code,
-    "authors_script": imitation_authors_script,
-    "authors_sr": imitation_authors_sr,
+  "paper": imitation_paper,
+  "authors_code": imitation_authors_code,
+  "authors_script": imitation_authors_script,
+  "authors_sr": imitation_authors_sr,
 }
 IMITATION_USES_ALPHA = frozenset({"paper"})
 # Objectives defined together with the student they start from (config.kd.init_from).
@@ -104,8 +107,14 @@ def imitation_formula(name: str) -> str:
   return get_imitation(name).__doc__.strip().splitlines()[0].rstrip(".")
 
 
-def imitation(student: jnp.ndarray, teacher: jnp.ndarray, target: jnp.ndarray, alpha: float = 0.5,
-              loss: str = "l1", objective: str = "paper") -> jnp.ndarray:
+def imitation(
+  student: jnp.ndarray,
+  teacher: jnp.ndarray,
+  target: jnp.ndarray,
+  alpha: float = 0.5,
+  loss: str = "l1",
+  objective: str = "paper",
+) -> jnp.ndarray:
   """KD-MRI's KD stage loss: imitation objective `objective` (default the paper's
   α·L(x_S, target) + (1 − α)·L(x_S, x_T)) with L = `loss` (L1 by default).
 
@@ -124,8 +133,12 @@ def _distilled_map(features: Any, path: Any, role: str) -> jnp.ndarray:
   return selected[-1] if isinstance(selected, tuple) else selected
 
 
-def attention_mse(teacher_features: Any, student_features: Any, pairs: Sequence[tuple[Any, Any]],
-                  normalize: str = "sample") -> jnp.ndarray:
+def attention_mse(
+  teacher_features: Any,
+  student_features: Any,
+  pairs: Sequence[tuple[Any, Any]],
+  normalize: str = "sample",
+) -> jnp.ndarray:
   """Per example (B,): mean over layer pairs of mean_p (Q_T − Q_S)², Q = `attention_map`.
 
   The authors' feature stage keeps the checkpoint with the lowest such validation MSE (`evaluate` in

@@ -1,10 +1,11 @@
-"""Runs the KD-MRI experiment from a config file: `python -m kdmri_jax.main --config configs/brain_8x.py`.
+"""Runs the KD-MRI experiment from a config file: `python -m kdmri_jax.main --config
+configs/brain_8x.py`.
 
-Intentionally kept short (as flax's examples): flags in, `pipeline.run(config, workdir)` out. Any config
-field can be overridden, e.g. `--config.stages=teacher,student --config.train.num_epochs=10`; `--workdir`
-defaults to experiments/{dataset}/acc_{acc}/. Multi-host: `--config.distributed.coordinator_address=
-host0:1234 --config.distributed.num_processes=2 --config.distributed.process_id=$RANK` (or
-`--config.distributed.auto=true` on TPU pods and SLURM).
+Intentionally kept short (as flax's examples): flags in, `pipeline.run(config, workdir)` out. Any
+config field can be overridden, e.g. `--config.stages=teacher,student --config.train.num_epochs=10`;
+`--workdir` defaults to experiments/{dataset}/acc_{acc}/. Multi-host:
+`--config.distributed.coordinator_address= host0:1234 --config.distributed.num_processes=2
+--config.distributed.process_id=$RANK` (or `--config.distributed.auto=true` on TPU pods and SLURM).
 
 Before any stage runs, every config field is checked against its declared range
 (`kdmri_jax.config_ranges`) and the workdir is locked (`kdmri_jax.workdir_lock`): a second run on
@@ -24,19 +25,33 @@ from typing import Sequence
 from absl import flags
 from ml_collections import config_flags
 
-from kdmri_jax.errors import (InputError, Terminated, require_writable_dir, run_cli,
-                              terminate_as_exception)
+from kdmri_jax.errors import (
+  InputError,
+  Terminated,
+  require_writable_dir,
+  run_cli,
+  terminate_as_exception,
+)
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _flags(argv: list[str]) -> flags.FlagValues:
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", os.path.join(_REPO, "configs", "default.py"),
-                                  "Experiment config file (a Python file with get_config()).",
-                                  flag_values=values, lock_config=True, sys_argv=argv)
-  flags.DEFINE_string("workdir", None, "Output folder (default: config.workdir or "
-                      "experiments/{dataset}/acc_{acc}).", flag_values=values)
+  config_flags.DEFINE_config_file(
+    "config",
+    os.path.join(_REPO, "configs", "default.py"),
+    "Experiment config file (a Python file with get_config()).",
+    flag_values=values,
+    lock_config=True,
+    sys_argv=argv,
+  )
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Output folder (default: config.workdir or experiments/{dataset}/acc_{acc}).",
+    flag_values=values,
+  )
   return values
 
 
@@ -71,8 +86,10 @@ def _main(argv: Sequence[str]) -> int:
   argv = ["kdmri_jax.main", *argv]
   config, workdir = _parse(argv)
   from kdmri_jax import config_ranges  # after flag parsing: JAX starts only for a valid command
+
   config_ranges.check(config)
   from kdmri_jax import pipeline, train, workdir_lock
+
   command = "python -m kdmri_jax.main " + " ".join(shlex.quote(a) for a in argv[1:])
   workdir = require_writable_dir(workdir or pipeline.default_workdir(config), "--workdir")
   with workdir_lock.hold(workdir, command, workdir_lock.process_key(config.distributed)):
@@ -96,14 +113,19 @@ def _parse(argv: list[str]):
   except ModuleNotFoundError as error:
     if error.name != "configs" and not str(error.name).startswith("configs."):
       raise
-    raise InputError(f"the config file imports {error.name!r}, which is not importable from "
-                     f"{os.getcwd()}; run the command from the repository root (where configs/ is) "
-                     f"or install the package (pip install .).") from None
+    raise InputError(
+      f"the config file imports {error.name!r}, which is not importable from "
+      f"{os.getcwd()}; run the command from the repository root (where configs/ is) "
+      f"or install the package (pip install .)."
+    ) from None
   except (AttributeError, KeyError) as error:
     field = _one_line(error).strip("'\"")
-    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and field in a), "--config.*")
-    raise InputError(f"{flag}: the config has no field {field!r}; see configs/default.py for the "
-                     f"field names.") from None
+    flag = next(
+      (a.split("=")[0] for a in argv if a.startswith("--config.") and field in a), "--config.*"
+    )
+    raise InputError(
+      f"{flag}: the config has no field {field!r}; see configs/default.py for the field names."
+    ) from None
   except (flags.Error, TypeError, ValueError) as error:
     raise InputError(f"bad flag or config value: {_one_line(error)}.") from None
   except (FileNotFoundError, OSError) as error:
@@ -128,13 +150,19 @@ def stopped_sentence(stop: Terminated) -> str:
   """What a termination signal outside the training loops left behind, and what to do."""
   stage = interrupted_stage(stop)
   if stage is None:
-    return (f"stopped by {stop.signal} during start-up, before any stage began: no checkpoint or "
-            f"result was written; rerun the same command to start the run.")
+    return (
+      f"stopped by {stop.signal} during start-up, before any stage began: no checkpoint or "
+      f"result was written; rerun the same command to start the run."
+    )
   if stage in ("evaluate", "report"):
-    return (f"stopped by {stop.signal} during the {stage} stage: it has no `done` marker, so rerun "
-            f"the same command to redo it (finished stages are kept).")
-  return (f"stopped by {stop.signal} in the {stage} stage outside its training loop: the "
-          f"checkpoints it saved are kept; rerun the same command to resume it.")
+    return (
+      f"stopped by {stop.signal} during the {stage} stage: it has no `done` marker, so rerun "
+      f"the same command to redo it (finished stages are kept)."
+    )
+  return (
+    f"stopped by {stop.signal} in the {stage} stage outside its training loop: the "
+    f"checkpoints it saved are kept; rerun the same command to resume it."
+  )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Cartesian undersampling masks: load the reference `.npy` masks, generate new ones, shift and view them.
+"""Cartesian undersampling masks: load the reference `.npy` masks, generate new ones, shift and view
+them.
 
 A mask is an (H, W) float32 array of 0/1, **unshifted** (the k-space centre at index [0, 0]), as the
 reference code stores them in `us_masks/{dataset}/mask_{acc}.npy`. "rows" masks sample whole rows
@@ -41,19 +42,29 @@ def parse_acceleration(acc: str | float | int) -> float:
   return value
 
 
-def check_mask(mask: np.ndarray, shape: tuple[int, int] | None = None, name: str = "mask") -> np.ndarray:
-  """Validates a mask (2-D, finite, 0/1, not empty, optionally of `shape`) and returns it as float32."""
+def check_mask(
+  mask: np.ndarray, shape: tuple[int, int] | None = None, name: str = "mask"
+) -> np.ndarray:
+  """Validates a mask (2-D, finite, 0/1, not empty, optionally of `shape`) and returns it as
+  float32."""
   mask = np.asarray(mask)
   require(mask.ndim == 2, f"{name} must be a 2-D H×W array, got shape {mask.shape}.")
   require(not np.iscomplexobj(mask), f"{name} must be real 0/1 values, got complex data.")
-  require(bool(np.all(np.isfinite(mask))), f"{name} contains NaN or Inf; a mask holds only 0 and 1.")
-  require(bool(np.all((mask == 0) | (mask == 1))),
-          f"{name} is not binary: it holds values other than 0 and 1 (e.g. {np.unique(mask)[:4].tolist()}).")
+  require(
+    bool(np.all(np.isfinite(mask))), f"{name} contains NaN or Inf; a mask holds only 0 and 1."
+  )
+  require(
+    bool(np.all((mask == 0) | (mask == 1))),
+    f"{name} is not binary: it holds values other than 0 and 1 (e.g. "
+    f"{np.unique(mask)[:4].tolist()}).",
+  )
   require(bool(mask.any()), f"{name} samples no k-space point (all zeros).")
   if shape is not None:
-    require(tuple(mask.shape) == tuple(shape),
-            f"{name} has shape {tuple(mask.shape)} but the images are {tuple(shape)}; use a mask made for "
-            f"this image size.")
+    require(
+      tuple(mask.shape) == tuple(shape),
+      f"{name} has shape {tuple(mask.shape)} but the images are "
+      f"{tuple(shape)}; use a mask made for this image size.",
+    )
   return mask.astype(np.float32)
 
 
@@ -68,13 +79,19 @@ def load_mask(path: str | os.PathLike, shape: tuple[int, int] | None = None) -> 
   return check_mask(mask, shape, name=f"mask file {path}")
 
 
-def gaussian_line_mask(num_lines: int, acc: float, seed: int = 0, center_fraction: float | None = None,
-                       std_fraction: float = 0.25) -> np.ndarray:
+def gaussian_line_mask(
+  num_lines: int,
+  acc: float,
+  seed: int = 0,
+  center_fraction: float | None = None,
+  std_fraction: float = 0.25,
+) -> np.ndarray:
   """The "gaussian" family: 1-D variable-density lines, *centred* (the k-space centre at n // 2).
 
-  Samples exactly round(num_lines / acc) lines: a fully sampled centre of round(center_fraction·num_lines)
-  lines (default 0.32/acc: 8% at 4x, 4% at 8x, as fastMRI) plus lines drawn without replacement with
-  probability ∝ exp(−d²/2σ²), d the distance to the centre and σ = std_fraction·num_lines.
+  Samples exactly round(num_lines / acc) lines: a fully sampled centre of
+  round(center_fraction·num_lines) lines (default 0.32/acc: 8% at 4x, 4% at 8x, as fastMRI) plus
+  lines drawn without replacement with probability ∝ exp(−d²/2σ²), d the distance to the centre and
+  σ = std_fraction·num_lines.
   """
   total = _lines_to_sample(num_lines, acc)
   center_fraction = 0.32 / acc if center_fraction is None else center_fraction
@@ -84,23 +101,26 @@ def gaussian_line_mask(num_lines: int, acc: float, seed: int = 0, center_fractio
 
 
 # The "dccnn" family's fit to the authors' brain masks (240 rows): acceleration -> (fully sampled
-# centre lines at 240, Gaussian σ / number of lines, uniform floor as a part of Schlemper's 1/(2·acc)).
+# centre lines at 240, Gaussian σ / number of lines, uniform floor as a part of Schlemper's
+# 1/(2·acc)).
 DCCNN_FIT = {4.0: (8, 0.07, 1.0), 5.0: (8, 0.12, 0.5), 8.0: (10, 0.10, 0.5)}
 DCCNN_FIT_LINES = 240
 
 
 def dccnn_parameters(num_lines: int, acc: float) -> tuple[int, float, float]:
-  """(fixed centre lines, σ / number of lines, floor) of the "dccnn" family: `DCCNN_FIT`, interpolated
-  linearly in acc (clamped outside 4x–8x); the centre scales with the line count."""
+  """(fixed centre lines, σ / number of lines, floor) of the "dccnn" family: `DCCNN_FIT`,
+  interpolated linearly in acc (clamped outside 4x–8x); the centre scales with the line count."""
   accs = sorted(DCCNN_FIT)
-  center, std_fraction, floor_scale = (float(np.interp(acc, accs, [DCCNN_FIT[a][i] for a in accs]))
-                                       for i in range(3))
+  center, std_fraction, floor_scale = (
+    float(np.interp(acc, accs, [DCCNN_FIT[a][i] for a in accs])) for i in range(3)
+  )
   num_center = max(1, int(round(center * num_lines / DCCNN_FIT_LINES)))
   return num_center, std_fraction, floor_scale / (2.0 * acc)
 
 
-def dccnn_line_mask(num_lines: int, acc: float, seed: int = 0, center_fraction: float | None = None
-                    ) -> np.ndarray:
+def dccnn_line_mask(
+  num_lines: int, acc: float, seed: int = 0, center_fraction: float | None = None
+) -> np.ndarray:
   """The "dccnn" family (the authors' masks): DC-CNN-style 1-D variable density, *centred*.
 
   As Schlemper et al.'s `cartesian_mask`, which made the KD-MRI repository's `us_masks/`: c fully
@@ -128,17 +148,22 @@ def dccnn_line_mask(num_lines: int, acc: float, seed: int = 0, center_fraction: 
 
 
 # name -> f(num_lines, acc, seed, center_fraction) -> centred boolean lines.
-LINE_GENERATORS = {"dccnn": dccnn_line_mask, "gaussian": gaussian_line_mask,
-                   **{kind: functools.partial(subsample.family_lines, kind)
-                      for kind in subsample.KINDS}}
+LINE_GENERATORS = {
+  "dccnn": dccnn_line_mask,
+  "gaussian": gaussian_line_mask,
+  **{kind: functools.partial(subsample.family_lines, kind) for kind in subsample.KINDS},
+}
 # name -> f((H, W), acc, seed, center_fraction) -> centred boolean (H, W) points.
-POINT_GENERATORS = {"gaussian_2d": masks_2d.gaussian_mask,
-                    "poisson_disc": masks_2d.poisson_disc_mask}
+POINT_GENERATORS = {
+  "gaussian_2d": masks_2d.gaussian_mask,
+  "poisson_disc": masks_2d.poisson_disc_mask,
+}
 # The seed of generated masks unless one is given (config.data.mask_seed, prepare --mask-seed). Of
-# seeds 0-399, those whose 240×240 "dccnn" masks are within ±2 of the authors' brain masks in contiguous
-# centre lines and mean |ky| at 4x, 5x and 8x, ranked by zero-filled PSNR on the embedded validation set
-# (`python -m experiments.mask_seed --search 400`), put 172 first: 12/9/11 centre lines and mean |ky|
-# 36.1/29.6/20.2 (authors' 12/9/11, 37.0/28.3/20.5), zero-filled 25.74/23.12/23.27 dB (authors'
+# seeds 0-399, those whose 240×240 "dccnn" masks are within ±2 of the authors' brain masks in
+# contiguous centre lines and mean |ky| at 4x, 5x and 8x, ranked by zero-filled PSNR on the embedded
+# validation set (`python -m experiments.mask_seed --search 400`), put 172 first: 12/9/11 centre
+# lines and mean
+# |ky| 36.1/29.6/20.2 (authors' 12/9/11, 37.0/28.3/20.5), zero-filled 25.74/23.12/23.27 dB (authors'
 # 25.39/23.27/23.34). Seed 0, for one, gives 9 centre lines at 4x and mean |ky| 26.3 at 8x.
 DEFAULT_MASK_SEED = 172
 MASK_FAMILIES = tuple(LINE_GENERATORS) + tuple(POINT_GENERATORS)
@@ -161,12 +186,13 @@ def _distance(num_lines: int) -> np.ndarray:
   return (np.arange(num_lines) - num_lines // 2).astype(np.float64)
 
 
-def _draw_lines(num_lines: int, total: int, num_center: int, density: np.ndarray,
-                rng: np.random.Generator) -> np.ndarray:
+def _draw_lines(
+  num_lines: int, total: int, num_center: int, density: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
   """Centred boolean lines: the `num_center` centre block plus lines drawn ∝ `density`."""
   lines = np.zeros(num_lines, dtype=bool)
   start = num_lines // 2 - num_center // 2
-  lines[start:start + num_center] = True
+  lines[start : start + num_center] = True
   if total > num_center:
     density = np.where(lines, 0.0, density)
     extra = rng.choice(num_lines, size=total - num_center, replace=False, p=density / density.sum())
@@ -174,9 +200,14 @@ def _draw_lines(num_lines: int, total: int, num_center: int, density: np.ndarray
   return lines
 
 
-def cartesian_mask(shape: tuple[int, int], acc: float | str, seed: int = 0, direction: str = "rows",
-                   center_fraction: float | None = None, family: str = DEFAULT_FAMILY
-                   ) -> np.ndarray:
+def cartesian_mask(
+  shape: tuple[int, int],
+  acc: float | str,
+  seed: int = 0,
+  direction: str = "rows",
+  center_fraction: float | None = None,
+  family: str = DEFAULT_FAMILY,
+) -> np.ndarray:
   """A Cartesian mask of `shape`, unshifted, float32 0/1, of a family in `MASK_FAMILIES`: whole
   `direction` lines for `LINE_GENERATORS` ("dccnn": the authors' kind, `dccnn_line_mask`;
   "gaussian": `gaussian_line_mask`; fastMRI's kinds: `subsample.family_lines`), single points for
@@ -217,6 +248,7 @@ def unshift(mask: np.ndarray) -> np.ndarray:
 def save_mask_png(mask: np.ndarray, path: str | os.PathLike, title: str | None = None) -> None:
   """Writes a centred picture of `mask` with its achieved acceleration."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
@@ -273,15 +305,22 @@ def mask_statistics(mask: np.ndarray) -> dict:
   for a 2-D (point) mask, its fully sampled centre square (`fully_sampled_centre`) and the mean |k|
   of the sampled points (`mean_distance`)."""
   mask = np.asarray(mask)
-  stats = {"shape": tuple(mask.shape), "sampled_points": int((mask > 0).sum()),
-           "acceleration": acceleration(mask > 0)}
+  stats = {
+    "shape": tuple(mask.shape),
+    "sampled_points": int((mask > 0).sum()),
+    "acceleration": acceleration(mask > 0),
+  }
   found = sampled_lines(mask)
   if found is not None:
     direction, lines = found
     ky = np.fft.fftfreq(len(lines), 1.0 / len(lines))
-    stats.update(direction=direction, lines=int(lines.sum()), num_lines=len(lines),
-                 centre_lines=contiguous_centre_lines(lines),
-                 mean_abs_ky=float(np.abs(ky[lines]).mean()))
+    stats.update(
+      direction=direction,
+      lines=int(lines.sum()),
+      num_lines=len(lines),
+      centre_lines=contiguous_centre_lines(lines),
+      mean_abs_ky=float(np.abs(ky[lines]).mean()),
+    )
   elif stats["sampled_points"]:
     stats.update(centre_block=fully_sampled_centre(mask), mean_abs_k=mean_distance(mask))
   return stats
@@ -298,38 +337,62 @@ def describe(mask: np.ndarray) -> str:
       block = stats["centre_block"]
       text += f", fully sampled centre {block}×{block}, mean |k| {stats['mean_abs_k']:.1f}"
     return text
-  return (f"{size}: {stats['lines']}/{stats['num_lines']} {stats['direction']}, "
-          f"{stats['acceleration']:.2f}x, {stats['centre_lines']} contiguous centre lines, "
-          f"mean |ky| {stats['mean_abs_ky']:.1f}")
+  return (
+    f"{size}: {stats['lines']}/{stats['num_lines']} {stats['direction']}, "
+    f"{stats['acceleration']:.2f}x, {stats['centre_lines']} contiguous centre lines, "
+    f"mean |ky| {stats['mean_abs_ky']:.1f}"
+  )
 
 
 def main(argv=None) -> int:
   """`python -m kdmri_jax.masks --mask PATH [...]` or `--generate H W --acc 4x [--family F ...]`."""
   import argparse
-  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.masks",
-                                   description="Print the statistics of undersampling masks.")
+
+  parser = argparse.ArgumentParser(
+    prog="python -m kdmri_jax.masks", description="Print the statistics of undersampling masks."
+  )
   parser.add_argument("--mask", nargs="+", default=[], help="mask .npy files (H×W, 0/1, unshifted)")
-  parser.add_argument("--generate", type=int, nargs=2, metavar=("H", "W"), help="generate H×W masks")
-  parser.add_argument("--acc", nargs="+", default=["4x", "5x", "8x"], help="generated accelerations")
-  parser.add_argument("--family", nargs="+", default=[DEFAULT_FAMILY],
-                      help=f"generated families, or all: {' | '.join(MASK_FAMILIES)}")
-  parser.add_argument("--seed", type=int, default=DEFAULT_MASK_SEED,
-                      help=f"seed of the generated masks ({DEFAULT_MASK_SEED}, as everywhere)")
+  parser.add_argument(
+    "--generate", type=int, nargs=2, metavar=("H", "W"), help="generate H×W masks"
+  )
+  parser.add_argument(
+    "--acc", nargs="+", default=["4x", "5x", "8x"], help="generated accelerations"
+  )
+  parser.add_argument(
+    "--family",
+    nargs="+",
+    default=[DEFAULT_FAMILY],
+    help=f"generated families, or all: {' | '.join(MASK_FAMILIES)}",
+  )
+  parser.add_argument(
+    "--seed",
+    type=int,
+    default=DEFAULT_MASK_SEED,
+    help=f"seed of the generated masks ({DEFAULT_MASK_SEED}, as everywhere)",
+  )
   parser.add_argument("--direction", default="rows", help="generated lines: rows | columns")
-  parser.add_argument("--center-fraction", type=float, default=None,
-                      help="fully sampled centre fraction (default: each family's own)")
+  parser.add_argument(
+    "--center-fraction",
+    type=float,
+    default=None,
+    help="fully sampled centre fraction (default: each family's own)",
+  )
   args = parser.parse_args(argv)
-  require(bool(args.mask) or args.generate is not None,
-          "nothing to inspect: pass --mask PATH or --generate H W.")
-  families = MASK_FAMILIES if args.family == ["all"] else [check_family(f, "--family")
-                                                           for f in args.family]
+  require(
+    bool(args.mask) or args.generate is not None,
+    "nothing to inspect: pass --mask PATH or --generate H W.",
+  )
+  families = (
+    MASK_FAMILIES if args.family == ["all"] else [check_family(f, "--family") for f in args.family]
+  )
   for path in args.mask:
     print(f"{path}: {describe(load_mask(path))}")
   if args.generate is not None:
     for family in families:
       for acc in args.acc:
-        mask = cartesian_mask(tuple(args.generate), acc, args.seed, args.direction,
-                              args.center_fraction, family)
+        mask = cartesian_mask(
+          tuple(args.generate), acc, args.seed, args.direction, args.center_fraction, family
+        )
         print(f"{family} {acc} seed {args.seed}: {describe(mask)}")
   return 0
 
@@ -338,4 +401,5 @@ if __name__ == "__main__":
   import sys
 
   from kdmri_jax.errors import run_cli
+
   sys.exit(run_cli(main))

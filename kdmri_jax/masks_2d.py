@@ -27,8 +27,10 @@ POISSON_TRIES = 14
 
 def points_to_sample(shape: tuple[int, int], acc: float) -> int:
   total = int(round(shape[0] * shape[1] / acc))
-  require(1 <= total <= shape[0] * shape[1],
-          f"acceleration {acc} leaves no k-space point of {shape[0]}×{shape[1]} to sample.")
+  require(
+    1 <= total <= shape[0] * shape[1],
+    f"acceleration {acc} leaves no k-space point of {shape[0]}×{shape[1]} to sample.",
+  )
   return total
 
 
@@ -39,7 +41,7 @@ def centre_block(shape: tuple[int, int], acc: float, center_fraction: float | No
   block = np.zeros(shape, dtype=bool)
   sides = [max(1, int(round(fraction * n))) for n in shape]
   starts = [n // 2 - side // 2 for n, side in zip(shape, sides)]
-  block[starts[0]:starts[0] + sides[0], starts[1]:starts[1] + sides[1]] = True
+  block[starts[0] : starts[0] + sides[0], starts[1] : starts[1] + sides[1]] = True
   return block
 
 
@@ -54,14 +56,22 @@ def _centre_and_budget(shape, acc, center_fraction) -> tuple[np.ndarray, int]:
   """(centre block, points still to sample outside it)."""
   total = points_to_sample(shape, acc)
   centre = centre_block(shape, acc, center_fraction)
-  require(int(centre.sum()) <= total, f"the {int(centre.sum())}-point fully sampled centre exceeds "
-          f"the {total} points {acc:g}x allows of {shape[0]}×{shape[1]}; lower the center "
-          f"fraction.")
+  require(
+    int(centre.sum()) <= total,
+    f"the {int(centre.sum())}-point fully sampled centre exceeds "
+    f"the {total} points {acc:g}x allows of {shape[0]}×{shape[1]}; lower the center "
+    f"fraction.",
+  )
   return centre, total - int(centre.sum())
 
 
-def gaussian_mask(shape: tuple[int, int], acc: float, seed: int = 0,
-                  center_fraction: float | None = None, std_fraction: float = 0.5) -> np.ndarray:
+def gaussian_mask(
+  shape: tuple[int, int],
+  acc: float,
+  seed: int = 0,
+  center_fraction: float | None = None,
+  std_fraction: float = 0.5,
+) -> np.ndarray:
   """The "gaussian_2d" family: centred boolean (H, W), the centre block plus points drawn
   ∝ exp(−ρ²/2σ²), σ = std_fraction.
 
@@ -84,8 +94,13 @@ class PoissonDisc(NamedTuple):
   radius: np.ndarray  # R of every point: points outside the centre are >= (R(p) + R(q)) / 2 apart
 
 
-def poisson_disc(shape: tuple[int, int], acc: float, seed: int = 0,
-                 center_fraction: float | None = None, slope: float = 2.0) -> PoissonDisc:
+def poisson_disc(
+  shape: tuple[int, int],
+  acc: float,
+  seed: int = 0,
+  center_fraction: float | None = None,
+  slope: float = 2.0,
+) -> PoissonDisc:
   """Variable-density Poisson-disc sampling, R = s·(1 + slope·ρ), exactly round(H·W / acc) points.
 
   One seeded random order of the points; dart throwing in that order keeps a point unless it is
@@ -104,8 +119,9 @@ def poisson_disc(shape: tuple[int, int], acc: float, seed: int = 0,
   return PoissonDisc(points | centre, centre, scale * profile)
 
 
-def _search_scale(candidates: np.ndarray, profile: np.ndarray, rank: np.ndarray,
-                  count: int) -> tuple[float, np.ndarray]:
+def _search_scale(
+  candidates: np.ndarray, profile: np.ndarray, rank: np.ndarray, count: int
+) -> tuple[float, np.ndarray]:
   """(s, points) of the draw with the fewest points >= count among the scales tried."""
   # Random sequential packing keeps about 0.7 / R² points per unit area: the first guess.
   scale = float(np.sqrt(0.7 * np.sum(1.0 / profile[candidates] ** 2) / count))
@@ -148,8 +164,9 @@ def dart_throwing(candidates: np.ndarray, radius: np.ndarray, rank: np.ndarray) 
   return kept.reshape(candidates.shape)
 
 
-def conflicts(candidates: np.ndarray, radius: np.ndarray, rank: np.ndarray
-              ) -> tuple[np.ndarray, np.ndarray]:
+def conflicts(
+  candidates: np.ndarray, radius: np.ndarray, rank: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
   """Flat indices (earlier, later in `rank`) of the pairs of candidates closer than their mean
   radius."""
   height, width = candidates.shape
@@ -172,7 +189,12 @@ def conflicts(candidates: np.ndarray, radius: np.ndarray, rank: np.ndarray
   return np.where(swap, second, first), np.where(swap, first, second)
 
 
-def poisson_disc_mask(shape: tuple[int, int], acc: float, seed: int = 0,
-                      center_fraction: float | None = None, slope: float = 2.0) -> np.ndarray:
+def poisson_disc_mask(
+  shape: tuple[int, int],
+  acc: float,
+  seed: int = 0,
+  center_fraction: float | None = None,
+  slope: float = 2.0,
+) -> np.ndarray:
   """The "poisson_disc" family: centred boolean (H, W) mask of `poisson_disc`."""
   return poisson_disc(shape, acc, seed, center_fraction, slope).mask

@@ -1,19 +1,21 @@
-"""Image-quality metrics of KD-MRI: PSNR, SSIM, NMSE, MSE and HFN, in NumPy (reference) and JAX (on device).
+"""Image-quality metrics of KD-MRI: PSNR, SSIM, NMSE, MSE and HFN, in NumPy (reference) and JAX (on
+device).
 
-**NumPy, per volume** (`mse`, `nmse`, `psnr`, `ssim`, `hfn`, `volume_metrics`): the definitions of the
-authors' `evaluate.py`, for a volume given as an (S, H, W) array, slices first (the reference reads H×W×S
-and keeps slices last; only the axis order differs). Everything is computed in float64, as the
-scikit-image of the reference's time did (today's scikit-image computes SSIM of float32 inputs in
-float32).
+**NumPy, per volume** (`mse`, `nmse`, `psnr`, `ssim`, `hfn`, `volume_metrics`): the definitions of
+the authors' `evaluate.py`, for a volume given as an (S, H, W) array, slices first (the reference
+reads H×W×S and keeps slices last; only the axis order differs). Everything is computed in float64,
+as the scikit-image of the reference's time did (today's scikit-image computes SSIM of float32
+inputs in float32).
 
 - MSE  = mean (gt − pred)²
 - NMSE = ‖gt − pred‖² / ‖gt‖²
-- PSNR = 10·log10(R² / MSE) with R = gt.max() of the whole volume. Identical volumes give MSE = 0 and
-  PSNR = +inf, as in the reference; nothing is capped. `summarize` leaves non-finite values out of the
-  mean and std and counts them in `n_nonfinite`, so one perfect volume cannot turn a table into inf/nan.
-- SSIM = mean over slices of the SSIM of each H×W slice (the reference's `multichannel=True` on H×W×S
-  treats slices as channels), with R = gt.max() of the whole volume, scikit-image's defaults: 7×7
-  uniform window, K1 = 0.01, K2 = 0.03, sample covariance (N/(N−1)), mean over the pixels whose
+- PSNR = 10·log10(R² / MSE) with R = gt.max() of the whole volume. Identical volumes give MSE = 0
+  and PSNR = +inf, as in the reference; nothing is capped. `summarize` leaves non-finite values out
+  of the mean and std and counts them in `n_nonfinite`, so one perfect volume cannot turn a table
+  into inf/nan.
+- SSIM = mean over slices of the SSIM of each H×W slice (the reference's `multichannel=True` on
+  H×W×S treats slices as channels), with R = gt.max() of the whole volume, scikit-image's defaults:
+  7×7 uniform window, K1 = 0.01, K2 = 0.03, sample covariance (N/(N−1)), mean over the pixels whose
   window lies inside the image.
 - HFN (high-frequency error norm) = mean over slices of ‖L(gt) − L(pred)‖² / ‖L(gt)‖², where the
   prediction is first clipped to [0, 1] (the target is not) and L is the reference's
@@ -21,12 +23,12 @@ float32).
   borders and — in the scikit-image ≤ 0.18 the reference ran on — the one-pixel image border of the
   result set to 0. It is a plain Laplacian, not a Laplacian of Gaussian (no smoothing, no sigma).
 
-**JAX, per slice of a batch** (`batch_mse`, `batch_nmse`, `batch_psnr`, `batch_ssim`, `batch_metrics`):
-jit-able functions of (B, H, W) arrays returning (B,) values, for validation during training. Their data
-range defaults to each target slice's own maximum (a batch knows no volumes); pass the volume maximum
-as `data_range` to get the reference's per-volume values (the mean of `batch_ssim` over a volume's
-slices with R = volume max is the volume SSIM). A blank target slice (max ≤ 1e-18, where R² would
-underflow float32) uses R = 1 instead of producing NaN.
+**JAX, per slice of a batch** (`batch_mse`, `batch_nmse`, `batch_psnr`, `batch_ssim`,
+`batch_metrics`): jit-able functions of (B, H, W) arrays returning (B,) values, for validation
+during training. Their data range defaults to each target slice's own maximum (a batch knows no
+volumes); pass the volume maximum as `data_range` to get the reference's per-volume values (the mean
+of `batch_ssim` over a volume's slices with R = volume max is the volume SSIM). A blank target slice
+(max ≤ 1e-18, where R² would underflow float32) uses R = 1 instead of producing NaN.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def _as_slices(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray
   return gt, pred
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # NumPy reference metrics, per volume.
 
 
@@ -80,17 +82,18 @@ def mse(gt: np.ndarray, pred: np.ndarray) -> float:
 def nmse(gt: np.ndarray, pred: np.ndarray) -> float:
   """NMSE = ‖gt − pred‖² / ‖gt‖² over the whole volume (not symmetric in its arguments)."""
   gt, pred = _volumes(gt, pred)
-  return float(np.sum((gt - pred) ** 2) / np.sum(gt ** 2))
+  return float(np.sum((gt - pred) ** 2) / np.sum(gt**2))
 
 
 def psnr(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> float:
-  """PSNR = 10·log10(R² / MSE), R = gt.max() of the volume unless given; +inf for identical inputs."""
+  """PSNR = 10·log10(R² / MSE), R = gt.max() of the volume unless given; +inf for identical
+  inputs."""
   gt, pred = _volumes(gt, pred)
   data_range = float(gt.max()) if data_range is None else float(data_range)
   err = float(np.mean((gt - pred) ** 2))
   if err == 0.0:
     return math.inf
-  return float(10.0 * np.log10(data_range ** 2 / err))
+  return float(10.0 * np.log10(data_range**2 / err))
 
 
 def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> float:
@@ -108,8 +111,8 @@ def ssim(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None) -> f
 def laplacian(image: np.ndarray) -> np.ndarray:
   """The reference's `skimage.filters.laplace` of one (H, W) slice, float64.
 
-  Convolution with [[0,−1,0],[−1,4,−1],[0,−1,0]] (reflected borders), then the one-pixel border set to
-  0 as scikit-image ≤ 0.18 did when no mask is given (newer versions keep the border values).
+  Convolution with [[0,−1,0],[−1,4,−1],[0,−1,0]] (reflected borders), then the one-pixel border set
+  to 0 as scikit-image ≤ 0.18 did when no mask is given (newer versions keep the border values).
   """
   result = ndimage.convolve(np.asarray(image, dtype=np.float64), _LAPLACE_KERNEL, mode="reflect")
   result[0, :] = 0.0
@@ -126,7 +129,7 @@ def slice_hfn(gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
   values = []
   for gt_slice, pred_slice in zip(gt, pred):
     gt_lap = laplacian(gt_slice)
-    values.append(np.sum((gt_lap - laplacian(pred_slice)) ** 2) / np.sum(gt_lap ** 2))
+    values.append(np.sum((gt_lap - laplacian(pred_slice)) ** 2) / np.sum(gt_lap**2))
   return np.asarray(values, dtype=np.float64)
 
 
@@ -144,27 +147,28 @@ def volume_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
   return {name: METRICS[name](gt, pred) for name in METRIC_NAMES}
 
 
-def slice_metrics(gt: np.ndarray, pred: np.ndarray, data_range: float | None = None
-                  ) -> dict[str, np.ndarray]:
+def slice_metrics(
+  gt: np.ndarray, pred: np.ndarray, data_range: float | None = None
+) -> dict[str, np.ndarray]:
   """The five metrics of every slice of an (S, H, W) volume: {name: (S,) array}.
 
-  R defaults to the *volume's* gt.max(), so the slice values aggregate to the volume values: the mean
-  over slices of MSE, SSIM and HFN equals the volume MSE, SSIM and HFN. NMSE and PSNR are per slice
-  (‖gt_s‖² = 0 gives a non-finite NMSE; identical slices give PSNR = +inf).
+  R defaults to the *volume's* gt.max(), so the slice values aggregate to the volume values: the
+  mean over slices of MSE, SSIM and HFN equals the volume MSE, SSIM and HFN. NMSE and PSNR are per
+  slice (‖gt_s‖² = 0 gives a non-finite NMSE; identical slices give PSNR = +inf).
   """
   gt, pred = _as_slices(gt, pred)
   data_range = float(gt.max()) if data_range is None else float(data_range)
   axes = (1, 2)
   err = np.mean((gt - pred) ** 2, axis=axes)
   with np.errstate(divide="ignore", invalid="ignore"):
-    nmse_s = np.sum((gt - pred) ** 2, axis=axes) / np.sum(gt ** 2, axis=axes)
-    psnr_s = 10.0 * np.log10(data_range ** 2 / err)
+    nmse_s = np.sum((gt - pred) ** 2, axis=axes) / np.sum(gt**2, axis=axes)
+    psnr_s = 10.0 * np.log10(data_range**2 / err)
     hfn_s = slice_hfn(gt, pred)
   ssim_s = np.array([structural_similarity(g, p, data_range=data_range) for g, p in zip(gt, pred)])
   return {"HFN": hfn_s, "MSE": err, "NMSE": nmse_s, "PSNR": psnr_s, "SSIM": ssim_s}
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # Aggregation.
 
 
@@ -176,8 +180,9 @@ def summarize(values: Iterable[float], ddof: int = 1) -> dict[str, float]:
   reconstruction, NaN of an empty slice) are left out of both and counted in `n_nonfinite`; with no
   finite value at all the mean is NaN.
   """
-  values = np.asarray(list(values) if not isinstance(values, np.ndarray) else values,
-                      dtype=np.float64).ravel()
+  values = np.asarray(
+    list(values) if not isinstance(values, np.ndarray) else values, dtype=np.float64
+  ).ravel()
   finite = values[np.isfinite(values)]
   n = int(finite.size)
   mean = float(finite.mean()) if n else math.nan
@@ -185,7 +190,9 @@ def summarize(values: Iterable[float], ddof: int = 1) -> dict[str, float]:
   return {"mean": mean, "std": std, "n": n, "n_nonfinite": int(values.size - n)}
 
 
-def summarize_all(per_item: Mapping[str, Iterable[float]], ddof: int = 1) -> dict[str, dict[str, float]]:
+def summarize_all(
+  per_item: Mapping[str, Iterable[float]], ddof: int = 1
+) -> dict[str, dict[str, float]]:
   """`summarize` of every metric of {name: values}."""
   return {name: summarize(values, ddof=ddof) for name, values in per_item.items()}
 
@@ -199,7 +206,7 @@ def mean_std_text(values: Iterable[float], digits: int = 4, scale: float = 1.0) 
   return text
 
 
-# ----------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # JAX metrics, per slice of a (B, H, W) batch; jit-able.
 
 
@@ -221,8 +228,9 @@ def batch_mse(target: jnp.ndarray, prediction: jnp.ndarray) -> jnp.ndarray:
 
 def batch_nmse(target: jnp.ndarray, prediction: jnp.ndarray) -> jnp.ndarray:
   """NMSE of each slice: ‖target − prediction‖² / ‖target‖²; (B,)."""
-  return (jnp.sum(jnp.square(target - prediction), axis=(1, 2))
-          / jnp.sum(jnp.square(target), axis=(1, 2)))
+  return jnp.sum(jnp.square(target - prediction), axis=(1, 2)) / jnp.sum(
+    jnp.square(target), axis=(1, 2)
+  )
 
 
 def batch_psnr(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None) -> jnp.ndarray:
@@ -233,35 +241,45 @@ def batch_psnr(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None) ->
   """
   data_range = _data_range(target, data_range)
   error = batch_mse(target, prediction)
-  # MSE = 0 is +inf by definition, also when R² underflows float32 (a near-blank slice: 0/0 would be NaN).
+  # MSE = 0 is +inf by definition, also when R² underflows float32 (a near-blank slice: 0/0 would be
+  # NaN).
   return jnp.where(error == 0, jnp.inf, 10.0 * jnp.log10(jnp.square(data_range) / error))
 
 
 def _box_mean(x: jnp.ndarray, size: int) -> jnp.ndarray:
-  """Mean over every size×size window that lies inside the image ('valid'); (B, H−size+1, W−size+1)."""
+  """Mean over every size×size window that lies inside the image ('valid'); (B, H−size+1,
+  W−size+1)."""
   total = jax.lax.reduce_window(x, 0.0, jax.lax.add, (1, size, size), (1, 1, 1), "VALID")
   return total / (size * size)
 
 
-def batch_ssim(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None,
-               win_size: int = SSIM_WIN_SIZE, k1: float = SSIM_K1, k2: float = SSIM_K2) -> jnp.ndarray:
+def batch_ssim(
+  target: jnp.ndarray,
+  prediction: jnp.ndarray,
+  data_range=None,
+  win_size: int = SSIM_WIN_SIZE,
+  k1: float = SSIM_K1,
+  k2: float = SSIM_K2,
+) -> jnp.ndarray:
   """SSIM of each slice, matching `skimage.metrics.structural_similarity` defaults; (B,).
 
   SSIM = mean over pixels of (2·μx·μy + C1)(2·σxy + C2) / ((μx² + μy² + C1)(σx² + σy² + C2)),
   C1 = (K1·R)², C2 = (K2·R)², local statistics over a win_size×win_size uniform window with the
   sample-covariance factor N/(N−1). scikit-image filters with reflected borders and then drops a
-  (win_size−1)/2 border, which is exactly the pixels whose window lies inside the image, so a 'valid'
-  window here gives the same numbers. R = each target slice's max unless `data_range` is given.
+  (win_size−1)/2 border, which is exactly the pixels whose window lies inside the image, so a
+  'valid' window here gives the same numbers. R = each target slice's max unless `data_range` is
+  given.
   """
   target = jnp.asarray(target, jnp.float32)
   prediction = jnp.asarray(prediction, jnp.float32)
   # SSIM is unchanged when x, y and R are scaled alike: dividing by R first keeps the products of
-  # squared statistics and constants (~R⁴) from underflowing float32 to 0/0 for a tiny range (R ~ 1e-12).
+  # squared statistics and constants (~R⁴) from underflowing float32 to 0/0 for a tiny range (R ~
+  # 1e-12).
   data_range = _data_range(target, data_range)[:, None, None]
   target, prediction = target / data_range, prediction / data_range
   # (Co)variances are shift invariant: subtracting each image's own slice mean first keeps float32
-  # E[x²] − E[x]² precise for both (one shared shift loses precision when the means differ, and makes
-  # SSIM(a, b) ≠ SSIM(b, a)).
+  # E[x²] − E[x]² precise for both (one shared shift loses precision when the means differ, and
+  # makes SSIM(a, b) ≠ SSIM(b, a)).
   shift_x = jnp.mean(target, axis=(1, 2), keepdims=True)
   shift_y = jnp.mean(prediction, axis=(1, 2), keepdims=True)
   x, y = target - shift_x, prediction - shift_y
@@ -277,11 +295,13 @@ def batch_ssim(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None,
   return jnp.mean(s, axis=(1, 2))
 
 
-def batch_metrics(target: jnp.ndarray, prediction: jnp.ndarray, data_range=None) -> dict[str, jnp.ndarray]:
+def batch_metrics(
+  target: jnp.ndarray, prediction: jnp.ndarray, data_range=None
+) -> dict[str, jnp.ndarray]:
   """{'MSE', 'NMSE', 'PSNR', 'SSIM'} of each slice of a (B, H, W) batch, each (B,); jit-able."""
   return {
-      "MSE": batch_mse(target, prediction),
-      "NMSE": batch_nmse(target, prediction),
-      "PSNR": batch_psnr(target, prediction, data_range),
-      "SSIM": batch_ssim(target, prediction, data_range),
+    "MSE": batch_mse(target, prediction),
+    "NMSE": batch_nmse(target, prediction),
+    "PSNR": batch_psnr(target, prediction, data_range),
+    "SSIM": batch_ssim(target, prediction, data_range),
   }

@@ -10,9 +10,9 @@ F_n[j, k] = exp(−2πi·jk/n)/√n, so each DFT is a few real matrix products w
 matrices: exact (no approximation beyond float32 rounding), and a GEMM is what ONNX Runtime runs
 best on CPU.
 
-Inputs of a DC-CNN graph: `image` (B, H, W) float32, `kspace` (B, H, W, 2) float32 real/imaginary (ONNX
-Runtime has no complex tensors on CPU; see `onnx_inputs`), `mask` (B, H, W) float32 0/1 unshifted.
-A VDSR graph takes `image` only. The output is `reconstruction` (B, H, W).
+Inputs of a DC-CNN graph: `image` (B, H, W) float32, `kspace` (B, H, W, 2) float32 real/imaginary
+(ONNX Runtime has no complex tensors on CPU; see `onnx_inputs`), `mask` (B, H, W) float32 0/1
+unshifted. A VDSR graph takes `image` only. The output is `reconstruction` (B, H, W).
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ OPSET = 17
 def dft_matrix(n: int) -> tuple[np.ndarray, np.ndarray]:
   """(cos, −sin) parts of the orthonormal DFT matrix F_n[j, k] = exp(−2πi·jk/n)/√n, float64."""
   index = np.arange(n)
-  # jk mod n keeps the angle small, so the float64 phases are exact to rounding even for n in the 1000s.
+  # jk mod n keeps the angle small, so the float64 phases are exact to rounding even for n in the
+  # 1000s.
   angle = 2.0 * np.pi * ((index[:, None] * index[None, :]) % n) / n
   scale = 1.0 / np.sqrt(n)
   return np.cos(angle) * scale, -np.sin(angle) * scale
 
 
 class _Graph:
-  """A small builder: unique node names, initializers, and shorthands for the ops the models need."""
+  """A small builder: unique node names, initializers, and shorthands for the ops the models
+  need."""
 
   def __init__(self):
     self.nodes: list[onnx.NodeProto] = []
@@ -61,28 +63,36 @@ class _Graph:
     return out
 
   def slice(self, x: str, starts: list[int], ends: list[int], axes: list[int]) -> str:
-    return self.op("Slice", [x, self.const(np.array(starts, np.int64)), self.const(np.array(ends, np.int64)),
-                             self.const(np.array(axes, np.int64))])
+    return self.op(
+      "Slice",
+      [
+        x,
+        self.const(np.array(starts, np.int64)),
+        self.const(np.array(ends, np.int64)),
+        self.const(np.array(axes, np.int64)),
+      ],
+    )
 
 
 class _DFT:
-  """Constants and subgraphs for the orthonormal 2-D DFT of (B, H, W) tensors as real matrix products."""
+  """Constants and subgraphs for the orthonormal 2-D DFT of (B, H, W) tensors as real matrix
+  products."""
 
   def __init__(self, g: _Graph, height: int, width: int):
     self.g, self.h, self.w = g, height, width
     ar, ai = dft_matrix(height)
     br, bi = dft_matrix(width)
     f32 = np.float32
-    self.right = g.const(np.concatenate([br, bi], 1).astype(f32), "dft_w")              # (W, 2W)
-    self.left = g.const(np.concatenate([ar, ai], 0).astype(f32), "dft_h")               # (2H, H)
-    self.left_inv = g.const(np.block([[ar, ai], [-ai, ar]]).astype(f32), "idft_h")    # (2H, 2H)
+    self.right = g.const(np.concatenate([br, bi], 1).astype(f32), "dft_w")  # (W, 2W)
+    self.left = g.const(np.concatenate([ar, ai], 0).astype(f32), "dft_h")  # (2H, H)
+    self.left_inv = g.const(np.block([[ar, ai], [-ai, ar]]).astype(f32), "idft_h")  # (2H, 2H)
     self.br, self.bi = g.const(br.astype(f32), "idft_wr"), g.const(bi.astype(f32), "idft_wi")
 
   def forward(self, x: str) -> tuple[str, str]:
     """Real x (B, H, W) -> (Re, Im) of F_H x F_W."""
     g, h, w = self.g, self.h, self.w
-    p = g.op("MatMul", [x, self.right])                  # [x Br | x Bi]            (B, H, 2W)
-    q = g.op("MatMul", [self.left, p])                   # [[Ar P], [Ai P]]         (B, 2H, 2W)
+    p = g.op("MatMul", [x, self.right])  # [x Br | x Bi]            (B, H, 2W)
+    q = g.op("MatMul", [self.left, p])  # [[Ar P], [Ai P]]         (B, 2H, 2W)
     big = 1 << 30
     rr = g.slice(q, [0, 0], [h, w], [1, 2])
     ii = g.slice(q, [h, w], [big, big], [1, 2])
@@ -93,8 +103,8 @@ class _DFT:
   def inverse_real(self, real: str, imag: str) -> str:
     """Re(conj(F_H) K conj(F_W)) for K = real + i·imag (B, H, W)."""
     g, h = self.g, self.h
-    stacked = g.op("Concat", [real, imag], axis=1)                                # (B, 2H, W)
-    z = g.op("MatMul", [self.left_inv, stacked])                                  # [Zr; Zi]
+    stacked = g.op("Concat", [real, imag], axis=1)  # (B, 2H, W)
+    z = g.op("MatMul", [self.left_inv, stacked])  # [Zr; Zi]
     big = 1 << 30
     zr = g.slice(z, [0], [h], [1])
     zi = g.slice(z, [h], [big], [1])
@@ -119,8 +129,13 @@ class _OnnxOps:
     """A `Conv` node (zero padding 1, bias)."""
     weight = np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)  # HWIO -> OIHW
     bias = np.asarray(bias, np.float32)
-    return self.g.op("Conv", [x, self.g.const(weight, "w"), self.g.const(bias, "b")], "conv",
-                     kernel_shape=[3, 3], pads=[1, 1, 1, 1])
+    return self.g.op(
+      "Conv",
+      [x, self.g.const(weight, "w"), self.g.const(bias, "b")],
+      "conv",
+      kernel_shape=[3, 3],
+      pads=[1, 1, 1, 1],
+    )
 
   def relu(self, x: str) -> str:
     return self.g.op("Relu", [x])
@@ -131,7 +146,9 @@ class _OnnxOps:
   def data_consistency(self, kspace: str, mask: str):
     """x ↦ x0 + Re(IFFT2((1−m)·FFT2(x))), with x0 = Re(IFFT2(m·k0)) built once."""
     g, dft = self.g, _DFT(self.g, self.height, self.width)
-    sampled = g.op("Cast", [g.op("Greater", [mask, g.const(np.float32(0.0))])], to=TensorProto.FLOAT)
+    sampled = g.op(
+      "Cast", [g.op("Greater", [mask, g.const(np.float32(0.0))])], to=TensorProto.FLOAT
+    )
     unsampled = g.op("Sub", [g.const(np.float32(1.0)), sampled])
     k_real = g.op("Gather", [kspace, g.const(np.int64(0))], axis=3)
     k_imag = g.op("Gather", [kspace, g.const(np.int64(1))], axis=3)
@@ -149,41 +166,55 @@ def build_onnx(model: Any, params: Any, batch: int, height: int, width: int) -> 
   """The inference graph of `model` (a `kdmri_jax.models` DCCNN or VDSR) with `params` baked in:
   `inference.forward` on `_OnnxOps`."""
   if not inference.plain_structure(model):
-    raise NotImplementedError("ONNX export covers the paper's DC-CNN (real images, hard DC, no residual).")
+    raise NotImplementedError(
+      "ONNX export covers the paper's DC-CNN (real images, hard DC, no residual)."
+    )
   g = _Graph()
   shape = [batch, height, width]
   inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)]
   if models.is_reconstruction(model):
-    inputs += [helper.make_tensor_value_info("kspace", TensorProto.FLOAT, shape + [2]),
-               helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape)]
+    inputs += [
+      helper.make_tensor_value_info("kspace", TensorProto.FLOAT, shape + [2]),
+      helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape),
+    ]
   x = inference.forward(_OnnxOps(g, height, width), model, params, "image", "kspace", "mask")
   g.nodes.append(helper.make_node("Identity", [x], ["reconstruction"], name="output_node"))
   output_info = helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, shape)
-  graph = helper.make_graph(g.nodes, type(model).__name__.lower(), inputs, [output_info], g.initializers)
-  proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
-                            producer_name="kdmri_jax")
+  graph = helper.make_graph(
+    g.nodes, type(model).__name__.lower(), inputs, [output_info], g.initializers
+  )
+  proto = helper.make_model(
+    graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="kdmri_jax"
+  )
   proto.ir_version = min(proto.ir_version, 9)  # readable by older onnxruntime releases too
   onnx.checker.check_model(proto)
   return proto
 
 
-def onnx_inputs(model: Any, image: Any, kspace: Any = None, mask: Any = None) -> dict[str, np.ndarray]:
-  """The feed dict for `build_onnx`'s graph from the JAX-side arrays (complex k-space -> (..., 2))."""
+def onnx_inputs(
+  model: Any, image: Any, kspace: Any = None, mask: Any = None
+) -> dict[str, np.ndarray]:
+  """The feed dict for `build_onnx`'s graph from the JAX-side arrays (complex k-space -> (...,
+  2))."""
   feed = {"image": np.asarray(image, np.float32)}
   if models.is_reconstruction(model):
     kspace = np.asarray(kspace)
-    feed["kspace"] = np.ascontiguousarray(np.stack([kspace.real, kspace.imag], -1).astype(np.float32))
+    feed["kspace"] = np.ascontiguousarray(
+      np.stack([kspace.real, kspace.imag], -1).astype(np.float32)
+    )
     mask = np.broadcast_to(np.asarray(mask, np.float32), feed["image"].shape)
     feed["mask"] = np.ascontiguousarray(mask)
   return feed
 
 
-def session(model: onnx.ModelProto | str | bytes, threads: int = 0, optimize: bool = True,
-            spin: bool = True):
+def session(
+  model: onnx.ModelProto | str | bytes, threads: int = 0, optimize: bool = True, spin: bool = True
+):
   """An ONNX Runtime CPU session; `threads` 0 lets ORT pick (one per physical core).
 
-  `spin=False` makes idle worker threads sleep instead of busy-waiting: slower on a dedicated machine,
-  much faster on one shared with other processes (a spinning thread holds a core another one needs).
+  `spin=False` makes idle worker threads sleep instead of busy-waiting: slower on a dedicated
+  machine, much faster on one shared with other processes (a spinning thread holds a core another
+  one needs).
   """
   import onnxruntime as ort
 
@@ -192,8 +223,11 @@ def session(model: onnx.ModelProto | str | bytes, threads: int = 0, optimize: bo
   options.inter_op_num_threads = 1
   options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
   options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-  options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+  options.graph_optimization_level = (
+    ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if optimize
+    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+  )
   if isinstance(model, onnx.ModelProto):
     model = model.SerializeToString()
   return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])

@@ -49,13 +49,30 @@ SUMMARY_COLUMNS = ("PSNR", "SSIM", "NMSE", "HFN")
 
 _TEACHER = ("models.teacher", "models.num_cascades", "models.features")
 _STUDENT = ("models.student", "models.num_cascades", "models.features", "models.student_features")
-_FEATURE = ("models.teacher", "kd.feature_loss", "kd.layer_pairs", "kd.feature_weight",
-            "kd.feature_best")
-_KD = ("models.teacher", "kd.imitation", "kd.alpha", "train.loss", "kd.kd_feature_weight",
-       "kd.feature_loss", "kd.layer_pairs", "kd.init_from")
-STAGE_FIELDS = {"teacher": _TEACHER + ("train.loss",), "student": _STUDENT + ("train.loss",),
-                "feature": _STUDENT + _FEATURE, "kd": _STUDENT + _KD,
-                "evaluate": ("evaluate.stages",)}
+_FEATURE = (
+  "models.teacher",
+  "kd.feature_loss",
+  "kd.layer_pairs",
+  "kd.feature_weight",
+  "kd.feature_best",
+)
+_KD = (
+  "models.teacher",
+  "kd.imitation",
+  "kd.alpha",
+  "train.loss",
+  "kd.kd_feature_weight",
+  "kd.feature_loss",
+  "kd.layer_pairs",
+  "kd.init_from",
+)
+STAGE_FIELDS = {
+  "teacher": _TEACHER + ("train.loss",),
+  "student": _STUDENT + ("train.loss",),
+  "feature": _STUDENT + _FEATURE,
+  "kd": _STUDENT + _KD,
+  "evaluate": ("evaluate.stages",),
+}
 _UNSET = "(not used)"
 
 
@@ -63,12 +80,14 @@ class DamagedOutput(InputError):
   """A file a stage wrote cannot be read back: `path` and `reason` name it."""
 
   def __init__(self, path: str, reason: str, stage: str):
-    super().__init__(f"{path} is damaged ({reason}); rerun --config.stages={stage} to write it "
-                     f"again.")
+    super().__init__(
+      f"{path} is damaged ({reason}); rerun --config.stages={stage} to write it again."
+    )
     self.path, self.reason = path, reason
 
 
 # --- the workdir's layout -------------------------------------------------------------------------
+
 
 def stage_dir(workdir: str, stage: str) -> str:
   """A stage's folder: `<workdir>/<stage>`, `results/` for evaluate, `report/` for report."""
@@ -85,6 +104,7 @@ def has_best(workdir: str, stage: str) -> bool:
 
 
 # --- what a stage was made with -------------------------------------------------------------------
+
 
 def record_fields(config: Any, stage: str) -> dict[str, Any] | None:
   """{dotted config field: value} that decide what `stage` makes (module doc); None for the
@@ -108,6 +128,7 @@ def record_fields(config: Any, stage: str) -> dict[str, Any] | None:
 def _field(config: Any, name: str) -> Any:
   if name == "sr.keep":
     from kdmri_jax.data import sr
+
     return sr.keep_from_config(config)
   node = config
   for part in name.split("."):
@@ -132,8 +153,9 @@ def write_record(config: Any, workdir: str, stage: str) -> None:
   fields = record_fields(config, stage)
   path = record_path(workdir, stage)
   folder = stage_dir(workdir, stage)
-  started = any(checkpoints.has_step(os.path.join(folder, name))
-                for name in ("checkpoints", "best"))
+  started = any(
+    checkpoints.has_step(os.path.join(folder, name)) for name in ("checkpoints", "best")
+  )
   if fields is None or os.path.exists(path) or (stage != "evaluate" and started):
     return
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -149,10 +171,13 @@ def check_record(config: Any, workdir: str, stage: str, say: Callable[[str], Non
   folder = stage_dir(workdir, stage)
   for name in dict.fromkeys([*current, *recorded]):
     old, new = recorded.get(name, _UNSET), current.get(name, _UNSET)
-    require(old == new, f"stage {stage!r} in {folder} was made with config.{name}={_shown(old)}, "
-                        f"but this run has config.{name}={_shown(new)}; keep the recorded value, "
-                        f"use another --workdir, or delete {folder} to redo the stage with the new "
-                        f"one.")
+    require(
+      old == new,
+      f"stage {stage!r} in {folder} was made with config.{name}={_shown(old)}, "
+      f"but this run has config.{name}={_shown(new)}; keep the recorded value, "
+      f"use another --workdir, or delete {folder} to redo the stage with the new "
+      f"one.",
+    )
 
 
 def _shown(value: Any) -> str:
@@ -171,12 +196,15 @@ def _read_record(path: str, say: Callable[[str], None]) -> dict[str, Any] | None
   except (OSError, ValueError, KeyError, TypeError, InputError) as error:
     if sharding.is_primary():
       aside = checkpoints.move_aside(path)
-      say(f"warning: {path} is damaged ({type(error).__name__}); moved it to {aside}; what the "
-          f"stage was made with is no longer checked, only its model's shapes.")
+      say(
+        f"warning: {path} is damaged ({type(error).__name__}); moved it to {aside}; what the "
+        f"stage was made with is no longer checked, only its model's shapes."
+      )
     return None
 
 
 # --- damage ---------------------------------------------------------------------------------------
+
 
 def find_damage(workdir: str, stage: str) -> list[tuple[str, str]]:
   """(path, reason) of each item of `stage` that the pipeline reads back and cannot read."""
@@ -200,8 +228,9 @@ def _results_damage(folder: str) -> list[tuple[str, str]]:
   method's metrics.json that cannot be read."""
   methods = read_summary(folder)["methods"]
   reads = [functools.partial(read_figure_slices, folder, methods)]
-  reads += [functools.partial(_read_json, os.path.join(folder, m, METRICS), "evaluate")
-            for m in methods]
+  reads += [
+    functools.partial(_read_json, os.path.join(folder, m, METRICS), "evaluate") for m in methods
+  ]
   found = []
   for read in reads:
     try:
@@ -211,21 +240,25 @@ def _results_damage(folder: str) -> list[tuple[str, str]]:
   return found
 
 
-def repair(workdir: str, stage: str, damaged: list[tuple[str, str]], say: Callable[[str], None]
-           ) -> None:
+def repair(
+  workdir: str, stage: str, damaged: list[tuple[str, str]], say: Callable[[str], None]
+) -> None:
   """Moves each damaged item aside, says so, and removes the stage's `done` marker."""
   trained = stage not in ("evaluate", "report")
   redo = "rebuilds it from its training checkpoints" if trained else "writes it again"
   for path, reason in damaged:
     aside = checkpoints.move_aside(path)
-    say(f"warning: {path} is damaged ({reason}); moved it to {aside}; stage {stage!r} {redo} "
-        f"when it runs (--config.stages={stage}).")
+    say(
+      f"warning: {path} is damaged ({reason}); moved it to {aside}; stage {stage!r} {redo} "
+      f"when it runs (--config.stages={stage})."
+    )
   done = os.path.join(stage_dir(workdir, stage), train.DONE)
   if damaged and os.path.exists(done):
     os.remove(done)
 
 
 # --- reading results back -------------------------------------------------------------------------
+
 
 def _read_json(path: str, stage: str) -> Any:
   try:
@@ -277,6 +310,7 @@ def _read_report_file(path: str) -> None:
   try:
     if path.endswith(".png"):
       from PIL import Image
+
       with Image.open(path) as image:
         image.load()
     else:

@@ -4,14 +4,14 @@
       [--mask-dir DIR | --mask-family dccnn] [--mask-seed 172] [--split 0.8] [--seed 0] \
       [--size H W] [--overwrite]
 
-VOLUMES are files or folders (searched recursively) of NIfTI (.nii/.nii.gz, slices along the last axis),
-.npy (S×H×W), h5 with --key (S×H×W), reference-layout h5 ('volfs', H×W×S; point --input at one acc_*
-folder, as every acc folder holds the same targets) or fastMRI h5 ('kspace' + 'reconstruction_esc').
-`--phantom N` makes N seeded ellipse-phantom volumes instead (any --size).
-Targets are normalised per volume (max 1), volumes split train/validation by a seeded permutation, each
-acceleration undersampled with the masks in --mask-dir (mask_{acc}.npy) or seeded masks of
---mask-family: 1-D Cartesian (whole rows; whole columns for knee; default "dccnn", the authors' kind;
-fastMRI's random/equispaced/magic kinds) or 2-D point masks (gaussian_2d, poisson_disc); see
+VOLUMES are files or folders (searched recursively) of NIfTI (.nii/.nii.gz, slices along the last
+axis), .npy (S×H×W), h5 with --key (S×H×W), reference-layout h5 ('volfs', H×W×S; point --input at
+one acc_* folder, as every acc folder holds the same targets) or fastMRI h5 ('kspace' +
+'reconstruction_esc'). `--phantom N` makes N seeded ellipse-phantom volumes instead (any --size).
+Targets are normalised per volume (max 1), volumes split train/validation by a seeded permutation,
+each acceleration undersampled with the masks in --mask-dir (mask_{acc}.npy) or seeded masks of
+--mask-family: 1-D Cartesian (whole rows; whole columns for knee; default "dccnn", the authors'
+kind; fastMRI's random/equispaced/magic kinds) or 2-D point masks (gaussian_2d, poisson_disc); see
 `kdmri_jax.masks`, zero-filled = |IFFT2(m·FFT2(target))|. Writes ROOT/{train,validation}/
 acc_{acc}/*.h5, ROOT/masks/mask_{acc}.npy and ROOT/manifest.json; an existing ROOT is kept unless
 --overwrite.
@@ -33,35 +33,70 @@ KNOWN_DATASETS = ("brain", "cardiac", "knee")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.prepare", description=__doc__.split("\n\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m kdmri_jax.prepare", description=__doc__.split("\n\n")[0]
+  )
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--input", nargs="+", help="volume files or folders")
-  source.add_argument("--phantom", type=int, metavar="N", help="make N seeded ellipse-phantom volumes")
-  parser.add_argument("--dataset", required=True,
-                      help="brain | cardiac | knee (sets the mask direction and knee's one-slice files) or "
-                           "another name")
-  parser.add_argument("--acc", nargs="+", default=["4x", "5x", "8x"], help="accelerations (default 4x 5x 8x)")
+  source.add_argument(
+    "--phantom", type=int, metavar="N", help="make N seeded ellipse-phantom volumes"
+  )
+  parser.add_argument(
+    "--dataset",
+    required=True,
+    help="brain | cardiac | knee (sets the mask direction and knee's one-slice files) or "
+    "another name",
+  )
+  parser.add_argument(
+    "--acc", nargs="+", default=["4x", "5x", "8x"], help="accelerations (default 4x 5x 8x)"
+  )
   parser.add_argument("--out", required=True, help="dataset root to create")
-  parser.add_argument("--mask-dir", help="folder with mask_{acc}.npy (H×W, 0/1, unshifted); default: generate")
+  parser.add_argument(
+    "--mask-dir", help="folder with mask_{acc}.npy (H×W, 0/1, unshifted); default: generate"
+  )
   # No default: main refuses it beside --mask-dir, and uses masks.DEFAULT_FAMILY without it.
-  parser.add_argument("--mask-family", default=None,
-                      help=f"generated masks: {' | '.join(masks.MASK_FAMILIES)} (default "
-                           f"{masks.DEFAULT_FAMILY}, the authors' DC-CNN style)")
-  parser.add_argument("--split", type=float, default=0.8, help="fraction of volumes for training (0.8)")
+  parser.add_argument(
+    "--mask-family",
+    default=None,
+    help=f"generated masks: {' | '.join(masks.MASK_FAMILIES)} (default "
+    f"{masks.DEFAULT_FAMILY}, the authors' DC-CNN style)",
+  )
+  parser.add_argument(
+    "--split", type=float, default=0.8, help="fraction of volumes for training (0.8)"
+  )
   parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (0)")
-  parser.add_argument("--mask-seed", type=int, default=masks.DEFAULT_MASK_SEED,
-                      help=f"seed of the generated masks ({masks.DEFAULT_MASK_SEED}: the draw "
-                           f"with the authors' brain statistics)")
-  parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="centre-crop/pad slices to H×W")
+  parser.add_argument(
+    "--mask-seed",
+    type=int,
+    default=masks.DEFAULT_MASK_SEED,
+    help=f"seed of the generated masks ({masks.DEFAULT_MASK_SEED}: the draw "
+    f"with the authors' brain statistics)",
+  )
+  parser.add_argument(
+    "--size", type=int, nargs=2, metavar=("H", "W"), help="centre-crop/pad slices to H×W"
+  )
   parser.add_argument("--key", help="array key of plain h5 files")
-  parser.add_argument("--slice-axis", type=int, help="slice axis of the input files (see module doc)")
-  parser.add_argument("--fastmri-target", default="auto", choices=("auto", "esc", "rss", "kspace"),
-                      help="fastMRI target: stored reconstruction or |IFFT(kspace)| (auto: esc, rss, kspace)")
-  parser.add_argument("--direction", choices=("rows", "columns"), help="mask lines (default: columns for "
-                      "knee, rows otherwise)")
+  parser.add_argument(
+    "--slice-axis", type=int, help="slice axis of the input files (see module doc)"
+  )
+  parser.add_argument(
+    "--fastmri-target",
+    default="auto",
+    choices=("auto", "esc", "rss", "kspace"),
+    help="fastMRI target: stored reconstruction or |IFFT(kspace)| (auto: esc, rss, kspace)",
+  )
+  parser.add_argument(
+    "--direction",
+    choices=("rows", "columns"),
+    help="mask lines (default: columns for knee, rows otherwise)",
+  )
   parser.add_argument("--slices", type=int, default=8, help="slices per phantom volume (8)")
-  parser.add_argument("--per-slice", action=argparse.BooleanOptionalAction, default=None,
-                      help="one H×W slice per file (default: on for knee, as the reference data)")
+  parser.add_argument(
+    "--per-slice",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="one H×W slice per file (default: on for knee, as the reference data)",
+  )
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
   return parser.parse_args(list(argv))
 
@@ -69,6 +104,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def read_input(path: str, args: argparse.Namespace) -> np.ndarray:
   """One input file as (S, H, W) magnitude slices."""
   from kdmri_jax.data import fastmri, volumes
+
   if volumes.kind_of(path) == "h5" and args.key is None:
     keys = volumes.h5_keys(path)
     if "volfs" in keys:  # a reference-layout file: re-derive everything from its target
@@ -82,7 +118,7 @@ def unique_name(path: str, taken: set[str]) -> str:
   base = os.path.basename(path)
   for suffix in (".nii.gz", ".nii", ".npy", ".h5", ".hdf5", ".mat"):
     if base.lower().endswith(suffix):
-      base = base[:-len(suffix)]
+      base = base[: -len(suffix)]
       break
   name, number = base, 1
   while name in taken:
@@ -95,6 +131,7 @@ def unique_name(path: str, taken: set[str]) -> str:
 def collect(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """{name: (S,H,W)} volumes and {name: source file} from --input or --phantom."""
   from kdmri_jax.data import phantom, volumes
+
   if args.phantom is not None:
     require(args.phantom >= 1, f"--phantom {args.phantom} must be at least 1.")
     require(args.size is not None, "--phantom needs --size H W (e.g. 150 150 for cardiac).")
@@ -113,27 +150,47 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, 
 
 def main(argv: Sequence[str]) -> int:
   from kdmri_jax.data import writer
+
   args = parse_args(argv)
-  require(args.mask_dir is None or args.mask_family is None,
-          "--mask-dir and --mask-family exclude each other: masks are either read or generated.")
+  require(
+    args.mask_dir is None or args.mask_family is None,
+    "--mask-dir and --mask-family exclude each other: masks are either read or generated.",
+  )
   family = masks.check_family(args.mask_family or masks.DEFAULT_FAMILY, "--mask-family")
   out = require_writable_output(args.out, "--out", "staged-folder")
-  require(args.overwrite or not os.path.exists(out),
-          f"{out} already exists; choose another --out or pass --overwrite to replace it.")
+  require(
+    args.overwrite or not os.path.exists(out),
+    f"{out} already exists; choose another --out or pass --overwrite to replace it.",
+  )
   direction = args.direction or ("columns" if args.dataset == "knee" else "rows")
   per_slice = args.dataset == "knee" if args.per_slice is None else args.per_slice
   loaded, sources = collect(args)
-  writer.write_dataset(out, loaded, args.acc, split=args.split, seed=args.seed, direction=direction,
-                       mask_dir=args.mask_dir, overwrite=args.overwrite, one_slice_per_file=per_slice,
-                       sources=sources, extra={"dataset": args.dataset}, mask_family=family,
-                       mask_seed=args.mask_seed)
+  writer.write_dataset(
+    out,
+    loaded,
+    args.acc,
+    split=args.split,
+    seed=args.seed,
+    direction=direction,
+    mask_dir=args.mask_dir,
+    overwrite=args.overwrite,
+    one_slice_per_file=per_slice,
+    sources=sources,
+    extra={"dataset": args.dataset},
+    mask_family=family,
+    mask_seed=args.mask_seed,
+  )
   import json
+
   with open(os.path.join(out, "manifest.json")) as handle:
     manifest = json.load(handle)
   counts = manifest["counts"]
-  print(f"wrote {out}: {counts['train']['volumes']} train volumes ({counts['train']['slices']} slices), "
-        f"{counts['validation']['volumes']} validation volumes ({counts['validation']['slices']} slices) of "
-        f"{manifest['shape'][0]}×{manifest['shape'][1]}; masks ({args.mask_dir or family}):")
+  print(
+    f"wrote {out}: {counts['train']['volumes']} train volumes ({counts['train']['slices']} "
+    f"slices), {counts['validation']['volumes']} validation volumes "
+    f"({counts['validation']['slices']} slices) of {manifest['shape'][0]}×{manifest['shape'][1]}; "
+    f"masks ({args.mask_dir or family}):"
+  )
   for acc, entry in manifest["masks"].items():
     print(f"  {acc}: {masks.describe(masks.load_mask(os.path.join(out, entry['file'])))}")
   return 0

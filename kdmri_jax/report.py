@@ -1,12 +1,11 @@
 """The `report` stage's outputs: the paper's results table, report.md and the qualitative figure.
 
-`results_table` lays out rows (ZF, Teacher, Student, KD, or any named methods) with the columns of the
-paper's Table 2 — PSNR and SSIM as mean ± std over the validation volumes — plus NMSE, HFN and the
-parameter count. `objectives_section` says which objective trained each row (the imitation objective
-and α of KD, the criterion that chose the AT student it started from). `write_report` wraps them
-into report.md with the dataset, command, machine and date.
-`qualitative_figure` draws the paper's Figure 3 layout: images on top, absolute error maps below with
-one shared colour scale.
+`results_table` lays out rows (ZF, Teacher, Student, KD, or any named methods) with the columns of
+the paper's Table 2 — PSNR and SSIM as mean ± std over the validation volumes — plus NMSE, HFN and
+the parameter count. `objectives_section` says which objective trained each row (the imitation
+objective and α of KD, the criterion that chose the AT student it started from). `write_report`
+wraps them into report.md with the dataset, command, machine and date. `qualitative_figure` draws
+the paper's Figure 3 layout: images on top, absolute error maps below with one shared colour scale.
 """
 
 from __future__ import annotations
@@ -51,14 +50,19 @@ def results_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
   """Markdown table of methods × (PSNR, SSIM, NMSE, HFN as mean ± std, parameters).
 
   `rows` maps a method name ('ZF', 'Teacher', 'Student', 'KD', ...) in display order to
-  {'PSNR': per-volume values, 'SSIM': ..., 'NMSE': ..., 'HFN': ..., 'params': int or None}. A missing
-  metric or parameter count shows as '—' (ZF has no parameters). std is the sample standard deviation
-  (ddof = 1) over volumes; non-finite values (PSNR = inf of a perfect volume) are left out and noted.
+  {'PSNR': per-volume values, 'SSIM': ..., 'NMSE': ..., 'HFN': ..., 'params': int or None}. A
+  missing metric or parameter count shows as '—' (ZF has no parameters). std is the sample standard
+  deviation (ddof = 1) over volumes; non-finite values (PSNR = inf of a perfect volume) are left out
+  and noted.
   """
   header = ["Method", *(_HEADERS[c] for c in TABLE_COLUMNS), "Parameters"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, row in rows.items():
-    cells = [str(name), *(_cell(row.get(c), d) for c, d in TABLE_COLUMNS.items()), _params_cell(row)]
+    cells = [
+      str(name),
+      *(_cell(row.get(c), d) for c, d in TABLE_COLUMNS.items()),
+      _params_cell(row),
+    ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -66,10 +70,10 @@ def results_table(rows: Mapping[str, Mapping[str, Any]]) -> str:
 # A stage's best-checkpoint criterion (`train.describe_objective`'s 'best'), in words: 'val_mse' of
 # the reconstruction stages, config.kd.feature_best (`train.FEATURE_BEST`) of the feature stage.
 BEST_TEXT = {
-    "val_mse": "lowest validation MSE to the target",
-    "attention_mse": "lowest validation MSE of the teacher/student attention maps "
-                     "(`attention_mse`, the authors' code)",
-    "objective": "lowest validation value of its own feature loss (`objective`)",
+  "val_mse": "lowest validation MSE to the target",
+  "attention_mse": "lowest validation MSE of the teacher/student attention maps "
+  "(`attention_mse`, the authors' code)",
+  "objective": "lowest validation value of its own feature loss (`objective`)",
 }
 
 
@@ -84,8 +88,10 @@ def _best_text(objective: Mapping[str, Any]) -> str:
 def _feature_text(objective: Mapping[str, Any]) -> str:
   weight = objective.get("feature_weight")
   scale = "" if weight in (None, 1) else f" × {weight:g}"
-  return (f"feature stage, `{objective.get('feature_loss')}`{scale} on layer pairs "
-          f"`{objective.get('layer_pairs')}`, best checkpoint by {_best_text(objective)}")
+  return (
+    f"feature stage, `{objective.get('feature_loss')}`{scale} on layer pairs "
+    f"`{objective.get('layer_pairs')}`, best checkpoint by {_best_text(objective)}"
+  )
 
 
 def _kd_text(objective: Mapping[str, Any]) -> str:
@@ -136,12 +142,16 @@ def machine_info() -> str:
 
   devices = jax.devices()
   kinds = sorted({f"{d.platform}:{d.device_kind}" for d in devices})
-  return (f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, "
-          f"Python {platform.python_version()}, jax {jax.__version__}, "
-          f"{len(devices)} device(s) {', '.join(kinds)}")
+  return (
+    f"{platform.platform()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+    f"Python {platform.python_version()}, jax {jax.__version__}, "
+    f"{len(devices)} device(s) {', '.join(kinds)}"
+  )
 
 
-def write_report(path: str | os.PathLike, table: str, meta: Mapping[str, Any] | None = None) -> pathlib.Path:
+def write_report(
+  path: str | os.PathLike, table: str, meta: Mapping[str, Any] | None = None
+) -> pathlib.Path:
   """Writes report.md (title, dataset/acceleration, command, machine, date, table) atomically.
 
   `path` is the report file, or a folder to hold `report.md`. `meta` may give 'title', 'dataset',
@@ -154,7 +164,9 @@ def write_report(path: str | os.PathLike, table: str, meta: Mapping[str, Any] | 
   if path.is_dir() or not path.suffix:
     path = path / "report.md"
   path.parent.mkdir(parents=True, exist_ok=True)
-  date = meta.get("date") or datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  date = meta.get("date") or datetime.datetime.now(datetime.timezone.utc).strftime(
+    "%Y-%m-%d %H:%M UTC"
+  )
   lines = [f"# {meta.get('title', 'KD-MRI results')}", ""]
   if meta.get("dataset") is not None or meta.get("acc") is not None:
     lines.append(f"- Dataset: {meta.get('dataset', '?')}, acceleration {meta.get('acc', '?')}")
@@ -162,14 +174,21 @@ def write_report(path: str | os.PathLike, table: str, meta: Mapping[str, Any] | 
     lines.append(f"- Command: `{meta['command']}`")
   lines.append(f"- Machine: {meta.get('machine') or machine_info()}")
   lines.append(f"- Date: {date}")
-  lines += ["", table.rstrip("\n"), "",
-            "Mean ± sample standard deviation over the validation volumes; per-volume metrics as the "
-            "reference evaluate.py defines them (kdmri_jax.metrics).", ""]
+  lines += [
+    "",
+    table.rstrip("\n"),
+    "",
+    "Mean ± sample standard deviation over the validation volumes; per-volume metrics as the "
+    "reference evaluate.py defines them (kdmri_jax.metrics).",
+    "",
+  ]
   if meta.get("objectives"):
     lines += [str(meta["objectives"]).rstrip("\n"), ""]
   if meta.get("figure"):
     figure = pathlib.Path(meta["figure"])
-    rel = os.path.relpath(figure, path.parent) if figure.is_absolute() or figure.exists() else figure
+    rel = (
+      os.path.relpath(figure, path.parent) if figure.is_absolute() or figure.exists() else figure
+    )
     lines += [f"![qualitative comparison]({rel})", ""]
   if meta.get("notes"):
     lines += [str(meta["notes"]).rstrip("\n"), ""]
@@ -177,16 +196,23 @@ def write_report(path: str | os.PathLike, table: str, meta: Mapping[str, Any] | 
   return path
 
 
-def qualitative_figure(path: str | os.PathLike, images: Mapping[str, np.ndarray], target: np.ndarray,
-                       error_scale: float | None = None, target_position: int = 1,
-                       title: str | None = None, dpi: int = 72) -> pathlib.Path:
+def qualitative_figure(
+  path: str | os.PathLike,
+  images: Mapping[str, np.ndarray],
+  target: np.ndarray,
+  error_scale: float | None = None,
+  target_position: int = 1,
+  title: str | None = None,
+  dpi: int = 72,
+) -> pathlib.Path:
   """PNG like the paper's figure: images on top, |image − target| below on one shared colour scale.
 
-  `images` maps names ('ZF', 'Teacher', 'Student', 'KD') to (H, W) slices in column order; the target
-  is put in column `target_position` (1: after ZF) with no error map under it. Image panels share the
-  grey scale [0, target.max()]; each title carries the slice's PSNR/SSIM (R = target.max()). Error maps
-  share [0, error_scale] with one colour bar; the default scale is the 99.5th percentile of all the
-  error values, so that a few outlier pixels do not darken every map (larger errors saturate).
+  `images` maps names ('ZF', 'Teacher', 'Student', 'KD') to (H, W) slices in column order; the
+  target is put in column `target_position` (1: after ZF) with no error map under it. Image panels
+  share the grey scale [0, target.max()]; each title carries the slice's PSNR/SSIM (R =
+  target.max()). Error maps share [0, error_scale] with one colour bar; the default scale is the
+  99.5th percentile of all the error values, so that a few outlier pixels do not darken every map
+  (larger errors saturate).
   """
   from matplotlib.figure import Figure  # Agg canvas without touching pyplot's global state
 
@@ -219,13 +245,15 @@ def qualitative_figure(path: str | os.PathLike, images: Mapping[str, np.ndarray]
     fig.suptitle(title, fontsize=10)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi,
-                                             pil_kwargs={"optimize": True}))
+  write_atomic(
+    path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi, pil_kwargs={"optimize": True})
+  )
   return path
 
 
-def _figure_columns(images: Mapping[str, np.ndarray], target: np.ndarray, target_position: int
-                    ) -> list[tuple[str, np.ndarray | None]]:
+def _figure_columns(
+  images: Mapping[str, np.ndarray], target: np.ndarray, target_position: int
+) -> list[tuple[str, np.ndarray | None]]:
   """(name, image) per column, with ('Target', None) at `target_position`; shapes checked."""
   columns: list[tuple[str, np.ndarray | None]] = []
   for name, im in images.items():
@@ -255,8 +283,16 @@ def _draw_target(top: Any, bottom: Any, target: np.ndarray, vmax: float) -> None
   bottom.axis("off")
 
 
-def _draw_method(top: Any, bottom: Any, name: str, image: np.ndarray, error: np.ndarray,
-                 target: np.ndarray, vmax: float, vmax_err: float) -> Any:
+def _draw_method(
+  top: Any,
+  bottom: Any,
+  name: str,
+  image: np.ndarray,
+  error: np.ndarray,
+  target: np.ndarray,
+  vmax: float,
+  vmax_err: float,
+) -> Any:
   """The image with its PSNR/SSIM above its error map; returns the error map's artist."""
   top.imshow(image, cmap="gray", vmin=0.0, vmax=vmax, interpolation="nearest")
   p = metrics.psnr(target, image, data_range=vmax)

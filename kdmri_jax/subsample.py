@@ -33,9 +33,15 @@ KINDS = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction
 Seed = int | Sequence[int] | None
 
 
-def mask_lines(kind: str, num_lines: int, center_fractions: Sequence[float],
-               accelerations: Sequence[float], seed: Seed = None, offset: int | None = None,
-               allow_any_combination: bool = False) -> tuple[np.ndarray, int]:
+def mask_lines(
+  kind: str,
+  num_lines: int,
+  center_fractions: Sequence[float],
+  accelerations: Sequence[float],
+  seed: Seed = None,
+  offset: int | None = None,
+  allow_any_combination: bool = False,
+) -> tuple[np.ndarray, int]:
   """(centred boolean lines, number of centre lines L) of fastMRI mask `kind` over `num_lines`.
 
   `offset` fixes the equispaced / magic offset as fastMRI's `offset` argument (None: drawn). `seed`
@@ -54,8 +60,9 @@ def mask_lines(kind: str, num_lines: int, center_fractions: Sequence[float],
   return centre_lines(num_lines, num_low) | outer, int(num_low)
 
 
-def family_lines(kind: str, num_lines: int, acc: float, seed: int = 0,
-                 center_fraction: float | None = None) -> np.ndarray:
+def family_lines(
+  kind: str, num_lines: int, acc: float, seed: int = 0, center_fraction: float | None = None
+) -> np.ndarray:
   """The `masks` family `kind`: one acceleration and centre fraction (default 0.32 / acc: fastMRI's
   8% at 4x and 4% at 8x), the mask seed as fastMRI's call seed; centred boolean lines."""
   fraction = 0.32 / acc if center_fraction is None else center_fraction
@@ -66,33 +73,43 @@ def centre_lines(num_lines: int, num_low: int) -> np.ndarray:
   """fastMRI's fully sampled centre: `num_low` lines starting at (n − num_low + 1) // 2."""
   lines = np.zeros(num_lines, dtype=bool)
   start = (num_lines - num_low + 1) // 2
-  lines[start:start + num_low] = True
+  lines[start : start + num_low] = True
   return lines
 
 
 def _checked_seed(seed: Seed) -> Seed:
   """`seed` when numpy's RandomState takes it: None, or ints (one or a tuple) in [0, 2**32)."""
   values = [] if seed is None else np.ravel(np.asarray(seed, dtype=object)).tolist()
-  require(all(isinstance(v, (int, np.integer)) and 0 <= v < 2**32 for v in values),
-          f"mask seed {seed!r} must be an integer (or a tuple of them) from 0 to 2**32 - 1, as "
-          f"fastMRI's (numpy RandomState) seeds.")
+  require(
+    all(isinstance(v, (int, np.integer)) and 0 <= v < 2**32 for v in values),
+    f"mask seed {seed!r} must be an integer (or a tuple of them) from 0 to 2**32 - 1, as "
+    f"fastMRI's (numpy RandomState) seeds.",
+  )
   return seed
 
 
 def _check_choices(center_fractions, accelerations, allow_any_combination: bool) -> None:
-  require(len(center_fractions) > 0 and len(accelerations) > 0,
-          "fastMRI masks need at least one center fraction and one acceleration.")
-  require(allow_any_combination or len(center_fractions) == len(accelerations),
-          f"{len(center_fractions)} center fractions but {len(accelerations)} accelerations: pair "
-          f"them one to one, or allow any combination.")
-  require(all(0.0 <= f <= 1.0 for f in center_fractions),
-          f"center fractions {list(center_fractions)} must lie in [0, 1].")
-  require(all(a >= 1 for a in accelerations),
-          f"accelerations {list(accelerations)} must be at least 1.")
+  require(
+    len(center_fractions) > 0 and len(accelerations) > 0,
+    "fastMRI masks need at least one center fraction and one acceleration.",
+  )
+  require(
+    allow_any_combination or len(center_fractions) == len(accelerations),
+    f"{len(center_fractions)} center fractions but {len(accelerations)} accelerations: pair "
+    f"them one to one, or allow any combination.",
+  )
+  require(
+    all(0.0 <= f <= 1.0 for f in center_fractions),
+    f"center fractions {list(center_fractions)} must lie in [0, 1].",
+  )
+  require(
+    all(a >= 1 for a in accelerations), f"accelerations {list(accelerations)} must be at least 1."
+  )
 
 
-def _choose(rng: np.random.RandomState, center_fractions, accelerations,
-            allow_any_combination: bool) -> tuple[float, float]:
+def _choose(
+  rng: np.random.RandomState, center_fractions, accelerations, allow_any_combination: bool
+) -> tuple[float, float]:
   """fastMRI's draw of (center fraction, acceleration); it draws even when there is one pair."""
   if allow_any_combination:
     return rng.choice(center_fractions), rng.choice(accelerations)
@@ -101,8 +118,11 @@ def _choose(rng: np.random.RandomState, center_fractions, accelerations,
 
 
 def _integral(acc: float, kind: str) -> int:
-  require(float(acc).is_integer(), f"fastMRI's {kind} mask steps by whole lines: acceleration "
-          f"{acc} must be an integer (e.g. 4x or 8x).")
+  require(
+    float(acc).is_integer(),
+    f"fastMRI's {kind} mask steps by whole lines: acceleration "
+    f"{acc} must be an integer (e.g. 4x or 8x).",
+  )
   return int(acc)
 
 
@@ -122,9 +142,12 @@ def _equispaced(rng, num_lines: int, acc: float, offset, num_low: int) -> np.nda
 
 
 def _equispaced_fraction(rng, num_lines: int, acc: float, offset, num_low: int) -> np.ndarray:
-  require(num_low * acc < num_lines, f"equispaced_fraction: {num_low} centre lines at {acc:g}x "
-          f"leave none of {num_lines} to space out (centre lines × acceleration must be below the "
-          f"line count); lower the center fraction.")
+  require(
+    num_low * acc < num_lines,
+    f"equispaced_fraction: {num_low} centre lines at {acc:g}x "
+    f"leave none of {num_lines} to space out (centre lines × acceleration must be below the "
+    f"line count); lower the center fraction.",
+  )
   spacing = (acc * (num_low - num_lines)) / (num_low * acc - num_lines)
   if offset is None:
     offset = rng.randint(0, high=round(spacing))
@@ -153,10 +176,18 @@ def _magic_fraction_budget(num_lines: int, fraction: float, acc: float) -> tuple
   target = round(num_lines / acc)
   num_low = max(min(round(num_lines * fraction), target), 1)
   remaining = target - num_low
-  require(remaining > 0, f"magic_fraction: the {num_low} centre lines already use all {target} "
-          f"lines that {acc:g}x allows of {num_lines}; lower the center fraction.")
+  require(
+    remaining > 0,
+    f"magic_fraction: the {num_low} centre lines already use all {target} "
+    f"lines that {acc:g}x allows of {num_lines}; lower the center fraction.",
+  )
   return num_low, round(num_lines / remaining)
 
 
-_OUTER = {"random": _random, "equispaced": _equispaced, "equispaced_fraction": _equispaced_fraction,
-          "magic": _magic, "magic_fraction": _magic}
+_OUTER = {
+  "random": _random,
+  "equispaced": _equispaced,
+  "equispaced_fraction": _equispaced_fraction,
+  "magic": _magic,
+  "magic_fraction": _magic,
+}

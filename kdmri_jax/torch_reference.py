@@ -56,8 +56,10 @@ class ConvStack(nn.Module):
   def __init__(self, convs: Sequence[layout.Conv]):
     super().__init__()
     for conv in convs:
-      self.add_module(layout.torch_conv_name(conv.index),
-                      nn.Conv2d(conv.in_features, conv.out_features, kernel_size=3, padding=1))
+      self.add_module(
+        layout.torch_conv_name(conv.index),
+        nn.Conv2d(conv.in_features, conv.out_features, kernel_size=3, padding=1),
+      )
 
   def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Returns (last conv output, post-ReLU maps of the hidden convs)."""
@@ -77,8 +79,9 @@ class DCCNN(nn.Module):
     for c, stack in enumerate(stacks):
       self.add_module(layout.torch_cascade_name(c), ConvStack(stack))
 
-  def forward(self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor
-              ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+  def forward(
+    self, image: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor
+  ) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
     """image (B, 1, H, W) zero-filled, kspace (B, H, W) complex64, mask (H, W).
 
     Returns (reconstruction (B, 1, H, W), features[cascade][layer] (B, F, H, W) post-ReLU).

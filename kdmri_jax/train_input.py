@@ -2,11 +2,13 @@
 
 A source is anything with `__len__` and `__getitem__(i)` returning one example as a dict of arrays without
 the batch axis (`input`, `target` and, for reconstruction, `kspace` and `mask`). Training batches follow
-the data pipeline's rules: epoch `e`'s order depends on `(seed, e)` only, so a run restarted at step `s`
-resumes with batch `s mod steps_per_epoch` of epoch `s div steps_per_epoch` and sees exactly the batches
-of an uninterrupted run; host `h` of `n` takes every n-th example, so the hosts' pieces of global batch
-`b` are exactly the examples a single process puts in its batch `b` (in another row order, which a mean
-loss does not see). Evaluation pads so that every host runs the same number of equally shaped steps.
+the data pipeline's rules: epoch `e`'s order is grain's shuffle of `(seed, e)` only, so a run
+restarted at step `s` resumes epoch `s div steps_per_epoch` with its grain iterator at batch
+`s mod steps_per_epoch` and sees exactly the batches of an uninterrupted run (the step the training
+checkpoint stores fixes that iterator state, so none is stored beside it); host `h` of `n` takes
+every n-th example, so the hosts' pieces of global batch `b` are exactly the examples a single
+process puts in its batch `b` (in another row order, which a mean loss does not see). Evaluation
+pads so that every host runs the same number of equally shaped steps.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ class Batches:
     return pipeline.num_train_batches(len(self.source), self.local_batch_size, True, self.shard_count)
 
   def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Batches start, start+1, ... of `epoch` (shuffled by (seed, epoch))."""
+    """Batches start, start+1, ... of `epoch` (shuffled by (seed, epoch)): a grain iterator whose
+    `get_state()` is that of an uninterrupted epoch after `start` batches."""
     return pipeline.train_batches(self.source, self.local_batch_size, self.seed, epoch,
                                   shard_index=self.shard_index, shard_count=self.shard_count,
                                   skip_batches=start, num_threads=self.num_threads)

@@ -1,15 +1,17 @@
-"""Inference over a folder of reference h5 volumes, one output h5 per volume (as the authors' valid.py).
+"""Inference over a folder of reference h5 volumes, one output h5 per volume (as the authors'
+valid.py).
 
-  python -m kdmri_jax.valid --checkpoint CKPT --data-path DIR --mask MASK.npy --out-dir OUT [--acc 4x]
+  python -m kdmri_jax.valid --checkpoint CKPT --data-path DIR --mask MASK.npy --out-dir OUT \
+    [--acc 4x]
 
-Each `DIR/<name>.h5` in the reference layout (`volfs`, `img_volus_{acc}`, `kspace_volus_{acc}`, slices last)
-gives `OUT/<name>.h5` with one dataset, `reconstruction`: S×H×W float32, slices first. The checkpoint's
-meta names the model, so there is no --model.
+Each `DIR/<name>.h5` in the reference layout (`volfs`, `img_volus_{acc}`, `kspace_volus_{acc}`,
+slices last) gives `OUT/<name>.h5` with one dataset, `reconstruction`: S×H×W float32, slices first.
+The checkpoint's meta names the model, so there is no --model.
 
-DC-CNN checkpoints read the zero-filled image and k-space of `--acc` (or the only acceleration in the file)
-and need the undersampling mask. VDSR (super-resolution) checkpoints read the target `volfs` and make the
-low-resolution input from it as training does (`kdmri_jax.data.sr.low_resolution`, central `--sr-keep`
-k-space block); they take no mask.
+DC-CNN checkpoints read the zero-filled image and k-space of `--acc` (or the only acceleration in
+the file) and need the undersampling mask. VDSR (super-resolution) checkpoints read the target
+`volfs` and make the low-resolution input from it as training does
+(`kdmri_jax.data.sr.low_resolution`, central `--sr-keep` k-space block); they take no mask.
 """
 
 from __future__ import annotations
@@ -35,13 +37,17 @@ def list_inputs(data_path: str | os.PathLike) -> list[str]:
   if os.path.isfile(data_path):
     return [data_path]
   files = sorted(glob.glob(os.path.join(data_path, "*.h5")))
-  require(bool(files), f"--data-path {data_path} holds no .h5 files; point it at a folder of reference "
-                       f"volumes such as ROOT/validation/acc_4x.")
+  require(
+    bool(files),
+    f"--data-path {data_path} holds no .h5 files; point it at a folder of reference "
+    f"volumes such as ROOT/validation/acc_4x.",
+  )
   return files
 
 
-def write_reconstruction(path: str, reconstruction: np.ndarray, attrs: dict[str, Any] | None = None
-                         ) -> None:
+def write_reconstruction(
+  path: str, reconstruction: np.ndarray, attrs: dict[str, Any] | None = None
+) -> None:
   """Writes `reconstruction` (S,H,W float32) as dataset 'reconstruction' of `path`, with `attrs`,
   atomically (no half file remains)."""
   import h5py
@@ -55,8 +61,9 @@ def write_reconstruction(path: str, reconstruction: np.ndarray, attrs: dict[str,
   write_atomic(path, write)
 
 
-def read_checked(path: str, acc: str | None, reconstruction: bool, mask: np.ndarray | None,
-                 mask_path: str | None):
+def read_checked(
+  path: str, acc: str | None, reconstruction: bool, mask: np.ndarray | None, mask_path: str | None
+):
   """One input volume; for a DC-CNN, refused unless `mask` fits it and holds all its k-space samples
   (data undersampled with another mask would get wrong data consistency)."""
   from kdmri_jax import masks
@@ -69,10 +76,19 @@ def read_checked(path: str, acc: str | None, reconstruction: bool, mask: np.ndar
   return volume
 
 
-def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = None, acc: str | None = None,
-        batch_size: int = 8, overwrite: bool = False, sr_keep: int | None = None,
-        progress: bool = True) -> list[str]:
-  """Reconstructs every volume of `data_path` with the model in `checkpoint`; returns the written paths."""
+def run(
+  checkpoint: str,
+  data_path: str,
+  out_dir: str,
+  mask_path: str | None = None,
+  acc: str | None = None,
+  batch_size: int = 8,
+  overwrite: bool = False,
+  sr_keep: int | None = None,
+  progress: bool = True,
+) -> list[str]:
+  """Reconstructs every volume of `data_path` with the model in `checkpoint`; returns the written
+  paths."""
   from tqdm import tqdm
 
   from kdmri_jax import checkpoints, inference, masks, models
@@ -83,8 +99,11 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
   require(not os.path.isfile(out_dir), f"--out-dir {out_dir} is a file; pass a directory.")
   outputs = [os.path.join(out_dir, os.path.basename(path)) for path in files]
   existing = [path for path in outputs if os.path.exists(path)]
-  require(overwrite or not existing, f"output {existing[0] if existing else ''} already exists; choose another "
-                                     f"--out-dir or pass --overwrite.")
+  require(
+    overwrite or not existing,
+    f"output {existing[0] if existing else ''} already exists; choose another "
+    f"--out-dir or pass --overwrite.",
+  )
   if acc is not None:
     acc = f"{masks.parse_acceleration(acc):g}x"
 
@@ -94,19 +113,25 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
   first = reference.read_volume(files[0], acc, require_target=not reconstruction)
   mask = None
   if reconstruction:
-    require(mask_path is not None, f"checkpoint {checkpoint} holds a DC-CNN ({meta['model']!r}), which needs "
-                                   f"the undersampling mask: pass --mask MASK.npy.")
+    require(
+      mask_path is not None,
+      f"checkpoint {checkpoint} holds a DC-CNN ({meta['model']!r}), which needs "
+      f"the undersampling mask: pass --mask MASK.npy.",
+    )
     mask = masks.load_mask(mask_path, shape=first.shape)
     reference.require_kspace_within_mask(first.kspace, mask, files[0], mask_path)
   else:
     from kdmri_jax.data import sr
+
     sr_keep = int(sr_keep or meta.get("sr_keep") or sr.DEFAULT_KEEP)
   model, params, meta = checkpoints.load_params(checkpoint)
 
   predict = inference.predictor(model, params, batch_size)
   attrs = {"model": meta["model"], "checkpoint": os.path.abspath(checkpoint)}
   # disable=None shows a bar on a terminal only; `with` closes it before an error line is printed.
-  with tqdm(total=len(files), desc="volumes", unit="vol", disable=None if progress else True) as bar:
+  with tqdm(
+    total=len(files), desc="volumes", unit="vol", disable=None if progress else True
+  ) as bar:
     for path, out_path in zip(files, outputs):
       if first is not None:
         volume, first = first, None  # read and checked before the model was loaded
@@ -128,19 +153,41 @@ def run(checkpoint: str, data_path: str, out_dir: str, mask_path: str | None = N
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m kdmri_jax.valid", description=__doc__.split("\n")[0])
-  parser.add_argument("--checkpoint", required=True, help="kdmri_jax checkpoint (training stage, convert --out)")
-  parser.add_argument("--data-path", required=True, help="folder of reference h5 volumes (or one file)")
-  parser.add_argument("--mask", default=None, help="undersampling mask .npy (H×W, 0/1, unshifted); DC-CNN only")
-  parser.add_argument("--out-dir", required=True, help="folder for OUT/<name>.h5 with dataset 'reconstruction'")
-  parser.add_argument("--acc", default=None, help="acceleration key, e.g. 4x (default: the only one in each file)")
+  parser = argparse.ArgumentParser(
+    prog="python -m kdmri_jax.valid", description=__doc__.split("\n\n")[0]
+  )
+  parser.add_argument(
+    "--checkpoint", required=True, help="kdmri_jax checkpoint (training stage, convert --out)"
+  )
+  parser.add_argument(
+    "--data-path", required=True, help="folder of reference h5 volumes (or one file)"
+  )
+  parser.add_argument(
+    "--mask", default=None, help="undersampling mask .npy (H×W, 0/1, unshifted); DC-CNN only"
+  )
+  parser.add_argument(
+    "--out-dir", required=True, help="folder for OUT/<name>.h5 with dataset 'reconstruction'"
+  )
+  parser.add_argument(
+    "--acc", default=None, help="acceleration key, e.g. 4x (default: the only one in each file)"
+  )
   parser.add_argument("--batch-size", type=int, default=8, help="slices per model call")
-  parser.add_argument("--sr-keep", type=int, default=None, help="VDSR only: central k-space block kept (64)")
+  parser.add_argument(
+    "--sr-keep", type=int, default=None, help="VDSR only: central k-space block kept (64)"
+  )
   parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
   args = parser.parse_args(argv)
   require_writable_output(args.out_dir, "--out-dir", "folder")
-  outputs = run(args.checkpoint, args.data_path, args.out_dir, args.mask, args.acc, args.batch_size,
-                args.overwrite, args.sr_keep)
+  outputs = run(
+    args.checkpoint,
+    args.data_path,
+    args.out_dir,
+    args.mask,
+    args.acc,
+    args.batch_size,
+    args.overwrite,
+    args.sr_keep,
+  )
   print(f"wrote {len(outputs)} reconstruction(s) to {os.path.abspath(args.out_dir)}")
   return 0
 

@@ -64,8 +64,10 @@ def _acquire(path: str, workdir: str) -> int:
     try:
       fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as error:
-      raise InputError(f"cannot create the lock file {path} ({error.strerror or error}); choose a "
-                       f"writable --workdir.") from None
+      raise InputError(
+        f"cannot create the lock file {path} "
+        f"({error.strerror or error}); choose a writable --workdir."
+      ) from None
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -74,8 +76,10 @@ def _acquire(path: str, workdir: str) -> int:
       raise InputError(busy_message(workdir, owner)) from None
     except OSError as error:
       os.close(fd)
-      raise InputError(f"cannot lock {path} ({error.strerror or error}); the file system of "
-                       f"--workdir {workdir} does not support locks, choose another.") from None
+      raise InputError(
+        f"cannot lock {path} ({error.strerror or error}); the file system of "
+        f"--workdir {workdir} does not support locks, choose another."
+      ) from None
     if _is_at(fd, path):
       return fd
     os.close(fd)  # its owner removed it after we opened it: lock the file now at the path
@@ -90,8 +94,12 @@ def _is_at(fd: int, path: str) -> bool:
 
 
 def _write_owner(fd: int, command: str) -> None:
-  record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
-            "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+  record = {
+    "pid": os.getpid(),
+    "host": socket.gethostname(),
+    "command": command,
+    "since": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+  }
   payload = (json.dumps(record) + "\n").encode()
   os.ftruncate(fd, 0)
   os.pwrite(fd, payload, 0)
@@ -113,9 +121,13 @@ def busy_message(workdir: str, owner: dict[str, Any]) -> str:
   else:
     command = " ".join(str(owner.get("command", "?")).split())
     if len(command) > MAX_COMMAND_CHARS:
-      command = command[:MAX_COMMAND_CHARS - 3] + "..."
+      command = command[: MAX_COMMAND_CHARS - 3] + "..."
     where = "" if owner.get("host") == socket.gethostname() else f" on {owner.get('host', '?')}"
-    who = (f"process {owner.get('pid', '?')}{where} (`{command}`), running since "
-           f"{owner.get('since', '?')}")
-  return (f"--workdir {workdir} is in use by {who}; wait for it to finish or stop it, or choose "
-          f"another --workdir.")
+    who = (
+      f"process {owner.get('pid', '?')}{where} (`{command}`), "
+      f"running since {owner.get('since', '?')}"
+    )
+  return (
+    f"--workdir {workdir} is in use by {who}; wait for it "
+    f"to finish or stop it, or choose another --workdir."
+  )

@@ -12,8 +12,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tree_hash(path: str | os.PathLike, ignore: Sequence[str] = ()) -> str:
-  """SHA-256 over every file's relative path and bytes and every folder's name under `path` ('' if absent);
-  files named in `ignore` (relative paths) are left out."""
+  """SHA-256 over every file's relative path and bytes and every folder's name under `path` ('' if
+  absent); files named in `ignore` (relative paths) are left out."""
   path = os.fspath(path)
   if not os.path.exists(path):
     return ""
@@ -51,25 +51,44 @@ def subprocess_env(compile_cache: str | os.PathLike | None = None, **extra: str)
   """Environment of a CLI subprocess: CPU JAX, the repository importable, an optional persistent
   compilation cache (same programs, so the same results; it only skips XLA's compile time)."""
   env = dict(os.environ)
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
-             PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="3")
+  env.update(
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""),
+    PYTHONUNBUFFERED="1",
+    TF_CPP_MIN_LOG_LEVEL="3",
+  )
   if compile_cache is not None:
-    env.update(JAX_COMPILATION_CACHE_DIR=os.fspath(compile_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    env.update(
+      JAX_COMPILATION_CACHE_DIR=os.fspath(compile_cache),
+      JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+      JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
   env.update(extra)
   return env
 
 
-def run_module(module: str, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
-               ) -> subprocess.CompletedProcess:
+def run_module(
+  module: str, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
   """`python -m module argv...` from the repository root; text output captured."""
-  return subprocess.run([sys.executable, "-m", module, *map(str, argv)], cwd=REPO, env=env or subprocess_env(),
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", module, *map(str, argv)],
+    cwd=REPO,
+    env=env or subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
 # What every tiny test run shares: a one-cascade DC-CNN, 4 features, batches of 2, no progress bar.
-TINY_FIELDS = {"models.num_cascades": 1, "models.features": 4, "train.batch_size": 2,
-               "evaluate.batch_size": 2, "train.progress_bar": False}
+TINY_FIELDS = {
+  "models.num_cascades": 1,
+  "models.features": 4,
+  "train.batch_size": 2,
+  "evaluate.batch_size": 2,
+  "train.progress_bar": False,
+}
 
 
 def tiny_fields(**overrides: object) -> dict[str, object]:
@@ -86,22 +105,41 @@ def tiny_config(base=None, **overrides: object):
   return config
 
 
-def tiny_main_argv(workdir: str | os.PathLike, cache_dir: str | os.PathLike, stages: str = "teacher",
-                   epochs: int = 2, **overrides: object) -> list[str]:
+def tiny_main_argv(
+  workdir: str | os.PathLike,
+  cache_dir: str | os.PathLike,
+  stages: str = "teacher",
+  epochs: int = 2,
+  **overrides: object,
+) -> list[str]:
   """`kdmri_jax.main` arguments for a seconds-long run of configs/brain_cpu.py: `tiny_fields`, the
   embedded brain at 32×32, 8 training slices (4 steps an epoch), a checkpoint after every step (many
   crash points; the parameters do not depend on it)."""
-  fields = tiny_fields(**{"data__image_size": 32, "data__max_slices": 8,
-                          "data__cache_dir": os.fspath(cache_dir), "train__num_epochs": epochs,
-                          "train__log_every_steps": 1, "train__checkpoint_every_steps": 1,
-                          "stages": stages, **overrides})
-  return ["--config", os.path.join(REPO, "configs", "brain_cpu.py"), "--workdir", os.fspath(workdir),
-          *[f"--config.{k}={v}" for k, v in fields.items()]]
+  fields = tiny_fields(
+    **{
+      "data__image_size": 32,
+      "data__max_slices": 8,
+      "data__cache_dir": os.fspath(cache_dir),
+      "train__num_epochs": epochs,
+      "train__log_every_steps": 1,
+      "train__checkpoint_every_steps": 1,
+      "stages": stages,
+      **overrides,
+    }
+  )
+  return [
+    "--config",
+    os.path.join(REPO, "configs", "brain_cpu.py"),
+    "--workdir",
+    os.fspath(workdir),
+    *[f"--config.{k}={v}" for k, v in fields.items()],
+  ]
 
 
 def stage_state(workdir: str | os.PathLike, stage: str = "teacher") -> dict[str, object]:
-  """{'step': newest training-state step, 'state/<path>': array, 'best/<path>': array} of a stage, read
-  back with orbax from `<stage>/checkpoints` (params, optimizer state, RNG, step) and `<stage>/best`."""
+  """{'step': newest training-state step, 'state/<path>': array, 'best/<path>': array} of a stage,
+  read back with orbax from `<stage>/checkpoints` (params, optimizer state, RNG, step) and
+  `<stage>/best`."""
   import jax
   import numpy as np
   import orbax.checkpoint as ocp
@@ -125,8 +163,13 @@ def stage_state(workdir: str | os.PathLike, stage: str = "teacher") -> dict[str,
 def assert_same_state(got: dict, want: dict, what: str = "") -> None:
   """Bit-identical: same step, same leaves, every array equal (dtype and bytes)."""
   import numpy as np
+
   assert got["step"] == want["step"], (what, got["step"], want["step"])
   assert sorted(got) == sorted(want), what
-  different = [key for key in want if key != "step" and not (
-      got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]))]
+  different = [
+    key
+    for key in want
+    if key != "step"
+    and not (got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]))
+  ]
   assert not different, f"{what}: {len(different)} arrays differ, e.g. {different[:3]}"

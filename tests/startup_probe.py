@@ -1,8 +1,8 @@
 """Real `python -m kdmri_jax.main` processes held at a known point of their start-up.
 
-`held_config` writes a config file (configs/brain_cpu.py made tiny by the command line) that stops the
-process at one point of start-up until the test lets it go: while its config file loads, or inside
-the pipeline when it first loads data (after the workdir lock is taken, before anything is
+`held_config` writes a config file (configs/brain_cpu.py made tiny by the command line) that stops
+the process at one point of start-up until the test lets it go: while its config file loads, or
+inside the pipeline when it first loads data (after the workdir lock is taken, before anything is
 trained). The process touches a `reached` file when it gets there, so the test knows where it is
 without sleeping.
 """
@@ -16,7 +16,8 @@ import time
 
 from helpers import REPO, subprocess_env, tiny_main_argv
 
-_TEMPLATE = '''"""configs/brain_cpu.py, held at {where} until {go} exists (tests/startup_probe.py)."""
+_TEMPLATE = '''\
+"""configs/brain_cpu.py, held at {where} until {go} exists (tests/startup_probe.py)."""
 import os
 import time
 
@@ -62,9 +63,14 @@ def main_argv(config_path: str, workdir, cache_dir) -> list[str]:
 
 
 def start_main(argv) -> subprocess.Popen:
-  return subprocess.Popen([sys.executable, "-m", "kdmri_jax.main", *map(str, argv)], cwd=REPO,
-                          env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True)
+  return subprocess.Popen(
+    [sys.executable, "-m", "kdmri_jax.main", *map(str, argv)],
+    cwd=REPO,
+    env=subprocess_env(),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def wait_until_reached(proc: subprocess.Popen, reached: str, timeout: float = 180.0) -> None:
@@ -74,6 +80,8 @@ def wait_until_reached(proc: subprocess.Popen, reached: str, timeout: float = 18
     if proc.poll() is not None or time.time() > deadline:
       proc.kill()
       out, err = proc.communicate()
-      raise AssertionError(f"the held run did not reach {reached} (status {proc.returncode}):\n"
-                           f"{out[-2000:]}\n{err[-3000:]}")
+      raise AssertionError(
+        f"the held run did not reach {reached} (status "
+        f"{proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}"
+      )
     time.sleep(0.02)

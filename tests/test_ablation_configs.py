@@ -1,4 +1,5 @@
-"""Ablation, method-comparison and super-resolution configs: variants, overrides and bad arguments."""
+"""Ablation, method-comparison and super-resolution configs: variants, overrides and bad
+arguments."""
 
 from __future__ import annotations
 
@@ -19,17 +20,22 @@ def _load(spec, *overrides):
   """Parses `--config=spec` (and overrides) as kdmri_jax.main does."""
   argv = ["test", f"--config={os.path.join(REPO, spec)}", *overrides]
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values, lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_file(
+    "config", None, "", flag_values=values, lock_config=True, sys_argv=argv
+  )
   values(argv)
   return values.config
 
 
-@pytest.mark.parametrize("variant,stages,evaluated,init_from,alpha", [
+@pytest.mark.parametrize(
+  "variant,stages,evaluated,init_from,alpha",
+  [
     ("student", "teacher,student,evaluate", "teacher,student", "student", 0.5),
     ("imitation_only", "teacher,student,kd,evaluate", "kd", "student", 0.5),
     ("feature_only", "teacher,feature,kd,evaluate", "kd", "feature", 1.0),
     ("attention_imitation", "teacher,feature,kd,evaluate", "kd", "feature", 0.5),
-])
+  ],
+)
 def test_ablation_variants(variant, stages, evaluated, init_from, alpha):
   config = _load(f"configs/ablation.py:brain_8x,{variant}")
   assert (config.dataset, config.acc) == ("brain", "8x")
@@ -69,7 +75,9 @@ def test_methods_config(method):
   assert config.kd.feature_loss == method and config.kd.init_from == "feature"
   assert config.stages == "teacher,feature,kd,evaluate" and config.evaluate.stages == "kd"
   from configs import demo
-  assert config.data.image_size == demo.get_config().data.image_size  # the base config's settings stay
+
+  # the base config's settings stay
+  assert config.data.image_size == demo.get_config().data.image_size
 
 
 def test_methods_through_flags_and_plain_override():
@@ -79,13 +87,21 @@ def test_methods_through_flags_and_plain_override():
 
 
 def test_bad_arguments_get_one_sentence_listing_the_choices():
-  with pytest.raises(InputError, match=r"unknown ablation variant 'at_only'; choose one of \['student', "
-                                       r"'imitation_only', 'feature_only', 'attention_imitation'\]\."):
+  with pytest.raises(
+    InputError,
+    match=r"unknown ablation variant 'at_only'; choose one of \['student', "
+    r"'imitation_only', 'feature_only', 'attention_imitation'\]\.",
+  ):
     ablation.get_config("brain_4x,at_only")
-  with pytest.raises(InputError, match=r"unknown feature-distillation method 'hint'; choose one of \[.*"
-                                       r"'fitnet'.*\]\."):
+  with pytest.raises(
+    InputError,
+    match=r"unknown feature-distillation method 'hint'; choose one of \[.*"
+    r"'fitnet'.*\]\.",
+  ):
     methods.get_config("brain_4x,hint")
-  with pytest.raises(InputError, match=r"unknown base config 'brain_3x'; choose one of \[.*'brain_4x'"):
+  with pytest.raises(
+    InputError, match=r"unknown base config 'brain_3x'; choose one of \[.*'brain_4x'"
+  ):
     methods.get_config("brain_3x,sp")
   with pytest.raises(InputError, match="is not 'BASE,VARIANT'"):
     ablation.get_config("brain_4x,student,extra")
@@ -95,7 +111,9 @@ def test_sr_configs():
   paper = sr_vdsr.get_config()
   assert paper.task == "super_resolution" and paper.data.image_size == 256 and paper.sr.keep == 64
   assert (paper.models.teacher, paper.models.student) == ("vdsr_teacher", "vdsr_student")
-  assert paper.kd.layer_pairs == "paper" and feature_losses.PAPER_LAYER_PAIRS["vdsr"] == (((5,), (3,)),)
+  assert paper.kd.layer_pairs == "paper" and feature_losses.PAPER_LAYER_PAIRS["vdsr"] == (
+    ((5,), (3,)),
+  )
   assert paper.kd.feature_loss == "attention" and paper.kd.alpha == 0.5
   demo = _load("configs/sr_demo.py", "--config.sr.keep=8")
   assert demo.data.image_size // demo.sr.keep == 8 and sr_demo.get_config().sr.keep == 16

@@ -31,8 +31,10 @@ from kdmri_jax import checkpoints, masks, models
 from kdmri_jax.errors import run_cli
 
 SHAPE = (24, 20)
-MODULES = {name: f"kdmri_jax.{name}"
-           for name in ("valid", "evaluate", "export", "prepare", "convert", "benchmark")}
+MODULES = {
+  name: f"kdmri_jax.{name}"
+  for name in ("valid", "evaluate", "export", "prepare", "convert", "benchmark")
+}
 
 
 def save_unread_checkpoint(path):
@@ -72,23 +74,71 @@ def world(tmp_path_factory):
 # command: (output flag, output name, argv(world, output path)); the name is of a folder
 # ('result'), a file ('result.jax', 'result.json') or a dataset root ('new_root').
 COMMANDS = {
-    "valid": ("--out-dir", "result", lambda w, o: [
-        "--checkpoint", w / "student_ckpt", "--data-path", w / "data",
-        "--mask", w / "mask_4x.npy", "--out-dir", o]),
-    "evaluate": ("--report-path", "result", lambda w, o: [
-        "--target-path", w / "data", "--predictions-path", w / "predictions",
-        "--report-path", o]),
-    "export": ("--out", "result.jax", lambda w, o: [
-        "--checkpoint", w / "student_ckpt", "--model", "student", "--shape", "24", "20",
-        "--out", o]),
-    "prepare": ("--out", "new_root", lambda w, o: [
-        "--input", w / "volumes", "--dataset", "brain", "--acc", "4x", "--split", "1",
-        "--out", o]),
-    "convert": ("--out", "result", lambda w, o: [
-        "--torch-checkpoint", w / "best_model.pt", "--model", "student", "--out", o]),
-    # The default benchmark (two models, two shapes, every implementation) runs for many
-    # minutes: a refusal within the test's time shows the output was checked before the work.
-    "benchmark": ("--json", "result.json", lambda w, o: ["--json", o]),
+  "valid": (
+    "--out-dir",
+    "result",
+    lambda w, o: [
+      "--checkpoint",
+      w / "student_ckpt",
+      "--data-path",
+      w / "data",
+      "--mask",
+      w / "mask_4x.npy",
+      "--out-dir",
+      o,
+    ],
+  ),
+  "evaluate": (
+    "--report-path",
+    "result",
+    lambda w, o: [
+      "--target-path",
+      w / "data",
+      "--predictions-path",
+      w / "predictions",
+      "--report-path",
+      o,
+    ],
+  ),
+  "export": (
+    "--out",
+    "result.jax",
+    lambda w, o: [
+      "--checkpoint",
+      w / "student_ckpt",
+      "--model",
+      "student",
+      "--shape",
+      "24",
+      "20",
+      "--out",
+      o,
+    ],
+  ),
+  "prepare": (
+    "--out",
+    "new_root",
+    lambda w, o: [
+      "--input",
+      w / "volumes",
+      "--dataset",
+      "brain",
+      "--acc",
+      "4x",
+      "--split",
+      "1",
+      "--out",
+      o,
+    ],
+  ),
+  "convert": (
+    "--out",
+    "result",
+    lambda w, o: ["--torch-checkpoint", w / "best_model.pt", "--model", "student", "--out", o],
+  ),
+  # The default benchmark (two models, two shapes, every implementation) runs for many
+  # minutes: a refusal within the test's time shows the output was checked before the work.
+  "benchmark": ("--json", "result.json", lambda w, o: ["--json", o]),
 }
 FILE_OUTPUTS = ("export", "benchmark")
 
@@ -121,14 +171,31 @@ def _of_the_other_kind(w, t, command, output, fragments):
 
 # (id, command, setup(world, tmp) -> (argv, fragments the one error line must contain))
 CASES = (
-    [(f"{command}-inside-a-file", command, lambda w, t, c=command: _inside_a_file(w, t, c))
-     for command in COMMANDS]
-    + [(f"{command}-missing-folder", command, lambda w, t, c=command: _missing_folder(w, t, c))
-       for command in FILE_OUTPUTS]
-    + [("valid-out-dir-is-a-file", "valid", lambda w, t: _of_the_other_kind(
-        w, t, "valid", "report.txt", ["--out-dir", "report.txt", "is a file, not a folder"])),
-       ("export-out-is-a-folder", "export", lambda w, t: _of_the_other_kind(
-           w, t, "export", "previous", ["--out", "previous", "is a folder, not a file"]))])
+  [
+    (f"{command}-inside-a-file", command, lambda w, t, c=command: _inside_a_file(w, t, c))
+    for command in COMMANDS
+  ]
+  + [
+    (f"{command}-missing-folder", command, lambda w, t, c=command: _missing_folder(w, t, c))
+    for command in FILE_OUTPUTS
+  ]
+  + [
+    (
+      "valid-out-dir-is-a-file",
+      "valid",
+      lambda w, t: _of_the_other_kind(
+        w, t, "valid", "report.txt", ["--out-dir", "report.txt", "is a file, not a folder"]
+      ),
+    ),
+    (
+      "export-out-is-a-folder",
+      "export",
+      lambda w, t: _of_the_other_kind(
+        w, t, "export", "previous", ["--out", "previous", "is a folder, not a file"]
+      ),
+    ),
+  ]
+)
 
 
 def test_the_table_covers_every_writing_command():
@@ -137,8 +204,9 @@ def test_the_table_covers_every_writing_command():
 
 
 @pytest.mark.parametrize("case_id,command,setup", CASES, ids=[c[0] for c in CASES])
-def test_unwritable_output_is_one_sentence_before_any_work(world, earlier, tmp_path, capsys,
-                                                           monkeypatch, case_id, command, setup):
+def test_unwritable_output_is_one_sentence_before_any_work(
+  world, earlier, tmp_path, capsys, monkeypatch, case_id, command, setup
+):
   from kdmri_jax import benchmark
 
   def no_benchmark(*args, **kwargs):
@@ -154,19 +222,22 @@ def test_unwritable_output_is_one_sentence_before_any_work(world, earlier, tmp_p
   assert status == 2
   assert tree_hash(earlier) == before, f"{case_id} changed the earlier results in {earlier}"
   assert tree_hash(world) == world_before, f"{case_id} changed its inputs"
-  assert not [name for _, _, names in os.walk(tmp_path) for name in names
-              if name.startswith(".write-test-")], "a probe file was left behind"
+  assert not [
+    name for _, _, names in os.walk(tmp_path) for name in names if name.startswith(".write-test-")
+  ], "a probe file was left behind"
 
 
 # --- read-only folders, through the real entry points ---------------------------------------------
+
 
 def _bind_read_only_works() -> bool:
   """Whether `unshare -m` can bind-mount a folder read-only here (root in most containers can)."""
   with tempfile.TemporaryDirectory() as folder:
     script = 'mount --bind -o ro "$0" "$0" && ! touch "$0/x"'
     try:
-      result = subprocess.run(["unshare", "-m", "sh", "-c", script, folder], capture_output=True,
-                              timeout=30)
+      result = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script, folder], capture_output=True, timeout=30
+      )
     except (OSError, subprocess.SubprocessError):
       return False
     return result.returncode == 0 and not os.path.exists(os.path.join(folder, "x"))
@@ -178,8 +249,10 @@ def read_only():
   if os.geteuid() != 0:
     return lambda folder, argv: argv  # the test chmods the folder, which binds a user
   if not _bind_read_only_works():
-    pytest.skip("running as root, which writes through chmod, and `unshare -m` cannot mount a "
-                "folder read-only here: no way to make a read-only folder")
+    pytest.skip(
+      "running as root, which writes through chmod, and `unshare -m` cannot mount a "
+      "folder read-only here: no way to make a read-only folder"
+    )
   script = 'mount --bind -o ro "$0" "$0" && exec "$@"'
   return lambda folder, argv: ["unshare", "-m", "sh", "-c", script, str(folder), *argv]
 
@@ -199,8 +272,9 @@ def test_read_only_output_folder_is_one_sentence_for_every_command(world, tmp_pa
       os.chmod(folder, 0o555)
 
   def run(job):
-    return subprocess.run(job[0], cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=120)
+    return subprocess.run(
+      job[0], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120
+    )
 
   try:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -216,8 +290,10 @@ def test_read_only_output_folder_is_one_sentence_for_every_command(world, tmp_pa
 
 # --- benchmark: outputs and devices before the work (class 6) -------------------------------------
 
+
 def test_benchmark_refuses_a_missing_gpu_before_the_work(tmp_path, capsys, monkeypatch):
   from kdmri_jax import benchmark
+
   if any(d.platform == "gpu" for d in jax.devices()):
     pytest.skip("JAX sees a GPU here; the entry-point test below hides it")
 
@@ -234,8 +310,12 @@ def test_benchmark_entry_point_checks_the_device_first(tmp_path):
   """The default benchmark (many minutes of work) on a GPU JAX does not see: refused within
   seconds, nothing written. (Its --json is checked first too: by the read-only test above, and the
   missing folder in-process with the work replaced by a failure.)"""
-  result = run_module("kdmri_jax.benchmark", ["--device", "gpu", "--json", tmp_path / "b.json"],
-                      env=subprocess_env(JAX_PLATFORMS="cpu"), timeout=90)
+  result = run_module(
+    "kdmri_jax.benchmark",
+    ["--device", "gpu", "--json", tmp_path / "b.json"],
+    env=subprocess_env(JAX_PLATFORMS="cpu"),
+    timeout=90,
+  )
   assert_one_line_error(result.returncode, result.stderr, "--device gpu", "no GPU")
   assert result.returncode == 2
   assert os.listdir(tmp_path) == []

@@ -20,23 +20,55 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_conv_flops_match_the_issue_counts():
   # ≈18.5 GFLOP (teacher) and ≈6.4 GFLOP (student) per 256×256 slice.
-  assert benchmark.conv_flops(models.build_model("teacher"), 1, 256, 256) == pytest.approx(18.5e9, rel=0.01)
-  assert benchmark.conv_flops(models.build_model("student"), 1, 256, 256) == pytest.approx(6.4e9, rel=0.01)
+  assert benchmark.conv_flops(models.build_model("teacher"), 1, 256, 256) == pytest.approx(
+    18.5e9, rel=0.01
+  )
+  assert benchmark.conv_flops(models.build_model("student"), 1, 256, 256) == pytest.approx(
+    6.4e9, rel=0.01
+  )
   assert benchmark.conv_flops(models.build_model("student"), 2, 256, 256, "train") == pytest.approx(
-      6 * benchmark.conv_flops(models.build_model("student"), 1, 256, 256))
+    6 * benchmark.conv_flops(models.build_model("student"), 1, 256, 256)
+  )
 
 
 def test_smoke_writes_json_rows(tmp_path, capsys):
   out = tmp_path / "speed.json"
-  argv = ["--models", "teacher", "student", "--shapes", "16x24", "--batch", "1", "--repeats", "1",
-          "--warmup", "0", "--impls", "jax_jit", "onnxruntime", "torch_eager", "--no-peak",
-          "--json", str(out)]
+  argv = [
+    "--models",
+    "teacher",
+    "student",
+    "--shapes",
+    "16x24",
+    "--batch",
+    "1",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--impls",
+    "jax_jit",
+    "onnxruntime",
+    "torch_eager",
+    "--no-peak",
+    "--json",
+    str(out),
+  ]
   assert run_cli(benchmark.main, argv) == 0
   report = json.loads(out.read_text())
   rows = report["rows"]
   # 2 models × (3 inference impls + 2 training impls)
   assert len(rows) == 10
-  keys = {"model", "mode", "impl", "device", "batch", "height", "width", "median_ms", "gflops_per_s"}
+  keys = {
+    "model",
+    "mode",
+    "impl",
+    "device",
+    "batch",
+    "height",
+    "width",
+    "median_ms",
+    "gflops_per_s",
+  }
   for row in rows:
     assert keys <= row.keys()
     assert row["status"] == "ok", row
@@ -59,9 +91,31 @@ def test_precisions_side_by_side(tmp_path, capsys):
   import torch
 
   out = tmp_path / "speed.json"
-  argv = ["--models", "student", "--shapes", "16x16", "--batch", "1", "--repeats", "1", "--warmup", "0",
-          "--impls", "jax_jit", "jax_export", "onnxruntime", "torch_eager", "--precision", "float32", "bfloat16",
-          "--device", "cpu", "--no-peak", "--json", str(out)]
+  argv = [
+    "--models",
+    "student",
+    "--shapes",
+    "16x16",
+    "--batch",
+    "1",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--impls",
+    "jax_jit",
+    "jax_export",
+    "onnxruntime",
+    "torch_eager",
+    "--precision",
+    "float32",
+    "bfloat16",
+    "--device",
+    "cpu",
+    "--no-peak",
+    "--json",
+    str(out),
+  ]
   # Unusual values (the defaults are True, False): the run must leave them as it found them.
   flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
   torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, True
@@ -80,7 +134,8 @@ def test_precisions_side_by_side(tmp_path, capsys):
     if mode == "train":
       assert row["max_abs_diff_vs_fp32"] is None
   diff = {key: row["max_abs_diff_vs_fp32"] for key, row in rows.items() if row["status"] == "ok"}
-  # float32 paths agree with the float32 JAX model to rounding; bf16 costs a little accuracy, not a lot.
+  # float32 paths agree with the float32 JAX model to rounding; bf16 costs a little accuracy, not a
+  # lot.
   for impl in ("jax_jit", "jax_export", "onnxruntime", "torch_eager"):
     assert diff[("inference", impl, "float32")] < 1e-5
   for impl in ("jax_jit", "jax_export", "torch_eager"):
@@ -100,7 +155,10 @@ def test_bad_precision_is_one_line_error(capsys):
 
 
 def test_tf32_is_skipped_on_cpu_with_a_note():
-  assert benchmark.usable_precisions(["float32", "tf32", "float32"], "gpu") == (["float32", "tf32"], [])
+  assert benchmark.usable_precisions(["float32", "tf32", "float32"], "gpu") == (
+    ["float32", "tf32"],
+    [],
+  )
   precisions, notes = benchmark.usable_precisions(["tf32", "bfloat16"], "cpu")
   assert precisions == ["bfloat16"] and "NVIDIA GPUs only" in notes[0]
 
@@ -133,9 +191,25 @@ def test_the_jax_train_row_runs_the_projects_train_step(monkeypatch):
 def test_without_torch_the_torch_rows_say_why_and_the_rest_run(tmp_path, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as without torch
   out = tmp_path / "speed.json"
-  argv = ["--models", "student", "--shapes", "16x16", "--batch", "1", "--repeats", "1",
-          "--warmup", "0", "--impls", "jax_jit", "torch_eager", "--device", "cpu",
-          "--json", str(out)]
+  argv = [
+    "--models",
+    "student",
+    "--shapes",
+    "16x16",
+    "--batch",
+    "1",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--impls",
+    "jax_jit",
+    "torch_eager",
+    "--device",
+    "cpu",
+    "--json",
+    str(out),
+  ]
   assert run_cli(benchmark.main, argv) == 0
   report = json.loads(out.read_text())
   rows = {(r["mode"], r["impl"]): r for r in report["rows"]}
@@ -150,13 +224,16 @@ def test_without_torch_the_torch_rows_say_why_and_the_rest_run(tmp_path, monkeyp
 
 
 def test_the_package_imports_without_torch():
-  code = ("import sys\nsys.modules['torch'] = None\n"
-          "import kdmri_jax.benchmark, kdmri_jax.convert, kdmri_jax.export, kdmri_jax.inference, "
-          "kdmri_jax.onnx_export, kdmri_jax.pipeline, kdmri_jax.valid\n"
-          "try:\n  import kdmri_jax.torch_reference\n"
-          "except ImportError:\n  print('no torch_reference')\n")
+  code = (
+    "import sys\nsys.modules['torch'] = None\n"
+    "import kdmri_jax.benchmark, kdmri_jax.convert, kdmri_jax.export, kdmri_jax.inference, "
+    "kdmri_jax.onnx_export, kdmri_jax.pipeline, kdmri_jax.valid\n"
+    "try:\n  import kdmri_jax.torch_reference\n"
+    "except ImportError:\n  print('no torch_reference')\n"
+  )
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  process = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                           cwd=REPO, timeout=120)
+  process = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+  )
   assert process.returncode == 0, process.stderr
   assert process.stdout.strip() == "no torch_reference"

@@ -1,4 +1,5 @@
-"""Tests of experiments/brain_figures.py: reading validation PSNR curves from logs and drawing them."""
+"""Tests of experiments/brain_figures.py: reading validation PSNR curves from logs and drawing
+them."""
 
 from __future__ import annotations
 
@@ -17,22 +18,34 @@ def write_log(path, lines):
 
 def test_read_curve_takes_the_last_line_per_epoch_and_ignores_old_logs(tmp_path):
   log = str(tmp_path / "kd" / "log.txt")
-  write_log(log, ["kd epoch 1/3 step 5 train_loss 0.1 val_loss 0.1 val_psnr 20.50 best 0.1@5 lr 1e-3 time 1s",
-                  "kd: stopped by SIGTERM at step 7 (epoch 2)",
-                  "kd epoch 2/3 step 10 train_loss 0.1 val_loss 0.1 val_psnr 21.00 best 0.1@5 lr 1e-3 time 1s",
-                  "kd epoch 2/3 step 10 train_loss 0.1 val_loss 0.1 val_psnr 21.25 best 0.1@5 lr 1e-3 time 1s"])
+  write_log(
+    log,
+    [
+      "kd epoch 1/3 step 5 train_loss 0.1 val_loss 0.1 val_psnr 20.50 best 0.1@5 lr 1e-3 time 1s",
+      "kd: stopped by SIGTERM at step 7 (epoch 2)",
+      "kd epoch 2/3 step 10 train_loss 0.1 val_loss 0.1 val_psnr 21.00 best 0.1@5 lr 1e-3 time 1s",
+      "kd epoch 2/3 step 10 train_loss 0.1 val_loss 0.1 val_psnr 21.25 best 0.1@5 lr 1e-3 time 1s",
+    ],
+  )
   assert bf.read_curve(log) == [(1, 20.5), (2, 21.25)]
   old = str(tmp_path / "old" / "log.txt")
-  write_log(old, ["teacher epoch 1/3 step 5 train_loss 0.1 val_loss 0.1 best 0.1@5 lr 1e-3 time 1s"])
+  write_log(
+    old, ["teacher epoch 1/3 step 5 train_loss 0.1 val_loss 0.1 best 0.1@5 lr 1e-3 time 1s"]
+  )
   assert bf.read_curve(old) == [] and bf.read_curve(str(tmp_path / "missing.txt")) == []
 
 
 def test_plot_curves_writes_a_png_only_when_a_run_logged_psnr(tmp_path):
   run = tmp_path / "run"
   for stage in ("teacher", "student"):
-    write_log(str(run / stage / "log.txt"),
-              [f"{stage} epoch {e}/2 step {e} train_loss 0.1 val_loss 0.1 val_psnr {20 + e}.00 best 0.1@1 "
-               f"lr 1e-3 time 1s" for e in (1, 2)])
+    write_log(
+      str(run / stage / "log.txt"),
+      [
+        f"{stage} epoch {e}/2 step {e} train_loss 0.1 val_loss "
+        f"0.1 val_psnr {20 + e}.00 best 0.1@1 lr 1e-3 time 1s"
+        for e in (1, 2)
+      ],
+    )
   out = str(tmp_path / "figs" / "curves.png")
   assert not bf.plot_curves({"4x": str(tmp_path / "empty")}, out, "t") and not os.path.exists(out)
   assert bf.plot_curves({"4x": str(run), "8x": str(tmp_path / "empty")}, out, "t")

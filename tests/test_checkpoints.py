@@ -17,7 +17,9 @@ def _student():
 
 def test_roundtrip_rebuilds_the_model_from_meta(tmp_path):
   model, params = _student()
-  checkpoints.save_params(tmp_path / "ck", params, checkpoints.make_meta("student", model, stage="student"))
+  checkpoints.save_params(
+    tmp_path / "ck", params, checkpoints.make_meta("student", model, stage="student")
+  )
   loaded_model, loaded, meta = checkpoints.load_params(tmp_path / "ck")
   assert loaded_model == model and meta["stage"] == "student"
   jax.tree_util.tree_map(np.testing.assert_array_equal, params, loaded)

@@ -20,8 +20,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Config files that take an argument (`file.py:BASE,NAME`): one valid argument each.
 CONFIG_ARGS = {"methods": ("demo,fitnet",), "ablation": ("demo,imitation_only",)}
 # A value of the right type that each parsed (free-form) field refuses.
-BAD_PARSED = {"acc": "fast", "stages": "teacher,distill", "evaluate.stages": "teacher,zf2",
-              "kd.layer_pairs": "0.2-0.1"}
+BAD_PARSED = {
+  "acc": "fast",
+  "stages": "teacher,distill",
+  "evaluate.stages": "teacher,zf2",
+  "kd.layer_pairs": "0.2-0.1",
+}
 
 
 def default_fields() -> dict[str, object]:
@@ -30,8 +34,9 @@ def default_fields() -> dict[str, object]:
 
 def test_every_default_field_has_a_declared_range():
   undeclared = sorted(set(default_fields()) - set(RANGES))
-  assert not undeclared, f"fields of configs/default.py without a range in config_ranges.RANGES: " \
-                         f"{undeclared}"
+  assert not undeclared, (
+    f"fields of configs/default.py without a range in config_ranges.RANGES: {undeclared}"
+  )
 
 
 def test_every_declared_range_is_a_field_of_the_default_config():
@@ -40,8 +45,11 @@ def test_every_declared_range_is_a_field_of_the_default_config():
 
 
 def shipped_configs():
-  names = sorted(n[:-3] for n in os.listdir(os.path.join(REPO, "configs"))
-                 if n.endswith(".py") and n != "__init__.py")
+  names = sorted(
+    n[:-3]
+    for n in os.listdir(os.path.join(REPO, "configs"))
+    if n.endswith(".py") and n != "__init__.py"
+  )
   return [(name, arg) for name in names for arg in CONFIG_ARGS.get(name, (None,))]
 
 
@@ -114,10 +122,16 @@ def test_values_on_the_bounds_and_none_where_optional_are_accepted(field, value)
 
 def test_the_issue_cases_are_refused():
   """Issue 15, class 1: these broke resume or crashed after an epoch of training."""
-  for field, value in [("train.num_epochs", 0), ("train.num_epochs", -2),
-                       ("train.keep_checkpoints", 0), ("train.batch_size", 0),
-                       ("train.lr_step_epochs", 0), ("data.image_size", 0),
-                       ("evaluate.batch_size", 0), ("train.learning_rate", 0.0)]:
+  for field, value in [
+    ("train.num_epochs", 0),
+    ("train.num_epochs", -2),
+    ("train.keep_checkpoints", 0),
+    ("train.batch_size", 0),
+    ("train.lr_step_epochs", 0),
+    ("data.image_size", 0),
+    ("evaluate.batch_size", 0),
+    ("train.learning_rate", 0.0),
+  ]:
     expected = rf"^config\.{re.escape(field)}={value!r} is out of range: it must be "
     with pytest.raises(InputError, match=expected):
       config_ranges.check(set_field(default.get_config(), field, value))
@@ -126,13 +140,16 @@ def test_the_issue_cases_are_refused():
 def test_the_sentence_says_the_range_and_how_to_change_it():
   with pytest.raises(InputError) as raised:
     config_ranges.check(set_field(default.get_config(), "kd.alpha", 1.5))
-  assert str(raised.value) == ("config.kd.alpha=1.5 is out of range: it must be a number in "
-                               "[0, 1]; change it in the config file or pass "
-                               "--config.kd.alpha=VALUE.")
+  assert str(raised.value) == (
+    "config.kd.alpha=1.5 is out of range: it must be a number in "
+    "[0, 1]; change it in the config file or pass "
+    "--config.kd.alpha=VALUE."
+  )
 
 
 def test_choices_come_from_the_registries():
   from kdmri_jax import feature_losses, models
+
   with pytest.raises(InputError) as raised:
     config_ranges.check(set_field(default.get_config(), "models.teacher", "unet"))
   assert str(sorted(models.PRESETS)) in str(raised.value)

@@ -1,5 +1,5 @@
-"""Tests for configs/*.py: every file loads through the CLI's flag machinery, overrides work, and the
-defaults are the paper's training settings."""
+"""Tests for configs/*.py: every file loads through the CLI's flag machinery, overrides work, and
+the defaults are the paper's training settings."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ import pytest
 from kdmri_jax import main, pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The training configs (configs/sr_*.py, ablation.py and methods.py take arguments and have their own
-# tests in tests/test_sr.py and the methods' tests).
-NAMES = ["default", "demo"] + [f"{d}_{a}" for d in ("brain", "cardiac", "knee") for a in ("4x", "5x", "8x")]
+# The training configs (configs/sr_*.py, ablation.py and methods.py take arguments and have their
+# own tests in tests/test_sr.py and the methods' tests).
+NAMES = ["default", "demo"] + [
+  f"{d}_{a}" for d in ("brain", "cardiac", "knee") for a in ("4x", "5x", "8x")
+]
 CONFIGS = [os.path.join(REPO, "configs", f"{name}.py") for name in NAMES]
 
 
@@ -47,17 +49,29 @@ def test_variants_set_dataset_and_acceleration_and_keep_the_paper_settings(datas
   train = config.train
   assert (train.learning_rate, train.lr_step_epochs, train.lr_gamma) == (1e-3, 40, 0.1)
   assert (train.batch_size, train.num_epochs, train.seed) == (4, 150, 42)
-  assert (config.kd.alpha, config.kd.feature_loss, config.kd.init_from) == (0.5, "attention", "feature")
+  assert (config.kd.alpha, config.kd.feature_loss, config.kd.init_from) == (
+    0.5,
+    "attention",
+    "feature",
+  )
   assert (config.models.teacher, config.models.student) == ("teacher", "student")
   assert config.stages == "teacher,student,feature,kd,evaluate,report"
 
 
 def test_overrides_change_fields_with_their_types():
-  config = load(os.path.join(REPO, "configs", "brain_8x.py"), "--config.stages=teacher,student",
-                "--config.train.num_epochs=3", "--config.kd.alpha=0.25", "--config.data.root=/data/brain",
-                "--config.models.num_cascades=2", "--config.train.compute_dtype=bfloat16",
-                "--config.distributed.num_processes=2")
-  assert config.stages == "teacher,student" and config.train.num_epochs == 3 and config.kd.alpha == 0.25
+  config = load(
+    os.path.join(REPO, "configs", "brain_8x.py"),
+    "--config.stages=teacher,student",
+    "--config.train.num_epochs=3",
+    "--config.kd.alpha=0.25",
+    "--config.data.root=/data/brain",
+    "--config.models.num_cascades=2",
+    "--config.train.compute_dtype=bfloat16",
+    "--config.distributed.num_processes=2",
+  )
+  assert (
+    config.stages == "teacher,student" and config.train.num_epochs == 3 and config.kd.alpha == 0.25
+  )
   assert config.data.root == "/data/brain" and config.models.num_cascades == 2
   assert config.train.compute_dtype == "bfloat16" and config.distributed.num_processes == 2
   assert config.acc == "8x"  # untouched fields keep the file's values
@@ -81,7 +95,8 @@ def test_demo_distils_the_committed_teacher_of_its_own_model():
   assert folder.startswith(os.path.join(REPO, "experiments", "pretrained"))
   _, params, _ = checkpoints.load_params(os.path.join(folder, "best"), expected_model="teacher")
   _, model = pipeline.build_model(config, "teacher")
-  expected = train._param_shapes(model)  # shapes of a fresh init; conv weights do not depend on H, W
+  # shapes of a fresh init; conv weights do not depend on H, W
+  expected = train._param_shapes(model)
   assert jax.tree.map(np.shape, params) == jax.tree.map(np.shape, expected)
   assert load(os.path.join(REPO, "configs", "brain_cpu.py")).pretrained_teacher is None
 
@@ -89,6 +104,7 @@ def test_demo_distils_the_committed_teacher_of_its_own_model():
 def test_generated_mask_defaults_are_the_masks_modules():
   from kdmri_jax import masks
   from kdmri_jax.data import embedded
+
   data = load(os.path.join(REPO, "configs", "default.py")).data
   spec = embedded.BrainSpec()
   assert data.mask_seed == spec.mask_seed == masks.DEFAULT_MASK_SEED

@@ -1,4 +1,5 @@
-"""experiments/conv_gradient_cpu.py: the weight-gradient rewrites equal XLA's, and the table prints."""
+"""experiments/conv_gradient_cpu.py: the weight-gradient rewrites equal XLA's, and the table
+prints."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,9 @@ from experiments import conv_gradient_cpu as cg
 
 def test_weight_gradient_rewrites_equal_xlas():
   rng = np.random.default_rng(0)
-  x, g = (jnp.asarray(rng.standard_normal((2, 6, 5, cg.CHANNELS), dtype=np.float32)) for _ in range(2))
+  x, g = (
+    jnp.asarray(rng.standard_normal((2, 6, 5, cg.CHANNELS), dtype=np.float32)) for _ in range(2)
+  )
   kernel = jnp.zeros((3, 3, cg.CHANNELS, cg.CHANNELS), jnp.float32)
   expected = jax.vjp(lambda k: cg.conv(x, k), kernel)[1](g)[0].reshape(9, cg.CHANNELS, cg.CHANNELS)
   np.testing.assert_allclose(cg.weight_grad_taps(x, g), expected, rtol=1e-4, atol=1e-4)

@@ -18,11 +18,13 @@ def _grads(conv, x, kernel):
   def loss(x, kernel):
     out = conv(x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=layers.NHWC)
     return jnp.sum(jnp.sin(out))  # a non-trivial cotangent
+
   return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, kernel)
 
 
-@pytest.mark.parametrize("batch,cin,cout",
-                         [(1, 32, 1), (2, 32, 1), (1, 1, 32), (3, 8, 8), (2, 32, 32)])
+@pytest.mark.parametrize(
+  "batch,cin,cout", [(1, 32, 1), (2, 32, 1), (1, 1, 32), (3, 8, 8), (2, 32, 32)]
+)
 def test_gradients_equal_jax_own(batch, cin, cout):
   rng = np.random.default_rng(batch * 100 + cin + cout)
   x = jnp.asarray(rng.standard_normal((batch, 9, 7, cin), dtype=np.float32))
@@ -41,8 +43,9 @@ def test_swapped_weight_gradient_handles_uneven_padding():
   out_shape = jax.eval_shape(conv, jnp.zeros((3, 3, 5, 2))).shape
   g = jnp.asarray(rng.standard_normal(out_shape, dtype=np.float32))
   expected = jax.vjp(conv, jnp.zeros((3, 3, 5, 2)))[1](g)[0]
-  np.testing.assert_allclose(layers.weight_gradient_swapped(x, g, padding, (3, 3)), expected,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(
+    layers.weight_gradient_swapped(x, g, padding, (3, 3)), expected, rtol=1e-5, atol=1e-5
+  )
 
 
 def _train(model, params, batch, steps):
@@ -62,6 +65,7 @@ def _train(model, params, batch, steps):
 
 def _batch(size=24, images=2, seed=0):
   from kdmri_jax import benchmark
+
   return benchmark.make_batch(models.build_model("student"), images, size, size, seed)
 
 

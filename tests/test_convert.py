@@ -1,4 +1,5 @@
-"""PyTorch import: parity with the reference PyTorch models, accepted formats, and refused inputs."""
+"""PyTorch import: parity with the reference PyTorch models, accepted formats, and refused
+inputs."""
 
 import argparse
 import datetime
@@ -14,8 +15,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kdmri_jax import torch_reference as ref  # noqa: E402
-from kdmri_jax import checkpoints, convert, masks, models  # noqa: E402
+from kdmri_jax import (  # noqa: E402
+  checkpoints,
+  convert,
+  masks,
+  models,
+  torch_reference as ref,  # noqa: E402
+)
 from kdmri_jax.errors import InputError, run_cli  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -27,14 +33,24 @@ def _authors_args(model_type):
   """A real Namespace from a parser shaped like the authors' (paths typed as pathlib.Path)."""
   parser = argparse.ArgumentParser()
   parser.add_argument("--lr", type=float, default=1e-3)
-  parser.add_argument("--weight-decay", type=float, default=0.)
+  parser.add_argument("--weight-decay", type=float, default=0.0)
   parser.add_argument("--device", default="cuda")
   parser.add_argument("--exp-dir", type=pathlib.Path)
   parser.add_argument("--train-path")
   parser.add_argument("--acceleration_factor")
   parser.add_argument("--model_type")
-  return parser.parse_args(["--exp-dir", "/exp/brain/acc_4x", "--train-path", "/data/train",
-                            "--acceleration_factor", "4x", "--model_type", model_type])
+  return parser.parse_args(
+    [
+      "--exp-dir",
+      "/exp/brain/acc_4x",
+      "--train-path",
+      "/data/train",
+      "--acceleration_factor",
+      "4x",
+      "--model_type",
+      model_type,
+    ]
+  )
 
 
 def _one_adam_step(model, args):
@@ -59,9 +75,19 @@ def _save_authors_checkpoint(path, model, zipfile=True, pickle_module=pickle, ar
   args = args or _authors_args("teacher")
   optimizer = _one_adam_step(model, args)
   best_dev_loss = min(1e9, np.mean(DEV_LOSSES))
-  torch.save({"epoch": 3, "args": args, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-              "best_dev_loss": best_dev_loss, "exp_dir": args.exp_dir}, path,
-             _use_new_zipfile_serialization=zipfile, pickle_module=pickle_module)
+  torch.save(
+    {
+      "epoch": 3,
+      "args": args,
+      "model": model.state_dict(),
+      "optimizer": optimizer.state_dict(),
+      "best_dev_loss": best_dev_loss,
+      "exp_dir": args.exp_dir,
+    },
+    path,
+    _use_new_zipfile_serialization=zipfile,
+    pickle_module=pickle_module,
+  )
   return path
 
 
@@ -70,7 +96,6 @@ def _pickle_module_naming(renames):
   given, as pickles made with numpy 1 (`numpy.core.multiarray.scalar`) or on another OS do."""
 
   class RenamingPickler(pickle._Pickler):  # the Python pickler, whose save_global can be overridden
-
     def save_global(self, obj, name=None):
       if obj not in renames:
         return super().save_global(obj, name)
@@ -95,8 +120,14 @@ def _run(argv, capsys):
 def _cli_subprocess(*argv):
   """`python -m kdmri_jax.convert argv` in a fresh interpreter, as a user runs it."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  return subprocess.run([sys.executable, "-m", "kdmri_jax.convert", *map(str, argv)],
-                        capture_output=True, text=True, env=env, timeout=300, cwd=REPO)
+  return subprocess.run(
+    [sys.executable, "-m", "kdmri_jax.convert", *map(str, argv)],
+    capture_output=True,
+    text=True,
+    env=env,
+    timeout=300,
+    cwd=REPO,
+  )
 
 
 FORMATS = {"zip": True, "legacy": False}  # torch.save's _use_new_zipfile_serialization
@@ -125,18 +156,25 @@ def converted(tmp_path_factory):
 
 def _inputs(shape, seed=0):
   rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[:shape[0], :shape[1]] / max(shape)
-  target = (0.6 * np.exp(-((yy - 0.5) ** 2 + (xx - 0.45) ** 2) / 0.05) + 0.1 * rng.random(shape))
+  yy, xx = np.mgrid[: shape[0], : shape[1]] / max(shape)
+  target = 0.6 * np.exp(-((yy - 0.5) ** 2 + (xx - 0.45) ** 2) / 0.05) + 0.1 * rng.random(shape)
   mask = masks.cartesian_mask(shape, 4, seed=seed)
   kspace = (np.fft.fft2(target, norm="ortho") * mask).astype(np.complex64)[None]
   zero_filled = np.abs(np.fft.ifft2(kspace, norm="ortho")).astype(np.float32)
   return zero_filled, kspace, mask
 
 
-@pytest.mark.parametrize("name, fmt, shape", [
-    ("teacher", "zip", (240, 240)), ("teacher", "zip", (150, 150)),
-    ("teacher", "legacy", (150, 150)), ("student", "zip", (240, 240)),
-    ("student", "legacy", (240, 240)), ("student", "legacy", (150, 150))])
+@pytest.mark.parametrize(
+  "name, fmt, shape",
+  [
+    ("teacher", "zip", (240, 240)),
+    ("teacher", "zip", (150, 150)),
+    ("teacher", "legacy", (150, 150)),
+    ("student", "zip", (240, 240)),
+    ("student", "legacy", (240, 240)),
+    ("student", "legacy", (150, 150)),
+  ],
+)
 def test_converted_dccnn_matches_pytorch(converted, name, fmt, shape):
   torch_model, out = converted[name, fmt]
   model, params, meta = checkpoints.load_params(out, expected_model=name)
@@ -145,8 +183,9 @@ def test_converted_dccnn_matches_pytorch(converted, name, fmt, shape):
   zero_filled, kspace, mask = _inputs(shape)
   jax_out, _ = models.apply(model, params, {"input": zero_filled, "kspace": kspace, "mask": mask})
   with torch.inference_mode():
-    torch_out, _ = torch_model(torch.from_numpy(zero_filled)[:, None], torch.from_numpy(kspace),
-                               torch.from_numpy(mask))
+    torch_out, _ = torch_model(
+      torch.from_numpy(zero_filled)[:, None], torch.from_numpy(kspace), torch.from_numpy(mask)
+    )
   jax_out, torch_out = np.asarray(jax_out), torch_out[:, 0].numpy()
   assert jax_out.shape == (1,) + shape
   assert np.abs(jax_out - torch_out).max() <= 1e-4
@@ -171,12 +210,16 @@ def test_converted_vdsr_matches_pytorch(tmp_path, capsys, name):
 def test_bare_state_dict_with_dataparallel_prefix_is_accepted(tmp_path, capsys):
   torch_model = ref.build("student")
   torch.save({f"module.{k}": v for k, v in torch_model.state_dict().items()}, tmp_path / "bare.pt")
-  status, captured = _run(["--torch-checkpoint", tmp_path / "bare.pt", "--model", "student",
-                           "--out", tmp_path / "ck"], capsys)
+  status, captured = _run(
+    ["--torch-checkpoint", tmp_path / "bare.pt", "--model", "student", "--out", tmp_path / "ck"],
+    capsys,
+  )
   assert status == 0, captured.err
   _, params, _ = checkpoints.load_params(tmp_path / "ck")
-  np.testing.assert_array_equal(params["cascade_2"]["conv_1"]["kernel"],
-                                torch_model.cascade3.conv2.weight.detach().numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(
+    params["cascade_2"]["conv_1"]["kernel"],
+    torch_model.cascade3.conv2.weight.detach().numpy().transpose(2, 3, 1, 0),
+  )
 
 
 def _assert_one_line_error(status, captured, *fragments):
@@ -190,14 +233,18 @@ def _assert_one_line_error(status, captured, *fragments):
 
 def test_student_weights_as_teacher_name_the_missing_key_and_the_real_model(tmp_path, capsys):
   pt = _save_authors_checkpoint(tmp_path / "student.pt", ref.build("student"))
-  status, captured = _run(["--torch-checkpoint", pt, "--model", "teacher", "--out", tmp_path / "ck"], capsys)
+  status, captured = _run(
+    ["--torch-checkpoint", pt, "--model", "teacher", "--out", tmp_path / "ck"], capsys
+  )
   _assert_one_line_error(status, captured, "'teacher'", "cascade1.conv4.weight", "--model student")
   assert not (tmp_path / "ck").exists()
 
 
 def test_teacher_weights_as_student_name_the_unexpected_key(tmp_path, capsys):
   pt = _save_authors_checkpoint(tmp_path / "teacher.pt", ref.build("teacher"))
-  status, captured = _run(["--torch-checkpoint", pt, "--model", "student", "--out", tmp_path / "ck"], capsys)
+  status, captured = _run(
+    ["--torch-checkpoint", pt, "--model", "student", "--out", tmp_path / "ck"], capsys
+  )
   _assert_one_line_error(status, captured, "'student'", "cascade1.conv4.weight", "unexpected")
   assert not (tmp_path / "ck").exists()
 
@@ -205,17 +252,23 @@ def test_teacher_weights_as_student_name_the_unexpected_key(tmp_path, capsys):
 @pytest.mark.parametrize("content", [b"hello\n", b"", np.arange(4).tobytes()])
 def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path, capsys, content):
   (tmp_path / "x.pt").write_bytes(content)
-  status, captured = _run(["--torch-checkpoint", tmp_path / "x.pt", "--model", "student",
-                           "--out", tmp_path / "ck"], capsys)
+  status, captured = _run(
+    ["--torch-checkpoint", tmp_path / "x.pt", "--model", "student", "--out", tmp_path / "ck"],
+    capsys,
+  )
   _assert_one_line_error(status, captured, "is not a PyTorch checkpoint")
   assert not (tmp_path / "ck").exists()
 
 
 def test_npy_file_and_missing_file_are_refused(tmp_path, capsys):
   np.save(tmp_path / "mask.npy", np.ones((4, 4)))
-  for path, fragment in [(tmp_path / "mask.npy", "is not a PyTorch checkpoint"),
-                         (tmp_path / "nope.pt", "does not exist")]:
-    status, captured = _run(["--torch-checkpoint", path, "--model", "student", "--out", tmp_path / "ck"], capsys)
+  for path, fragment in [
+    (tmp_path / "mask.npy", "is not a PyTorch checkpoint"),
+    (tmp_path / "nope.pt", "does not exist"),
+  ]:
+    status, captured = _run(
+      ["--torch-checkpoint", path, "--model", "student", "--out", tmp_path / "ck"], capsys
+    )
     _assert_one_line_error(status, captured, fragment)
   assert not (tmp_path / "ck").exists()
 
@@ -229,9 +282,18 @@ def test_existing_output_needs_overwrite(tmp_path, capsys):
 
 
 def test_untrusted_python_objects_need_trust_pickle(tmp_path, capsys):
-  torch.save({"model": ref.build("vdsr_student").state_dict(), "when": datetime.datetime(2020, 1, 1)},
-             tmp_path / "odd.pt")
-  argv = ["--torch-checkpoint", tmp_path / "odd.pt", "--model", "vdsr_student", "--out", tmp_path / "ck"]
+  torch.save(
+    {"model": ref.build("vdsr_student").state_dict(), "when": datetime.datetime(2020, 1, 1)},
+    tmp_path / "odd.pt",
+  )
+  argv = [
+    "--torch-checkpoint",
+    tmp_path / "odd.pt",
+    "--model",
+    "vdsr_student",
+    "--out",
+    tmp_path / "ck",
+  ]
   _assert_one_line_error(*_run(argv, capsys), "--trust-pickle")
   assert _run(argv + ["--trust-pickle"], capsys)[0] == 0
 
@@ -255,8 +317,9 @@ def test_missing_torch_gives_the_install_command(tmp_path, monkeypatch):
 
 def test_cli_subprocess_reports_wrong_model_in_one_line(tmp_path):
   torch.save(ref.build("vdsr_student").state_dict(), tmp_path / "vdsr.pt")
-  result = _cli_subprocess("--torch-checkpoint", tmp_path / "vdsr.pt", "--model", "vdsr_teacher",
-                           "--out", tmp_path / "ck")
+  result = _cli_subprocess(
+    "--torch-checkpoint", tmp_path / "vdsr.pt", "--model", "vdsr_teacher", "--out", tmp_path / "ck"
+  )
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [result.stderr.strip()], result.stderr
   assert result.stderr.startswith("error: ") and "'conv8.weight' is missing" in result.stderr
@@ -308,8 +371,9 @@ def test_exp_dir_saved_on_windows_loads_as_a_pure_windows_path(tmp_path, capsys)
   windows = _pickle_module_naming({pathlib.PureWindowsPath: "pathlib.WindowsPath"})
   args = _authors_args("student")
   args.exp_dir = pathlib.PureWindowsPath(r"C:\exp\brain")  # `type=pathlib.Path` on Windows
-  pt = _save_authors_checkpoint(tmp_path / "win.pt", ref.build("student"), pickle_module=windows,
-                                args=args)
+  pt = _save_authors_checkpoint(
+    tmp_path / "win.pt", ref.build("student"), pickle_module=windows, args=args
+  )
   assert b"pathlib\nWindowsPath" in pt.read_bytes()
   assert convert.read_torch_checkpoint(pt)["exp_dir"] == pathlib.PureWindowsPath(r"C:\exp\brain")
   argv = ["--torch-checkpoint", pt, "--model", "student", "--out", tmp_path / "ck"]
@@ -334,14 +398,24 @@ class _CallsFunction(_RunsShell):
     return _touch, (str(self.marker),)
 
 
-@pytest.mark.parametrize("payload, refused",
-                         [(_RunsShell, f"{os.name}.system"), (_CallsFunction, "._touch")])
+@pytest.mark.parametrize(
+  "payload, refused", [(_RunsShell, f"{os.name}.system"), (_CallsFunction, "._touch")]
+)
 def test_a_file_that_would_run_code_is_refused_unrun(tmp_path, capsys, payload, refused):
   marker = tmp_path / "ran"
   model = ref.build("vdsr_student")
   torch.save({"model": model.state_dict(), "best_dev_loss": payload(marker)}, tmp_path / "evil.pt")
-  status, captured = _run(["--torch-checkpoint", tmp_path / "evil.pt", "--model", "vdsr_student",
-                           "--out", tmp_path / "ck"], capsys)
+  status, captured = _run(
+    [
+      "--torch-checkpoint",
+      tmp_path / "evil.pt",
+      "--model",
+      "vdsr_student",
+      "--out",
+      tmp_path / "ck",
+    ],
+    capsys,
+  )
   _assert_one_line_error(status, captured, refused, "none of the types", "--trust-pickle")
   assert not marker.exists() and not (tmp_path / "ck").exists()
   convert.read_torch_checkpoint(tmp_path / "evil.pt", trust_pickle=True)  # the payload is real:

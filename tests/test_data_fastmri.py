@@ -7,9 +7,11 @@ import pytest
 from kdmri_jax.data import fastmri
 from kdmri_jax.errors import InputError
 
-HEADER = ("<ismrmrdHeader><encoding><encodedSpace><matrixSize><x>32</x><y>20</y><z>1</z></matrixSize>"
-          "</encodedSpace><reconSpace><matrixSize><x>16</x><y>16</y><z>1</z></matrixSize></reconSpace>"
-          "</encoding></ismrmrdHeader>")
+HEADER = (
+  "<ismrmrdHeader><encoding><encodedSpace><matrixSize><x>32</x><y>20</y><z>1</z></matrixSize>"
+  "</encodedSpace><reconSpace><matrixSize><x>16</x><y>16</y><z>1</z></matrixSize></reconSpace>"
+  "</encoding></ismrmrdHeader>"
+)
 
 
 def fft2c(image):

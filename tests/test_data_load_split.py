@@ -1,4 +1,5 @@
-"""Tests of `kdmri_jax.data.load_split`: finding the data root, the mask, the embedded default, SR."""
+"""Tests of `kdmri_jax.data.load_split`: finding the data root, the mask, the embedded default,
+SR."""
 
 import numpy as np
 import pytest
@@ -11,8 +12,13 @@ from kdmri_jax.errors import InputError
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-  return phantom.make_dataset(str(tmp_path_factory.mktemp("d") / "root"), shape=(20, 16), accs=("4x", "8x"),
-                              num_volumes=4, num_slices=2)
+  return phantom.make_dataset(
+    str(tmp_path_factory.mktemp("d") / "root"),
+    shape=(20, 16),
+    accs=("4x", "8x"),
+    num_volumes=4,
+    num_slices=2,
+  )
 
 
 def _config(**data_fields):
@@ -62,6 +68,7 @@ def test_max_slices_and_super_resolution(root):
   config.task = "super_resolution"
   if "sr" not in config:
     import ml_collections
+
     config.sr = ml_collections.ConfigDict()
   config.sr.keep = 8
   config.data.max_slices = None
@@ -76,5 +83,7 @@ def test_embedded_brain_default(tmp_path):
   config.data.image_size = 24  # a reduced build; the real one is 240
   config.data.max_slices = 5
   source = data.load_split(config, "validation")
-  assert len(source) == 5 and source[0]["target"].shape == (24, 24) and source.mask.shape == (24, 24)
+  assert (
+    len(source) == 5 and source[0]["target"].shape == (24, 24) and source.mask.shape == (24, 24)
+  )
   assert data.embedded_brain_root(str(tmp_path), size=24, accs=("4x",)).startswith(str(tmp_path))

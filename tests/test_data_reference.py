@@ -23,7 +23,12 @@ def test_write_read_round_trip_slices_first(tmp_path):
     assert f["volfs"].shape == (16, 12, 3)
     assert f["kspace_volus_4x"].dtype == np.complex64
   volume = reference.read_volume(path)
-  assert volume.acc == "4x" and volume.name == "v" and volume.num_slices == 3 and volume.shape == (16, 12)
+  assert (
+    volume.acc == "4x"
+    and volume.name == "v"
+    and volume.num_slices == 3
+    and volume.shape == (16, 12)
+  )
   np.testing.assert_array_equal(volume.target, target)
   np.testing.assert_array_equal(volume.input, image)
   np.testing.assert_array_equal(volume.kspace, kspace)
@@ -69,14 +74,25 @@ def test_several_accelerations_need_a_choice(tmp_path):
   assert reference.read_volume(path, "8x").acc == "8x"
 
 
-@pytest.mark.parametrize("mutate, message", [
+@pytest.mark.parametrize(
+  "mutate, message",
+  [
     (lambda f: f.__delitem__("kspace_volus_4x"), "no key 'kspace_volus_4x'"),
-    (lambda f: (f.__delitem__("kspace_volus_4x"), f.create_dataset("kspace_volus_4x", data=np.zeros(
-        (16, 10, 3), np.complex64))), "must match"),
-    (lambda f: (f.__delitem__("volfs"), f.create_dataset("volfs", data=np.zeros((8, 12, 3)))), "must match"),
+    (
+      lambda f: (
+        f.__delitem__("kspace_volus_4x"),
+        f.create_dataset("kspace_volus_4x", data=np.zeros((16, 10, 3), np.complex64)),
+      ),
+      "must match",
+    ),
+    (
+      lambda f: (f.__delitem__("volfs"), f.create_dataset("volfs", data=np.zeros((8, 12, 3)))),
+      "must match",
+    ),
     (lambda f: f["img_volus_4x"].__setitem__((0, 0, 0), np.nan), "NaN or Inf"),
     (lambda f: f["kspace_volus_4x"].__setitem__((0, 0, 1), np.inf), "NaN or Inf"),
-])
+  ],
+)
 def test_bad_files_raise_one_clear_error(tmp_path, mutate, message):
   target, image, kspace = _volume()
   path = tmp_path / "bad.h5"
@@ -101,8 +117,13 @@ def test_not_hdf5_and_no_reference_keys(tmp_path):
 def test_list_volumes_and_its_errors(tmp_path):
   target, image, kspace = _volume()
   for name in ("b", "a"):
-    reference.write_volume(tmp_path / "train" / "acc_4x" / f"{name}.h5", target, image, kspace, "4x")
-  assert [p.split("/")[-1] for p in reference.list_volumes(tmp_path, "train", "4x")] == ["a.h5", "b.h5"]
+    reference.write_volume(
+      tmp_path / "train" / "acc_4x" / f"{name}.h5", target, image, kspace, "4x"
+    )
+  assert [p.split("/")[-1] for p in reference.list_volumes(tmp_path, "train", "4x")] == [
+    "a.h5",
+    "b.h5",
+  ]
   with pytest.raises(InputError, match=r"acceleration 8x has no train data.*\['4x'\]"):
     reference.list_volumes(tmp_path, "train", "8x")
   (tmp_path / "train" / "acc_5x").mkdir()

@@ -7,18 +7,25 @@ import numpy as np
 import pytest
 
 from kdmri_jax.data import phantom, tfds_builder
-from kdmri_jax.data.sources import ReferenceSource
 from kdmri_jax.data.reference import list_volumes
+from kdmri_jax.data.sources import ReferenceSource
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-  return phantom.make_dataset(str(tmp_path_factory.mktemp("d") / "root"), shape=(16, 12), accs=("4x",),
-                              num_volumes=3, num_slices=3, split=0.67)
+  return phantom.make_dataset(
+    str(tmp_path_factory.mktemp("d") / "root"),
+    shape=(16, 12),
+    accs=("4x",),
+    num_volumes=3,
+    num_slices=3,
+    split=0.67,
+  )
 
 
 def test_build_and_read_by_name(root, tmp_path):
   import tensorflow_datasets as tfds
+
   builder = tfds_builder.build(root, "cardiac", "4x", data_dir=str(tmp_path))
   assert builder.info.splits["train"].num_examples == 6
   by_name = tfds.data_source("kdmri_mri/cardiac_4x", data_dir=str(tmp_path))
@@ -42,8 +49,8 @@ def test_source_matches_the_h5_files(root, tmp_path):
 
 @pytest.mark.parametrize("embedded", [False, True])
 def test_load_split_reads_tfds_like_h5(root, tmp_path, embedded):
-  """The training entry point (`load_split`) gives the same examples from TFDS as from the h5 files, both
-  for a prepared root and for the embedded brain default (built at 32×32 here to stay fast)."""
+  """The training entry point (`load_split`) gives the same examples from TFDS as from the h5 files,
+  both for a prepared root and for the embedded brain default (built at 32×32 here to stay fast)."""
   from configs import default
   from kdmri_jax import data
 
@@ -67,4 +74,5 @@ def test_load_split_reads_tfds_like_h5(root, tmp_path, embedded):
   for a, b in zip(*batches):
     np.testing.assert_array_equal(a["target"], b["target"])
   built_under = tmp_path / "cache" if embedded else pathlib.Path(root)
-  assert list(built_under.rglob("embedded_4x" if embedded else "cardiac_4x"))  # read by its TFDS name
+  # read by its TFDS name
+  assert list(built_under.rglob("embedded_4x" if embedded else "cardiac_4x"))

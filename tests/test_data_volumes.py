@@ -54,11 +54,14 @@ def test_reference_volfs_is_slices_last(tmp_path):
   assert volumes.read_h5(str(tmp_path / "r.h5"), "volfs").shape == (5, 8, 6)
 
 
-@pytest.mark.parametrize("bad, message", [
+@pytest.mark.parametrize(
+  "bad, message",
+  [
     (np.full((2, 4, 4), np.nan, np.float32), "NaN or Inf"),
     (np.zeros((2, 2, 2, 2), np.float32), "expected a 2-D slice or a 3-D volume"),
     (np.array(["a", "b"]), "expected numbers"),
-])
+  ],
+)
 def test_bad_arrays(tmp_path, bad, message):
   np.save(tmp_path / "bad.npy", bad)
   with pytest.raises(InputError, match=message):
@@ -106,15 +109,21 @@ def test_slice_index_over_volumes(tmp_path):
 
 # --- MATLAB .mat: v5 through scipy, v7.3 (HDF5, column-major) through h5py ------------------------
 
-_MATLAB_CLASSES = {np.dtype(np.float64): "double", np.dtype(np.float32): "single",
-                   np.dtype(np.int16): "int16", np.dtype(np.uint8): "uint8"}
+_MATLAB_CLASSES = {
+  np.dtype(np.float64): "double",
+  np.dtype(np.float32): "single",
+  np.dtype(np.int16): "int16",
+  np.dtype(np.uint8): "uint8",
+}
 
 
 def _matlab_header() -> bytes:
   """The 128 bytes MATLAB writes into a v7.3 file's 512-byte userblock: text, subsystem offset,
   version 0x0200, endian indicator 'IM'."""
-  text = (b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 "
-          b"HDF5 schema 1.00 .")
+  text = (
+    b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 "
+    b"HDF5 schema 1.00 ."
+  )
   return text.ljust(116, b" ") + bytes(8) + b"\x00\x02" + b"IM"
 
 
@@ -186,8 +195,9 @@ def test_mat_volumes_read_equal_the_originals(tmp_path, version, dtype):
   assert volume.shape == (3, 10, 8) and volume.dtype == np.float32
   for s in range(3):  # slice s of MATLAB's img(:, :, s)
     np.testing.assert_allclose(volume[s], np.abs(original[:, :, s]), rtol=1e-6)
-  np.testing.assert_allclose(volumes.read_any(path, key="img", slice_axis=0)[4],
-                             np.abs(original[4]), rtol=1e-6)
+  np.testing.assert_allclose(
+    volumes.read_any(path, key="img", slice_axis=0)[4], np.abs(original[4]), rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize("version", ["v5", "v7.3"])
@@ -199,16 +209,25 @@ def test_mat_single_variable_and_single_slice(tmp_path, version):
 
 
 @pytest.mark.parametrize("version", ["v5", "v7.3"])
-@pytest.mark.parametrize("variables, key, message", [
-    ({"img": np.ones((4, 4, 2)), "b": np.ones(2)}, None,
-     r"holds several arrays \['b', 'img'\]; choose one"),
+@pytest.mark.parametrize(
+  "variables, key, message",
+  [
+    (
+      {"img": np.ones((4, 4, 2)), "b": np.ones(2)},
+      None,
+      r"holds several arrays \['b', 'img'\]; choose one",
+    ),
     ({"img": np.ones((4, 4, 2))}, "volume", r"has no key 'volume' \(keys: \['img'\]\)"),
     ({"s": {"data": np.ones((4, 4))}}, "s", r"\(key 's'\) is a MATLAB struct, not a numeric array"),
     ({"name": np.array("knee")}, "name", r"\(key 'name'\) is a MATLAB char, not a numeric array"),
-    ({"img": np.ones((4, 4, 2, 3))}, "img",
-     r"\(key 'img'\): the volume has shape \(4, 4, 2, 3\); expected"),
+    (
+      {"img": np.ones((4, 4, 2, 3))},
+      "img",
+      r"\(key 'img'\): the volume has shape \(4, 4, 2, 3\); expected",
+    ),
     ({"img": np.full((4, 4, 2), np.nan)}, "img", r"\(key 'img'\): the volume contains NaN or Inf"),
-])
+  ],
+)
 def test_bad_mat_inputs_name_file_and_key(tmp_path, version, variables, key, message):
   path = _save_mat(tmp_path / "bad.mat", version, variables)
   with pytest.raises(InputError, match=message) as error:
@@ -237,7 +256,11 @@ def test_mat_cells_and_unreadable_files(tmp_path):
     volumes.read_any(str(tmp_path / "text.mat"))
   assert volumes.kind_of("x/K.MAT") == "mat"
   assert [p.split("/")[-1] for p in volumes.find_files(str(tmp_path))] == [
-      "c.mat", "c73.mat", "s73.mat", "text.mat"]
+    "c.mat",
+    "c73.mat",
+    "s73.mat",
+    "text.mat",
+  ]
 
 
 def test_prepare_from_mat_volumes_end_to_end(tmp_path):
@@ -248,9 +271,24 @@ def test_prepare_from_mat_volumes_end_to_end(tmp_path):
     variables = {"img": volume, "header": np.arange(3.0)}
     _save_mat(folder / f"{name}.mat", ["v5", "v7.3"][i % 2], variables)
   out = tmp_path / "knee"
-  command = [sys.executable, "-m", "kdmri_jax.prepare", "--input", str(folder), "--key", "img",
-             "--dataset", "knee", "--acc", "4x", "--out", str(out), "--split", "0.67",
-             "--no-per-slice"]
+  command = [
+    sys.executable,
+    "-m",
+    "kdmri_jax.prepare",
+    "--input",
+    str(folder),
+    "--key",
+    "img",
+    "--dataset",
+    "knee",
+    "--acc",
+    "4x",
+    "--out",
+    str(out),
+    "--split",
+    "0.67",
+    "--no-per-slice",
+  ]
   result = subprocess.run(command, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr
   manifest = json.loads((out / "manifest.json").read_text())

@@ -32,7 +32,7 @@ def _psnr(gt, pred):
 def _nmse(gt, pred):
   """‖gt − pred‖² / ‖gt‖²."""
   gt, pred = np.asarray(gt, np.float64), np.asarray(pred, np.float64)
-  return np.sum((gt - pred) ** 2) / np.sum(gt ** 2)
+  return np.sum((gt - pred) ** 2) / np.sum(gt**2)
 
 
 def _ssim(gt, pred):
@@ -50,7 +50,7 @@ def _ssim(gt, pred):
     mx, my = mean(x), mean(y)
     vx, vy = 49 / 48 * (mean(x * x) - mx * mx), 49 / 48 * (mean(y * y) - my * my)
     cxy = 49 / 48 * (mean(x * y) - mx * my)
-    ssim_map = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    ssim_map = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
     values.append(ssim_map[3:-3, 3:-3].mean())
   return float(np.mean(values))
 
@@ -63,7 +63,8 @@ def _write(path: pathlib.Path, key: str, data: np.ndarray) -> None:
 
 @pytest.fixture()
 def folders(tmp_path):
-  """targets/acc_4x/{a,b,c}.h5 ('volfs' H×W×S) and predictions/{a,b,c}.h5 ('reconstruction' S×H×W)."""
+  """targets/acc_4x/{a,b,c}.h5 ('volfs' H×W×S) and predictions/{a,b,c}.h5 ('reconstruction'
+  S×H×W)."""
   rng = np.random.default_rng(0)
   volumes = {}
   for i, name in enumerate(["a", "b", "c"]):
@@ -76,8 +77,17 @@ def folders(tmp_path):
 
 
 def _args(tmp_path, *extra):
-  return ["--target-path", str(tmp_path / "targets"), "--predictions-path", str(tmp_path / "predictions"),
-          "--report-path", str(tmp_path / "report"), "--acc", "4x", *extra]
+  return [
+    "--target-path",
+    str(tmp_path / "targets"),
+    "--predictions-path",
+    str(tmp_path / "predictions"),
+    "--report-path",
+    str(tmp_path / "report"),
+    "--acc",
+    "4x",
+    *extra,
+  ]
 
 
 def test_cli_writes_reference_report(folders):
@@ -85,8 +95,11 @@ def test_cli_writes_reference_report(folders):
   assert run_cli(evaluate.main, _args(tmp_path, "--per-slice")) == 0
   report = tmp_path / "report"
   line = (report / "report.txt").read_text().strip()
-  assert re.fullmatch(r"HFN = \S+ \+/- \S+ MSE = \S+ \+/- \S+ NMSE = \S+ \+/- \S+ "
-                      r"PSNR = \S+ \+/- \S+ SSIM = \S+ \+/- \S+", line)
+  assert re.fullmatch(
+    r"HFN = \S+ \+/- \S+ MSE = \S+ \+/- \S+ NMSE = \S+ \+/- \S+ "
+    r"PSNR = \S+ \+/- \S+ SSIM = \S+ \+/- \S+",
+    line,
+  )
   psnrs = [_psnr(gt, pred) for gt, pred in volumes.values()]
   assert f"PSNR = {np.mean(psnrs):.4g} +/- {2 * np.std(psnrs, ddof=1):.4g}" in line
   ssims = [_ssim(gt, pred) for gt, pred in volumes.values()]
@@ -116,7 +129,9 @@ def _break(tmp_path, how):
   if how == "missing_target_folder":
     return ["--target-path", str(tmp_path / "nowhere")] + _args(tmp_path)[2:]
   if how == "missing_prediction_folder":
-    return _args(tmp_path)[:2] + ["--predictions-path", str(tmp_path / "nowhere")] + _args(tmp_path)[4:]
+    return (
+      _args(tmp_path)[:2] + ["--predictions-path", str(tmp_path / "nowhere")] + _args(tmp_path)[4:]
+    )
   if how == "no_h5_files":
     for p in (tmp_path / "targets" / "acc_4x").glob("*.h5"):
       p.unlink()
@@ -138,9 +153,20 @@ def _break(tmp_path, how):
   return _args(tmp_path)
 
 
-@pytest.mark.parametrize("how", ["missing_target_folder", "missing_prediction_folder", "no_h5_files",
-                                 "missing_prediction", "missing_key", "shape_mismatch", "nan", "too_small",
-                                 "not_hdf5"])
+@pytest.mark.parametrize(
+  "how",
+  [
+    "missing_target_folder",
+    "missing_prediction_folder",
+    "no_h5_files",
+    "missing_prediction",
+    "missing_key",
+    "shape_mismatch",
+    "nan",
+    "too_small",
+    "not_hdf5",
+  ],
+)
 def test_bad_input_is_one_sentence_and_writes_nothing(folders, how, capsys):
   tmp_path, _ = folders
   assert run_cli(evaluate.main, _break(tmp_path, how)) == 2
@@ -176,12 +202,31 @@ def test_module_entry_point(folders):
   tmp_path, _ = folders
   root = pathlib.Path(__file__).resolve().parents[1]
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-m", "kdmri_jax.evaluate", *_args(tmp_path)],
-                        capture_output=True, text=True, env=env, cwd=root)
+  proc = subprocess.run(
+    [sys.executable, "-m", "kdmri_jax.evaluate", *_args(tmp_path)],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=root,
+  )
   assert proc.returncode == 0, proc.stderr
   assert "3 volumes: HFN = " in proc.stdout
-  proc = subprocess.run([sys.executable, "-m", "kdmri_jax.evaluate", "--target-path", str(tmp_path / "x"),
-                         "--predictions-path", str(tmp_path), "--report-path", str(tmp_path / "r")],
-                        capture_output=True, text=True, env=env, cwd=root)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "kdmri_jax.evaluate",
+      "--target-path",
+      str(tmp_path / "x"),
+      "--predictions-path",
+      str(tmp_path),
+      "--report-path",
+      str(tmp_path / "r"),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=root,
+  )
   assert proc.returncode == 2 and proc.stderr.startswith("error: target path")
   assert not (tmp_path / "r").exists()

@@ -20,12 +20,14 @@ def test_the_scripts_share_one_common_module():
 
 def test_script_command_is_the_module_form():
   assert common.script_command(["--base", "demo"], "ablation.py") == (
-      "python -m experiments.ablation --base demo")
+    "python -m experiments.ablation --base demo"
+  )
   assert common.script_command([], "compare_methods") == "python -m experiments.compare_methods"
 
 
-@pytest.mark.parametrize("script, extra", [(compare_methods, ["--methods", "attention,fitnet"]),
-                                           (ablation, [])])
+@pytest.mark.parametrize(
+  "script, extra", [(compare_methods, ["--methods", "attention,fitnet"]), (ablation, [])]
+)
 def test_dry_run_prints_each_pipeline_run_and_writes_nothing(script, extra, tmp_path, capsys):
   workdir = tmp_path / "runs"
   argv = ["--dry-run", "--workdir", str(workdir), "--out", str(tmp_path / "table.md"), *extra]
@@ -38,7 +40,13 @@ def test_dry_run_prints_each_pipeline_run_and_writes_nothing(script, extra, tmp_
 @pytest.mark.parametrize("name", ["compare_methods", "reproduce_brain"])
 def test_runs_as_a_module_from_the_repository_root(name):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  process = subprocess.run([sys.executable, "-m", f"experiments.{name}", "--help"],
-                           capture_output=True, text=True, env=env, cwd=REPO, timeout=120)
+  process = subprocess.run(
+    [sys.executable, "-m", f"experiments.{name}", "--help"],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO,
+    timeout=120,
+  )
   assert process.returncode == 0, process.stderr
   assert "usage:" in process.stdout

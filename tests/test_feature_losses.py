@@ -1,4 +1,5 @@
-"""Feature-distillation losses: hand-computed values, NumPy-loop references, zero at equality, gradients, jit."""
+"""Feature-distillation losses: hand-computed values, NumPy-loop references, zero at equality,
+gradients, jit."""
 
 from __future__ import annotations
 
@@ -22,17 +23,21 @@ def _maps(*shape, seed=0, offset=0.1):
   return np.random.default_rng(seed).random(shape).astype(np.float32) + offset
 
 
-# --- hand-computed examples -------------------------------------------------------------------------
+# --- hand-computed examples -----------------------------------------------------------------------
 
 
 def test_attention_hand_example():
-  # Q_T = (2, 2)/√8 = (1/√2, 1/√2); Q_S = (4, 0)/4 = (1, 0); mean |diff| = (1 − 1/√2 + 1/√2)/2 = 0.5.
+  # Q_T = (2, 2)/√8 = (1/√2, 1/√2); Q_S = (4, 0)/4 = (1, 0); mean |diff| = (1 − 1/√2 + 1/√2)/2 =
+  # 0.5.
   teacher = np.array([[[[1, 1], [1, 1]]]], np.float32)  # (1, 1, 2, 2)
   student = np.array([[[[2, 0], [0, 0]]]], np.float32)
   assert float(fl.attention_transfer(teacher, student)) == pytest.approx(0.5, abs=1e-6)
   # Disjoint one-hot maps: |(1, 0) − (0, 1)| averages to 1.
-  assert float(fl.attention_transfer(np.array([[[[1], [0]]]], np.float32),
-                                     np.array([[[[0], [1]]]], np.float32))) == pytest.approx(1.0)
+  assert float(
+    fl.attention_transfer(
+      np.array([[[[1], [0]]]], np.float32), np.array([[[[0], [1]]]], np.float32)
+    )
+  ) == pytest.approx(1.0)
 
 
 def test_attention_code_hand_example():
@@ -40,12 +45,15 @@ def test_attention_code_hand_example():
   teacher = np.ones((2, 1, 1, 1), np.float32)
   student = np.array([1, 0], np.float32).reshape(2, 1, 1, 1)
   assert float(fl.attention_transfer_batch(teacher, student)) == pytest.approx(0.5, abs=1e-6)
-  # Per sample (1×1 maps): Q_T = (1, 1); the student's sample 1 is all zero so Q_S = (1, 0): again 0.5.
+  # Per sample (1×1 maps): Q_T = (1, 1); the student's sample 1 is all zero so Q_S = (1, 0): again
+  # 0.5.
   assert float(fl.attention_transfer(teacher, student)) == pytest.approx(0.5, abs=1e-6)
 
 
 def test_fitnet_hand_example_and_regressor():
-  assert float(fl.fitnet(np.ones((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.float32))) == 1.0
+  assert (
+    float(fl.fitnet(np.ones((1, 1, 2, 2), np.float32), np.zeros((1, 1, 2, 2), np.float32))) == 1.0
+  )
   # One student channel, two teacher channels: r(s) = s·[2, 3] + [1, 0] = (3, 3) for s = 1.
   params = {"conv1x1": {"kernel": jnp.array([[2.0, 3.0]]), "bias": jnp.array([1.0, 0.0])}}
   student = np.ones((1, 1, 1, 1), np.float32)
@@ -68,7 +76,9 @@ def test_sp_hand_example():
   # ‖diff‖² = 2·((1 − a)² + a²) = 4 − 2√2 with a = 1/√2; / B² = 1 − √2/2.
   teacher = np.array([[1, 0], [0, 1]], np.float32).reshape(2, 1, 1, 2)
   student = np.array([[1, 0], [1, 0]], np.float32).reshape(2, 1, 1, 2)
-  assert float(fl.similarity_preserving(teacher, student)) == pytest.approx(1 - math.sqrt(2) / 2, abs=1e-6)
+  assert float(fl.similarity_preserving(teacher, student)) == pytest.approx(
+    1 - math.sqrt(2) / 2, abs=1e-6
+  )
 
 
 def test_cc_hand_example():
@@ -118,7 +128,8 @@ def test_rkd_distance_is_zero_between_coinciding_samples():
   distances = fl.rkd_distances(jnp.array([[0.0, 0.0], [0.0, 0.0], [3.0, 4.0]]))
   np.testing.assert_allclose(distances, [[0, 0, 1.5], [0, 0, 1.5], [1.5, 1.5, 0]], rtol=1e-6)
   grads = jax.grad(lambda e: jnp.sum(fl.rkd_distances(e)) + jnp.sum(fl.rkd_angles(e)))(
-      jnp.array([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]]))
+    jnp.array([[1.0, 2.0], [1.0, 2.0], [0.0, 1.0]])
+  )
   assert bool(jnp.all(jnp.isfinite(grads)))
 
 
@@ -159,7 +170,7 @@ def test_ab_hand_example_and_its_zero():
   assert float(fl.activation_boundary(teacher, beyond)) == 0.0
   # Margin 1/4: the on neuron is exactly at it (0), the off one costs (0.25 + 0.5)².
   got = float(fl.activation_boundary(teacher, student, margin=0.25))
-  assert got == pytest.approx(0.75 ** 2 / 2)
+  assert got == pytest.approx(0.75**2 / 2)
   # A connector from one student channel: r(s) = s·[2, −4] + [0, 0] puts s = 1 past both margins.
   params = {"conv1x1": {"kernel": jnp.array([[2.0, -4.0]]), "bias": jnp.zeros(2)}}
   assert float(fl.activation_boundary(teacher, np.ones((1, 1, 1, 1), np.float32), params)) == 0.0
@@ -180,7 +191,8 @@ def test_vid_hand_example():
   alpha = jnp.array([_inverse_softplus(1 - fl.VID_EPS), _inverse_softplus(4 - fl.VID_EPS)])
   params = {"regressor": {f"conv_{i}": eye for i in range(3)}, "alpha": alpha}
   assert float(fl.variational_information(teacher, student, params)) == pytest.approx(
-      (1 + math.log(2)) / 2, rel=1e-5)
+    (1 + math.log(2)) / 2, rel=1e-5
+  )
   start = fl.init_vid(teacher, student[..., :1], jax.random.PRNGKey(0))
   np.testing.assert_allclose(fl.vid_variance(start["alpha"]), [1.0, 1.0], rtol=1e-6)
   assert start["regressor"]["conv_0"]["kernel"].shape == (1, 1, 1, 2)  # from C_S = 1 to C_T = 2
@@ -195,7 +207,7 @@ def test_ft_hand_example():
   assert float(fl.factor_transfer(teacher, 7 * teacher)) == pytest.approx(0.0, abs=1e-7)
 
 
-# --- NumPy loop references on B=2, H=W=3, C=2 -----------------------------------------------------------
+# --- NumPy loop references on B=2, H=W=3, C=2 -----------------------------------------------------
 
 
 def _np_attention(t, s, batch_norm):
@@ -207,8 +219,8 @@ def _np_attention(t, s, batch_norm):
         qt[i, y * w + x] = sum(v * v for v in t[i, y, x])
         qs[i, y * w + x] = sum(v * v for v in s[i, y, x])
   axis = 0 if batch_norm else 1
-  qt /= np.sqrt((qt ** 2).sum(axis, keepdims=True))
-  qs /= np.sqrt((qs ** 2).sum(axis, keepdims=True))
+  qt /= np.sqrt((qt**2).sum(axis, keepdims=True))
+  qs /= np.sqrt((qs**2).sum(axis, keepdims=True))
   return np.abs(qt - qs).mean()
 
 
@@ -218,9 +230,9 @@ def _np_sp(t, s):
   def gram(f):
     q = f.reshape(b, -1).astype(np.float64)
     g = np.array([[np.dot(q[i], q[j]) for j in range(b)] for i in range(b)])
-    return g / np.sqrt((g ** 2).sum(1, keepdims=True))
+    return g / np.sqrt((g**2).sum(1, keepdims=True))
 
-  return ((gram(t) - gram(s)) ** 2).sum() / b ** 2
+  return ((gram(t) - gram(s)) ** 2).sum() / b**2
 
 
 def _np_cc(t, s, gamma=0.4):
@@ -237,7 +249,7 @@ def _np_cc(t, s, gamma=0.4):
         k[i, j] = math.exp(-2 * gamma) * (1 + 2 * gamma * d + (2 * gamma * d) ** 2 / 2)
     return k
 
-  return ((kernel(t) - kernel(s)) ** 2).sum() / b ** 2
+  return ((kernel(t) - kernel(s)) ** 2).sum() / b**2
 
 
 def _np_pool(f, patch):
@@ -247,7 +259,7 @@ def _np_pool(f, patch):
   for i in range(b):
     for y in range(nh):
       for x in range(nw):
-        block = f[i, y * patch:(y + 1) * patch, x * patch:(x + 1) * patch]
+        block = f[i, y * patch : (y + 1) * patch, x * patch : (x + 1) * patch]
         out[i, y * nw + x] = block.reshape(-1, c).max(0)
   return out
 
@@ -259,8 +271,16 @@ def _np_affinity_loss(t, s, patch):
   for i in range(b):
     for p in range(n):
       for q in range(n):
-        at = nt[i, p] @ nt[i, q] / ((np.linalg.norm(nt[i, p]) + 1e-8) * (np.linalg.norm(nt[i, q]) + 1e-8))
-        a_s = ns[i, p] @ ns[i, q] / ((np.linalg.norm(ns[i, p]) + 1e-8) * (np.linalg.norm(ns[i, q]) + 1e-8))
+        at = (
+          nt[i, p]
+          @ nt[i, q]
+          / ((np.linalg.norm(nt[i, p]) + 1e-8) * (np.linalg.norm(nt[i, q]) + 1e-8))
+        )
+        a_s = (
+          ns[i, p]
+          @ ns[i, q]
+          / ((np.linalg.norm(ns[i, p]) + 1e-8) * (np.linalg.norm(ns[i, q]) + 1e-8))
+        )
         total += (at - a_s) ** 2
   return total / (n * n) / b
 
@@ -273,7 +293,9 @@ def _np_fsp(t1, t2, s1, s2):
     for n in range(bsz):
       for i in range(c1):
         for j in range(c2):
-          out[n, i, j] = sum(a[n, y, x, i] * b_[n, y, x, j] for y in range(h) for x in range(w)) / (h * w)
+          out[n, i, j] = sum(a[n, y, x, i] * b_[n, y, x, j] for y in range(h) for x in range(w)) / (
+            h * w
+          )
     return out
 
   return ((g(t1, t2) - g(s1, s2)) ** 2).mean()
@@ -282,12 +304,18 @@ def _np_fsp(t1, t2, s1, s2):
 def test_losses_match_numpy_loops():
   t, s = _maps(2, 3, 3, 2, seed=1), _maps(2, 3, 3, 2, seed=2)
   assert float(fl.attention_transfer(t, s)) == pytest.approx(_np_attention(t, s, False), rel=1e-5)
-  assert float(fl.attention_transfer_batch(t, s)) == pytest.approx(_np_attention(t, s, True), rel=1e-5)
+  assert float(fl.attention_transfer_batch(t, s)) == pytest.approx(
+    _np_attention(t, s, True), rel=1e-5
+  )
   assert float(fl.similarity_preserving(t, s)) == pytest.approx(_np_sp(t, s), rel=1e-4, abs=1e-9)
   assert float(fl.correlation_congruence(t, s)) == pytest.approx(_np_cc(t, s), rel=1e-4, abs=1e-9)
   # scale 2/3 on 3×3 -> patches of 2 in ceil mode: 2×2 nodes, the edge ones cover one row/column.
-  assert float(fl.local_affinity(t, s, scale=2 / 3)) == pytest.approx(_np_affinity_loss(t, s, 2), rel=1e-4)
-  assert float(fl.local_affinity(t, s, scale=None)) == pytest.approx(_np_affinity_loss(t, s, 1), rel=1e-4)
+  assert float(fl.local_affinity(t, s, scale=2 / 3)) == pytest.approx(
+    _np_affinity_loss(t, s, 2), rel=1e-4
+  )
+  assert float(fl.local_affinity(t, s, scale=None)) == pytest.approx(
+    _np_affinity_loss(t, s, 1), rel=1e-4
+  )
   t2, s2 = _maps(2, 3, 3, 3, seed=3), _maps(2, 3, 3, 3, seed=4)
   assert float(fl.fsp((t, t2), (s, s2))) == pytest.approx(_np_fsp(t, t2, s, s2), rel=1e-5)
   assert float(fl.fitnet(t, s)) == pytest.approx(((t - s) ** 2).mean(), rel=1e-6)
@@ -321,10 +349,18 @@ def _np_pkt(t, s):
   def conditional(f):
     e = f.reshape(len(f), -1).astype(np.float64)
     b = len(e)
-    kernel = np.array([[(e[i] @ e[j] / (np.linalg.norm(e[i]) * np.linalg.norm(e[j])) + 1) / 2
-                        for j in range(b)] for i in range(b)])
-    return {(i, j): kernel[i, j] / sum(kernel[i, k] for k in range(b) if k != i)
-            for i in range(b) for j in range(b) if i != j}
+    kernel = np.array(
+      [
+        [(e[i] @ e[j] / (np.linalg.norm(e[i]) * np.linalg.norm(e[j])) + 1) / 2 for j in range(b)]
+        for i in range(b)
+      ]
+    )
+    return {
+      (i, j): kernel[i, j] / sum(kernel[i, k] for k in range(b) if k != i)
+      for i in range(b)
+      for j in range(b)
+      if i != j
+    }
 
   p, q = conditional(t), conditional(s)
   return sum(p[ij] * math.log(p[ij] / q[ij]) for ij in p) / len(t)
@@ -338,7 +374,10 @@ def _np_nst(t, s):
   total = 0.0
   for n in range(len(t)):
     ct, cs = channels(t[n]), channels(s[n])
-    k = lambda xs, ys: np.mean([(x @ y) ** 2 for x in xs for y in ys])
+
+    def k(xs, ys):
+      return np.mean([(x @ y) ** 2 for x in xs for y in ys])
+
     total += k(ct, ct) + k(cs, cs) - 2 * k(ct, cs)
   return total / len(t)
 
@@ -358,7 +397,7 @@ def _np_conv(x, layer):
   for n in range(b):
     for y in range(h):
       for xx in range(w):
-        patch = pad[n, y:y + k, xx:xx + k]  # (k, k, C_in)
+        patch = pad[n, y : y + k, xx : xx + k]  # (k, k, C_in)
         out[n, y, xx] = np.tensordot(patch, kernel, axes=3) + bias
   return out
 
@@ -403,8 +442,9 @@ def test_new_methods_match_numpy_loops():
   ft = fl.init_ft(t, s, jax.random.PRNGKey(2))
   assert float(fl.factor_transfer(t, s, ft)) == pytest.approx(_np_ft(t, s, ft), rel=1e-4)
   connector = fl.init_hint_regressor(t, s, jax.random.PRNGKey(3))
-  mapped = np.asarray(s, np.float64) @ np.asarray(connector["conv1x1"]["kernel"]) \
-      + np.asarray(connector["conv1x1"]["bias"])
+  mapped = np.asarray(s, np.float64) @ np.asarray(connector["conv1x1"]["kernel"]) + np.asarray(
+    connector["conv1x1"]["bias"]
+  )
   got = float(fl.activation_boundary(t, s, connector))
   assert got == pytest.approx(_np_ab(t, mapped), rel=1e-5)
 
@@ -424,8 +464,9 @@ def test_trainable_parts_and_what_trains_them():
     encoded = nets["encoder"].apply({"params": encoder}, jnp.asarray(t))
     return jnp.mean(jnp.square(t - nets["decoder"].apply({"params": ft["decoder"]}, encoded)))
 
-  for got, want in zip(jax.tree.leaves(grads["encoder"]), jax.tree.leaves(jax.grad(reconstruction)(
-      ft["encoder"]))):
+  for got, want in zip(
+    jax.tree.leaves(grads["encoder"]), jax.tree.leaves(jax.grad(reconstruction)(ft["encoder"]))
+  ):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["translator"]))
   vid = fl.init_vid(t, s, jax.random.PRNGKey(1))
@@ -442,7 +483,7 @@ def test_trainable_parts_and_what_trains_them():
     assert bool(fl.init_feature_params(name, *narrow, pairs, key)) == (name != "rkd"), name
 
 
-# --- every registered method: zero at equality, gradients, jit, batch 1 -------------------------------
+# --- every registered method: zero at equality, gradients, jit, batch 1 ---------------------------
 
 
 def _pair(name, batch, seed=0, same=False):
@@ -473,7 +514,9 @@ def test_margin_losses_are_zero_past_the_margin_only():
 
 
 # Aliases (pairwise = local_affinity) are the same function: test each function once.
-_DISTINCT = sorted({fn: name for name, fn in sorted(fl.FEATURE_LOSSES.items(), reverse=True)}.values())
+_DISTINCT = sorted(
+  {fn: name for name, fn in sorted(fl.FEATURE_LOSSES.items(), reverse=True)}.values()
+)
 
 
 @pytest.mark.parametrize("name", _DISTINCT)
@@ -490,7 +533,9 @@ def test_positive_gradients_finite_jit_and_batch_one(name):
   t1, s1 = jax.tree_util.tree_map(lambda a: a[:1], (t, s))
   one = jax.jit(fn)(t1, s1)
   assert one.shape == () and bool(jnp.isfinite(one))
-  g1 = jax.tree_util.tree_leaves(jax.grad(lambda x: fn(t1, x))(jax.tree_util.tree_map(jnp.asarray, s1)))
+  g1 = jax.tree_util.tree_leaves(
+    jax.grad(lambda x: fn(t1, x))(jax.tree_util.tree_map(jnp.asarray, s1))
+  )
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in g1)
 
 
@@ -502,12 +547,14 @@ def test_batch_statistics_vanish_with_batch_one():
   assert float(fl.FEATURE_LOSSES["attention"](t, s)) > 0
 
 
-# --- the entry point: layer pairs, names, parameters, real models ----------------------------------------
+# --- the entry point: layer pairs, names, parameters, real models ---------------------------------
 
 
 def _dccnn_like(num_convs, channels=32, seed=0):
-  return tuple(tuple(_maps(2, 4, 4, channels, seed=seed + 10 * c + j) for j in range(num_convs - 1))
-               for c in range(5))
+  return tuple(
+    tuple(_maps(2, 4, 4, channels, seed=seed + 10 * c + j) for j in range(num_convs - 1))
+    for c in range(5)
+  )
 
 
 def test_feature_distillation_averages_paper_pairs():
@@ -518,15 +565,22 @@ def test_feature_distillation_averages_paper_pairs():
   assert got == pytest.approx(expected, rel=1e-6)
   # Config overrides arrive as lists.
   as_lists = [[list(t), list(s)] for t, s in pairs]
-  assert float(fl.feature_distillation("attention", teacher, student, as_lists)) == pytest.approx(got)
+  assert float(fl.feature_distillation("attention", teacher, student, as_lists)) == pytest.approx(
+    got
+  )
 
 
 def test_bad_method_and_layer_get_one_sentence():
   teacher, student = _dccnn_like(5), _dccnn_like(3)
-  with pytest.raises(InputError, match=r"unknown feature loss 'at'; choose one of \[.*'attention'.*'sp'"):
+  with pytest.raises(
+    InputError, match=r"unknown feature loss 'at'; choose one of \[.*'attention'.*'sp'"
+  ):
     fl.feature_distillation("at", teacher, student, fl.PAPER_LAYER_PAIRS["dccnn"])
-  with pytest.raises(InputError, match=r"student has no feature layer \(0, 2\); valid layer paths are "
-                     r"\(c, l\) with c in 0\.\.4 and l in 0\.\.1\."):
+  with pytest.raises(
+    InputError,
+    match=r"student has no feature layer \(0, 2\); valid layer paths are "
+    r"\(c, l\) with c in 0\.\.4 and l in 0\.\.1\.",
+  ):
     fl.feature_distillation("attention", teacher, student, [((0, 2), (0, 2))])
   with pytest.raises(InputError, match=r"teacher has no feature layer \(5,\)"):
     fl.feature_distillation("attention", teacher, student, [((5,), (0, 1))])
@@ -544,12 +598,20 @@ def test_bad_method_and_layer_get_one_sentence():
 def test_fsp_default_pairs_select_layer_pairs():
   teacher, student = _dccnn_like(5), _dccnn_like(3, seed=100)
   pairs = fl.default_layer_pairs("fsp", "dccnn")
-  expected = np.mean([float(fl.fsp((teacher[c][0], teacher[c][2]), (student[c][0], student[c][1])))
-                      for c in range(5)])
-  assert float(fl.feature_distillation("fsp", teacher, student, pairs)) == pytest.approx(expected, rel=1e-6)
+  expected = np.mean(
+    [
+      float(fl.fsp((teacher[c][0], teacher[c][2]), (student[c][0], student[c][1])))
+      for c in range(5)
+    ]
+  )
+  assert float(fl.feature_distillation("fsp", teacher, student, pairs)) == pytest.approx(
+    expected, rel=1e-6
+  )
   # A single path stands for the section from the cascade's first conv: the paper's pairs work too.
   paper = fl.PAPER_LAYER_PAIRS["dccnn"]
-  assert float(fl.feature_distillation("fsp", teacher, student, paper)) == pytest.approx(expected, rel=1e-6)
+  assert float(fl.feature_distillation("fsp", teacher, student, paper)) == pytest.approx(
+    expected, rel=1e-6
+  )
   assert fl.default_layer_pairs("attention", "vdsr") == (((5,), (3,)),)
 
 
@@ -559,31 +621,44 @@ def test_fitnet_regressor_params_when_channels_differ():
   params = fl.init_feature_params("fitnet", teacher, student, pairs, jax.random.PRNGKey(0))
   assert sorted(params) == [str(c) for c in range(5)]
   assert params["0"]["conv1x1"]["kernel"].shape == (2, 4)
-  loss = lambda p: fl.feature_distillation("fitnet", teacher, student, pairs, p)
+
+  def loss(p):
+    return fl.feature_distillation("fitnet", teacher, student, pairs, p)
+
   grads = jax.grad(loss)(params)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(grads))
   assert float(jnp.abs(grads["3"]["conv1x1"]["kernel"]).max()) > 0
   with pytest.raises(InputError, match="channels"):
     fl.feature_distillation("fitnet", teacher, student, pairs)
   # Equal channels (KD-MRI's 32/32): no parameters at all.
-  assert fl.init_feature_params("fitnet", _dccnn_like(5), _dccnn_like(3), pairs, jax.random.PRNGKey(0)) == {}
+  assert (
+    fl.init_feature_params("fitnet", _dccnn_like(5), _dccnn_like(3), pairs, jax.random.PRNGKey(0))
+    == {}
+  )
   assert fl.init_feature_params("sp", teacher, student, pairs, jax.random.PRNGKey(0)) == {}
 
 
 def _real_feature_shapes(name, size=8):
-  """Random maps shaped like the features model `name` returns (traced with eval_shape: no compile)."""
+  """Random maps shaped like the features model `name` returns (traced with eval_shape: no
+  compile)."""
   model = build_model(name)
-  batch = {"input": jnp.zeros((3, size, size)), "kspace": jnp.zeros((3, size, size), jnp.complex64),
-           "mask": jnp.ones((size, size))}
-  shapes = jax.eval_shape(lambda: apply(model, init_params(model, jax.random.PRNGKey(0), size, size),
-                                        batch)[1])
+  batch = {
+    "input": jnp.zeros((3, size, size)),
+    "kspace": jnp.zeros((3, size, size), jnp.complex64),
+    "mask": jnp.ones((size, size)),
+  }
+  shapes = jax.eval_shape(
+    lambda: apply(model, init_params(model, jax.random.PRNGKey(0), size, size), batch)[1]
+  )
   leaves, tree = jax.tree_util.tree_flatten(shapes)
   maps = [_maps(*leaf.shape, seed=i + len(name)) for i, leaf in enumerate(leaves)]
   return jax.tree_util.tree_unflatten(tree, maps)
 
 
-@pytest.mark.parametrize("family,teacher,student", [("dccnn", "teacher", "student"),
-                                                    ("vdsr", "vdsr_teacher", "vdsr_student")])
+@pytest.mark.parametrize(
+  "family,teacher,student",
+  [("dccnn", "teacher", "student"), ("vdsr", "vdsr_teacher", "vdsr_student")],
+)
 def test_every_method_on_the_paper_models_features(family, teacher, student):
   ft, fs = _real_feature_shapes(teacher), _real_feature_shapes(student)
   if family == "dccnn":
@@ -593,15 +668,18 @@ def test_every_method_on_the_paper_models_features(family, teacher, student):
     assert len(ft) == 10 and len(fs) == 6
     at = fl.attention_transfer(ft[5], fs[3])  # teacher layer 6, student layer 4, 1-based
   pairs = fl.PAPER_LAYER_PAIRS[family]
-  assert float(fl.feature_distillation("attention", ft, fs, pairs[3:4] if family == "dccnn" else pairs)) \
-      == pytest.approx(float(at))
+  assert float(
+    fl.feature_distillation("attention", ft, fs, pairs[3:4] if family == "dccnn" else pairs)
+  ) == pytest.approx(float(at))
   for name in fl.FEATURE_LOSSES:
     value = float(fl.feature_distillation(name, ft, fs, fl.default_layer_pairs(name, family)))
     assert np.isfinite(value) and value > 0, name
 
 
-@pytest.mark.parametrize("name,count", [("vdsr_teacher", 333_569), ("vdsr_student", 185_857),
-                                        ("teacher", 141_765), ("student", 49_285)])
+@pytest.mark.parametrize(
+  "name,count",
+  [("vdsr_teacher", 333_569), ("vdsr_student", 185_857), ("teacher", 141_765), ("student", 49_285)],
+)
 def test_parameter_counts(name, count):
   model = build_model(name)
   shapes = jax.eval_shape(lambda: init_params(model, jax.random.PRNGKey(0), 8, 8))
@@ -609,8 +687,8 @@ def test_parameter_counts(name, count):
 
 
 def test_a_new_method_is_one_function_and_one_registry_entry(monkeypatch):
-  """The extension point the module docstring promises: register `my_loss` and select it by name, in the
-  registry, in `configs/methods.py` and in a training stage's objective."""
+  """The extension point the module docstring promises: register `my_loss` and select it by name, in
+  the registry, in `configs/methods.py` and in a training stage's objective."""
   from configs import default, methods
   from kdmri_jax import train
 
@@ -621,7 +699,9 @@ def test_a_new_method_is_one_function_and_one_registry_entry(monkeypatch):
   teacher, student = _dccnn_like(5), _dccnn_like(3, seed=100)
   pairs = fl.PAPER_LAYER_PAIRS["dccnn"]
   expected = np.mean([float(mean_channel_gap(teacher[c][2], student[c][1])) for c in range(5)])
-  assert float(fl.feature_distillation("mean_channel_gap", teacher, student, pairs)) == pytest.approx(expected)
+  assert float(
+    fl.feature_distillation("mean_channel_gap", teacher, student, pairs)
+  ) == pytest.approx(expected)
   assert methods.get_config("demo,mean_channel_gap").kd.feature_loss == "mean_channel_gap"
 
   config = default.get_config()
@@ -630,9 +710,15 @@ def test_a_new_method_is_one_function_and_one_registry_entry(monkeypatch):
   objective = train.make_objective("feature", config, s_model, t_model)
   train.check_objective(objective)
   rng = np.random.default_rng(0)
-  batch = {"input": rng.random((2, 8, 8), np.float32), "target": rng.random((2, 8, 8), np.float32),
-           "kspace": np.zeros((2, 8, 8), np.complex64), "mask": np.ones((2, 8, 8), np.float32)}
-  t_params, s_params = (init_params(m, jax.random.PRNGKey(i), 8, 8) for i, m in enumerate((t_model, s_model)))
+  batch = {
+    "input": rng.random((2, 8, 8), np.float32),
+    "target": rng.random((2, 8, 8), np.float32),
+    "kspace": np.zeros((2, 8, 8), np.complex64),
+    "mask": np.ones((2, 8, 8), np.float32),
+  }
+  t_params, s_params = (
+    init_params(m, jax.random.PRNGKey(i), 8, 8) for i, m in enumerate((t_model, s_model))
+  )
   t_feats, s_feats = apply(t_model, t_params, batch)[1], apply(s_model, s_params, batch)[1]
   want = float(mean_channel_gap(t_feats[0][2], s_feats[0][1]))
   assert float(objective.loss(s_params, t_params, batch)[0]) == pytest.approx(want, rel=1e-5)
@@ -645,6 +731,7 @@ _TINY = {"train__batch_size": 4, "evaluate__batch_size": 4, "train__checkpoint_e
 
 def _tiny_sources(monkeypatch):
   from kdmri_jax import pipeline
+
   sources = {"train": synthetic_source(8, seed=1), "validation": synthetic_source(4, seed=2)}
   monkeypatch.setattr(pipeline, "load_data", lambda config, split: sources[split])
 
@@ -653,6 +740,7 @@ def _tiny_sources(monkeypatch):
 def tiny_teacher(tmp_path_factory):
   """A one-epoch teacher of the tiny run (one cascade, 4 features, 16×16), trained once for all."""
   from kdmri_jax import main
+
   workdir = tmp_path_factory.mktemp("teacher_run")
   with pytest.MonkeyPatch.context() as monkeypatch:
     _tiny_sources(monkeypatch)
@@ -661,9 +749,11 @@ def tiny_teacher(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", _DISTINCT)
-def test_every_method_trains_the_feature_stage_through_the_flag(name, tiny_teacher, tmp_path,
-                                                               monkeypatch):
+def test_every_method_trains_the_feature_stage_through_the_flag(
+  name, tiny_teacher, tmp_path, monkeypatch
+):
   from kdmri_jax import main
+
   _tiny_sources(monkeypatch)
   shutil.copytree(tiny_teacher, tmp_path / "teacher")
   argv = tiny_main_argv(tmp_path, tmp_path / "cache", "feature", epochs=1, **_TINY)

@@ -86,4 +86,3 @@ def test_dc_is_idempotent_and_keeps_measured_kspace(target, prediction, seed, ac
   np.testing.assert_allclose(twice, once, atol=1e-4)
   k = np.asarray(fft.consistent_kspace(fft.fft2(prediction), k0, mask))
   np.testing.assert_array_equal(k[mask > 0], k0[mask > 0])
-

@@ -29,8 +29,10 @@ def _expected(model, params, batch):
   return np.abs(np.asarray(out)) if np.iscomplexobj(out) else np.asarray(out)
 
 
-@pytest.mark.parametrize("name, overrides", [("student", {"num_cascades": 2}),
-                                             ("vdsr_student", {"num_layers": 3, "features": 8})])
+@pytest.mark.parametrize(
+  "name, overrides",
+  [("student", {"num_cascades": 2}), ("vdsr_student", {"num_layers": 3, "features": 8})],
+)
 def test_make_predict_and_predictor_give_the_models_image(name, overrides):
   model, params = _model(name, **overrides)
   batch = _batch(model, 5)
@@ -53,8 +55,9 @@ def test_a_complex_models_image_is_its_magnitude():
   batch["input"] = np.fft.ifft2(batch["kspace"], norm="ortho").astype(np.complex64)
   batch["mask"] = batch["mask"][0]  # (H, W), as valid passes it
   expected = _expected(model, params, batch)
-  volume = inference.predictor(model, params, batch_size=8)(batch["input"], batch["kspace"],
-                                                            batch["mask"])
+  volume = inference.predictor(model, params, batch_size=8)(
+    batch["input"], batch["kspace"], batch["mask"]
+  )
   np.testing.assert_allclose(volume, expected, atol=1e-5)
   assert np.all(volume >= 0)
 

@@ -8,9 +8,15 @@ import pytest
 from kdmri_jax import models
 from kdmri_jax.models import layout
 
-CASES = [("teacher", {}), ("student", {}), ("vdsr_teacher", {}), ("vdsr_student", {}),
-         ("student", {"num_cascades": 2, "complex_images": True}), ("student", {"num_convs": 2}),
-         ("student", {"num_cascades": 1, "learn_lambda": True})]
+CASES = [
+  ("teacher", {}),
+  ("student", {}),
+  ("vdsr_teacher", {}),
+  ("vdsr_student", {}),
+  ("student", {"num_cascades": 2, "complex_images": True}),
+  ("student", {"num_convs": 2}),
+  ("student", {"num_cascades": 1, "learn_lambda": True}),
+]
 
 
 def _convs(model):
@@ -19,8 +25,11 @@ def _convs(model):
 
 def _kernels(params):
   """{module path: kernel shape} of every conv in a parameter tree."""
-  return {tuple(k.key for k in path[:-1]): leaf.shape
-          for path, leaf in jax.tree_util.tree_leaves_with_path(params) if path[-1].key == "kernel"}
+  return {
+    tuple(k.key for k in path[:-1]): leaf.shape
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    if path[-1].key == "kernel"
+  }
 
 
 @pytest.mark.parametrize("name, overrides", CASES)

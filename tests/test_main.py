@@ -1,4 +1,5 @@
-"""Tests for the kdmri_jax.main CLI: bad flags and missing inputs give one sentence and a non-zero exit."""
+"""Tests for the kdmri_jax.main CLI: bad flags and missing inputs give one sentence and a non-zero
+exit."""
 
 from __future__ import annotations
 
@@ -22,14 +23,17 @@ def error_line(capsys):
   return err[0]
 
 
-@pytest.mark.parametrize("argv, phrase", [
+@pytest.mark.parametrize(
+  "argv, phrase",
+  [
     (["--config.train.nonsense=1"], "--config.train.nonsense: the config has no field 'nonsense'"),
     (["--config.nothing=1"], "the config has no field 'nothing'"),
     (["--config.train.num_epochs=many"], "--config.train.num_epochs=many"),
     (["--config", "configs/missing.py"], "config file configs/missing.py does not exist"),
     (["--no_such_flag"], "no_such_flag"),
     (["--config.stages=teacher,distill"], "unknown stage(s) ['distill']"),
-])
+  ],
+)
 def test_bad_command_lines_exit_2_with_one_line(argv, phrase, capsys, tmp_path):
   assert run_cli(main.main, ["--config", DEMO, "--workdir", str(tmp_path), *argv]) == 2
   assert phrase in error_line(capsys)
@@ -37,29 +41,46 @@ def test_bad_command_lines_exit_2_with_one_line(argv, phrase, capsys, tmp_path):
 
 @pytest.mark.parametrize("stages", ["feature", "kd"])
 def test_missing_teacher_checkpoint_is_one_sentence(stages, capsys, tmp_path):
-  status = run_cli(main.main, ["--config", DEMO, "--workdir", str(tmp_path), f"--config.stages={stages}"])
+  status = run_cli(
+    main.main, ["--config", DEMO, "--workdir", str(tmp_path), f"--config.stages={stages}"]
+  )
   assert status == 2
   line = error_line(capsys)
-  assert f"stage '{stages}' needs the teacher checkpoint" in line and "--config.stages=teacher" in line
+  assert (
+    f"stage '{stages}' needs the teacher checkpoint" in line and "--config.stages=teacher" in line
+  )
 
 
 def test_data_root_without_the_acceleration_is_one_sentence(capsys, tmp_path):
   root = tmp_path / "data"
   (root / "train" / "acc_4x").mkdir(parents=True)
   (root / "validation" / "acc_4x").mkdir(parents=True)
-  status = run_cli(main.main, ["--config", os.path.join(REPO, "configs", "brain_8x.py"),
-                               "--workdir", str(tmp_path / "run"), "--config.stages=teacher",
-                               f"--config.data.root={root}"])
+  status = run_cli(
+    main.main,
+    [
+      "--config",
+      os.path.join(REPO, "configs", "brain_8x.py"),
+      "--workdir",
+      str(tmp_path / "run"),
+      "--config.stages=teacher",
+      f"--config.data.root={root}",
+    ],
+  )
   assert status == 2
   assert "8x" in error_line(capsys)
 
 
 # --- issue 15: config ranges, one owner per workdir, SIGTERM during start-up ----------------------
 
-ISSUE_RANGE_CASES = [("train.num_epochs", "0"), ("train.num_epochs", "-3"),
-                     ("train.keep_checkpoints", "0"), ("train.batch_size", "0"),
-                     ("train.lr_step_epochs", "0"), ("data.image_size", "0"),
-                     ("train.learning_rate", "0")]
+ISSUE_RANGE_CASES = [
+  ("train.num_epochs", "0"),
+  ("train.num_epochs", "-3"),
+  ("train.keep_checkpoints", "0"),
+  ("train.batch_size", "0"),
+  ("train.lr_step_epochs", "0"),
+  ("data.image_size", "0"),
+  ("train.learning_rate", "0"),
+]
 
 
 def earlier_workdir(tmp_path):
@@ -71,8 +92,9 @@ def earlier_workdir(tmp_path):
 
 
 @pytest.mark.parametrize("field,value", ISSUE_RANGE_CASES)
-def test_a_config_value_out_of_range_is_refused_before_anything_runs(field, value, capsys,
-                                                                      tmp_path):
+def test_a_config_value_out_of_range_is_refused_before_anything_runs(
+  field, value, capsys, tmp_path
+):
   workdir = earlier_workdir(tmp_path)
   before = tree_hash(workdir)
   argv = ["--config", DEMO, "--workdir", str(workdir), f"--config.{field}={value}"]
@@ -84,8 +106,10 @@ def test_a_config_value_out_of_range_is_refused_before_anything_runs(field, valu
 
 
 def test_a_range_error_from_the_real_entry_point(tmp_path):
-  result = run_module("kdmri_jax.main", ["--config", DEMO, "--workdir", str(tmp_path / "run"),
-                                         "--config.train.keep_checkpoints=0"])
+  result = run_module(
+    "kdmri_jax.main",
+    ["--config", DEMO, "--workdir", str(tmp_path / "run"), "--config.train.keep_checkpoints=0"],
+  )
   assert result.returncode == 2
   assert_one_line_error(result.returncode, result.stderr, "config.train.keep_checkpoints=0", "≥ 1")
   assert not (tmp_path / "run").exists()
@@ -104,8 +128,10 @@ def test_sigterm_during_start_up_says_so_and_exits_143(where, tmp_path):
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 143, (out, err)
   lines = [line for line in err.splitlines() if line.strip()]
-  assert lines == ["error: stopped by SIGTERM during start-up, before any stage began: no "
-                   "checkpoint or result was written; rerun the same command to start the run."], err
+  assert lines == [
+    "error: stopped by SIGTERM during start-up, before any stage began: no "
+    "checkpoint or result was written; rerun the same command to start the run."
+  ], err
   assert tree_hash(workdir) == before
 
 

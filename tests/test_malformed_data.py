@@ -28,12 +28,18 @@ from kdmri_jax.errors import run_cli
 SHAPE = (24, 20)
 SLICES = 3
 # Each fault and the words the one error line must hold for it.
-FAULT_WORDS = {"group": "is a group", "zero-slices": "empty axis", "corrupt-chunk": "damaged",
-               "bool": "booleans", "string": "strings"}
+FAULT_WORDS = {
+  "group": "is a group",
+  "zero-slices": "empty axis",
+  "corrupt-chunk": "damaged",
+  "bool": "booleans",
+  "string": "strings",
+}
 FAULTS = tuple(FAULT_WORDS)
 
 
 # --- faulty files ---------------------------------------------------------------------------------
+
 
 def write_faulty(path, arrays, victim, fault, slice_axis):
   """Writes `arrays` ({key: array}) as an h5 file whose dataset `victim` has `fault`."""
@@ -86,6 +92,7 @@ def world(tmp_path_factory):
   """Good inputs: two reference volumes (H×W×S) with their mask and predictions, a prepared data
   root and a student checkpoint; each case writes its faulty file next to copies of them."""
   from kdmri_jax import prepare
+
   root = tmp_path_factory.mktemp("malformed")
   rng = np.random.default_rng(0)
   mask = masks.cartesian_mask(SHAPE, 4, seed=0)
@@ -101,8 +108,21 @@ def world(tmp_path_factory):
         f.create_dataset(key, data=np.moveaxis(value, 0, -1))
     with h5py.File(root / "predictions" / f"{name}.h5", "w") as f:
       f.create_dataset("reconstruction", data=target * 0.9)
-  argv = ["--phantom", "3", "--size", "24", "24", "--slices", "4", "--dataset", "brain",
-          "--acc", "4x", "--out", str(root / "root")]
+  argv = [
+    "--phantom",
+    "3",
+    "--size",
+    "24",
+    "24",
+    "--slices",
+    "4",
+    "--dataset",
+    "brain",
+    "--acc",
+    "4x",
+    "--out",
+    str(root / "root"),
+  ]
   assert run_cli(prepare.main, argv) == 0
   save_unread_checkpoint(root / "student_ckpt")
   return root
@@ -120,11 +140,20 @@ def out(tmp_path):
 
 # --- the commands, each with one faulty file ------------------------------------------------------
 
+
 def _valid(w, t, fault, victim="img_volus_4x"):
   arrays = read_all(w / "data" / "vol_a.h5")
   write_faulty(t / "bad_data" / "vol.h5", arrays, victim, fault, slice_axis=-1)
-  return ["--checkpoint", w / "student_ckpt", "--data-path", t / "bad_data",
-          "--mask", w / "mask_4x.npy", "--out-dir", t / "outputs"]
+  return [
+    "--checkpoint",
+    w / "student_ckpt",
+    "--data-path",
+    t / "bad_data",
+    "--mask",
+    w / "mask_4x.npy",
+    "--out-dir",
+    t / "outputs",
+  ]
 
 
 def _evaluate(w, t, fault):
@@ -133,8 +162,14 @@ def _evaluate(w, t, fault):
   shutil.copy(w / "predictions" / "vol_a.h5", folder / "vol_a.h5")
   arrays = read_all(w / "predictions" / "vol_b.h5")
   write_faulty(folder / "vol_b.h5", arrays, "reconstruction", fault, slice_axis=0)
-  return ["--target-path", w / "data", "--predictions-path", folder,
-          "--report-path", t / "outputs" / "new"]
+  return [
+    "--target-path",
+    w / "data",
+    "--predictions-path",
+    folder,
+    "--report-path",
+    t / "outputs" / "new",
+  ]
 
 
 def _prepare(w, t, fault, layout="plain"):
@@ -155,8 +190,19 @@ def _prepare(w, t, fault, layout="plain"):
   if layout == "mat73":
     with h5py.File(path, "a") as f:
       f[victim].attrs["MATLAB_class"] = np.bytes_("single")
-  return ["--input", path, "--dataset", "brain", "--acc", "4x", "--split", "1",
-          "--out", t / "outputs" / "new_root", *extra]
+  return [
+    "--input",
+    path,
+    "--dataset",
+    "brain",
+    "--acc",
+    "4x",
+    "--split",
+    "1",
+    "--out",
+    t / "outputs" / "new_root",
+    *extra,
+  ]
 
 
 def _main(w, t, fault, victim="img_volus_4x"):
@@ -164,38 +210,99 @@ def _main(w, t, fault, victim="img_volus_4x"):
   shutil.copytree(w / "root", root)
   train_file = sorted((root / "train" / "acc_4x").glob("*.h5"))[0]
   write_faulty(train_file, read_all(train_file), victim, fault, slice_axis=-1)
-  return ["--config", "configs/brain_cpu.py", "--workdir", t / "outputs", f"--config.data.root={root}",
-          "--config.data.max_slices=4", "--config.train.num_epochs=1",
-          "--config.models.num_cascades=1", "--config.models.features=4",
-          "--config.train.batch_size=2", "--config.train.progress_bar=false"]
+  return [
+    "--config",
+    "configs/brain_cpu.py",
+    "--workdir",
+    t / "outputs",
+    f"--config.data.root={root}",
+    "--config.data.max_slices=4",
+    "--config.train.num_epochs=1",
+    "--config.models.num_cascades=1",
+    "--config.models.features=4",
+    "--config.train.batch_size=2",
+    "--config.train.progress_bar=false",
+  ]
 
 
 # MATLAB flags its groups (structs) and logical arrays itself: test_data_volumes refuses those.
 H5_FAULTS = ("group", "zero-slices", "corrupt-chunk", "bool")
-PREPARE_LAYOUTS = {"reference": ("vol.h5", "volfs", H5_FAULTS),
-                   "fastmri": ("vol.h5", "reconstruction_esc", H5_FAULTS),
-                   "mat73": ("vol.mat", "img", ("zero-slices", "corrupt-chunk"))}
+PREPARE_LAYOUTS = {
+  "reference": ("vol.h5", "volfs", H5_FAULTS),
+  "fastmri": ("vol.h5", "reconstruction_esc", H5_FAULTS),
+  "mat73": ("vol.mat", "img", ("zero-slices", "corrupt-chunk")),
+}
 
 # (id, command, setup(world, tmp) -> argv, fragments the one error line must contain)
 CASES = (
-    [(f"valid-{fault}", "valid", lambda w, t, f=fault: _valid(w, t, f),
-      ["vol.h5", "img_volus_4x", FAULT_WORDS[fault]]) for fault in FAULTS]
-    + [("valid-kspace-group", "valid", lambda w, t: _valid(w, t, "group", "kspace_volus_4x"),
-        ["vol.h5", "kspace_volus_4x", "is a group"]),
-       ("valid-target-corrupt-chunk", "valid", lambda w, t: _valid(w, t, "corrupt-chunk", "volfs"),
-        ["vol.h5", "volfs", "damaged"])]
-    + [(f"evaluate-{fault}", "evaluate", lambda w, t, f=fault: _evaluate(w, t, f),
-        ["vol_b.h5", "reconstruction", FAULT_WORDS[fault]]) for fault in FAULTS]
-    + [(f"prepare-{fault}", "prepare", lambda w, t, f=fault: _prepare(w, t, f),
-        ["vol.h5", "data", FAULT_WORDS[fault]]) for fault in FAULTS]
-    + [(f"prepare-{layout}-{fault}", "prepare",
-        lambda w, t, f=fault, la=layout: _prepare(w, t, f, la), [name, key, FAULT_WORDS[fault]])
-       for layout, (name, key, faults) in PREPARE_LAYOUTS.items() for fault in faults]
-    + [(f"main-{fault}", "main", lambda w, t, f=fault: _main(w, t, f),
-        ["train/acc_4x/", "img_volus_4x", FAULT_WORDS[fault]]) for fault in FAULTS]
-    + [("main-kspace-zero-slices", "main",
-        lambda w, t: _main(w, t, "zero-slices", "kspace_volus_4x"),
-        ["train/acc_4x/", "kspace_volus_4x", "empty axis"])]
+  [
+    (
+      f"valid-{fault}",
+      "valid",
+      lambda w, t, f=fault: _valid(w, t, f),
+      ["vol.h5", "img_volus_4x", FAULT_WORDS[fault]],
+    )
+    for fault in FAULTS
+  ]
+  + [
+    (
+      "valid-kspace-group",
+      "valid",
+      lambda w, t: _valid(w, t, "group", "kspace_volus_4x"),
+      ["vol.h5", "kspace_volus_4x", "is a group"],
+    ),
+    (
+      "valid-target-corrupt-chunk",
+      "valid",
+      lambda w, t: _valid(w, t, "corrupt-chunk", "volfs"),
+      ["vol.h5", "volfs", "damaged"],
+    ),
+  ]
+  + [
+    (
+      f"evaluate-{fault}",
+      "evaluate",
+      lambda w, t, f=fault: _evaluate(w, t, f),
+      ["vol_b.h5", "reconstruction", FAULT_WORDS[fault]],
+    )
+    for fault in FAULTS
+  ]
+  + [
+    (
+      f"prepare-{fault}",
+      "prepare",
+      lambda w, t, f=fault: _prepare(w, t, f),
+      ["vol.h5", "data", FAULT_WORDS[fault]],
+    )
+    for fault in FAULTS
+  ]
+  + [
+    (
+      f"prepare-{layout}-{fault}",
+      "prepare",
+      lambda w, t, f=fault, la=layout: _prepare(w, t, f, la),
+      [name, key, FAULT_WORDS[fault]],
+    )
+    for layout, (name, key, faults) in PREPARE_LAYOUTS.items()
+    for fault in faults
+  ]
+  + [
+    (
+      f"main-{fault}",
+      "main",
+      lambda w, t, f=fault: _main(w, t, f),
+      ["train/acc_4x/", "img_volus_4x", FAULT_WORDS[fault]],
+    )
+    for fault in FAULTS
+  ]
+  + [
+    (
+      "main-kspace-zero-slices",
+      "main",
+      lambda w, t: _main(w, t, "zero-slices", "kspace_volus_4x"),
+      ["train/acc_4x/", "kspace_volus_4x", "empty axis"],
+    )
+  ]
 )
 
 MODULES = {name: f"kdmri_jax.{name}" for name in ("valid", "evaluate", "prepare", "main")}
@@ -210,9 +317,9 @@ def test_the_table_covers_every_reading_command_and_fault():
 
 
 @pytest.mark.parametrize("case_id,command,setup,fragments", CASES, ids=[c[0] for c in CASES])
-def test_malformed_data_is_one_sentence_and_touches_no_output(world, out, tmp_path, capsys,
-                                                              monkeypatch, case_id, command, setup,
-                                                              fragments):
+def test_malformed_data_is_one_sentence_and_touches_no_output(
+  world, out, tmp_path, capsys, monkeypatch, case_id, command, setup, fragments
+):
   monkeypatch.chdir(REPO)
   argv = [str(a) for a in setup(world, tmp_path)]
   before, world_before = tree_hash(out), tree_hash(world)
@@ -228,8 +335,14 @@ def test_a_corrupt_chunk_read_slice_by_slice_is_one_sentence(world, tmp_path):
   """A dataset too large for memory is read slice by slice during training: the same sentence."""
   from kdmri_jax.data.sources import ReferenceSource
   from kdmri_jax.errors import InputError
-  path = write_faulty(tmp_path / "vol.h5", read_all(world / "data" / "vol_a.h5"),
-                      "kspace_volus_4x", "corrupt-chunk", slice_axis=-1)
+
+  path = write_faulty(
+    tmp_path / "vol.h5",
+    read_all(world / "data" / "vol_a.h5"),
+    "kspace_volus_4x",
+    "corrupt-chunk",
+    slice_axis=-1,
+  )
   source = ReferenceSource([str(path)], "4x", None, max_memory_bytes=0)  # the header is fine
   sentence = r"vol\.h5: dataset 'kspace_volus_4x' cannot be read .*damaged"
   with pytest.raises(InputError, match=sentence):

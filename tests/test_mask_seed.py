@@ -1,4 +1,5 @@
-"""experiments/mask_seed.py: the zero-filled PSNR and the seed rule behind masks.DEFAULT_MASK_SEED."""
+"""experiments/mask_seed.py: the zero-filled PSNR and the seed rule behind
+masks.DEFAULT_MASK_SEED."""
 
 import numpy as np
 
@@ -25,4 +26,6 @@ def test_the_default_seed_qualifies_and_seed_zero_does_not():
 def test_cli_prints_the_default_seed_row(tmp_path, capsys):
   assert mask_seed.main(["--cache-dir", str(tmp_path), "--slice-step", "8"]) == 0
   out = capsys.readouterr().out
-  assert f"seed {masks.DEFAULT_MASK_SEED}: zero-filled PSNR" in out and "authors' masks: 25.39" in out
+  assert (
+    f"seed {masks.DEFAULT_MASK_SEED}: zero-filled PSNR" in out and "authors' masks: 25.39" in out
+  )

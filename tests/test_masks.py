@@ -1,5 +1,5 @@
-"""Mask generation meets its acceleration and the authors' statistics; loading checks shape and values;
-the statistics and the `python -m kdmri_jax.masks` inspection."""
+"""Mask generation meets its acceleration and the authors' statistics; loading checks shape and
+values; the statistics and the `python -m kdmri_jax.masks` inspection."""
 
 import numpy as np
 import pytest
@@ -9,9 +9,17 @@ from kdmri_jax import masks, masks_2d
 from kdmri_jax.errors import InputError, run_cli
 
 
-@pytest.mark.parametrize("shape,acc,direction", [((240, 240), 4, "rows"), ((240, 240), 5, "rows"),
-                                                 ((240, 240), 8, "rows"), ((150, 150), 4, "rows"),
-                                                 ((150, 150), 5, "rows"), ((640, 368), 8, "columns")])
+@pytest.mark.parametrize(
+  "shape,acc,direction",
+  [
+    ((240, 240), 4, "rows"),
+    ((240, 240), 5, "rows"),
+    ((240, 240), 8, "rows"),
+    ((150, 150), 4, "rows"),
+    ((150, 150), 5, "rows"),
+    ((640, 368), 8, "columns"),
+  ],
+)
 def test_paper_shapes_hit_the_requested_acceleration(shape, acc, direction):
   mask = masks.cartesian_mask(shape, f"{acc}x", seed=42, direction=direction)
   assert mask.shape == shape and mask.dtype == np.float32
@@ -25,7 +33,7 @@ def test_paper_shapes_hit_the_requested_acceleration(shape, acc, direction):
 def test_gaussian_family_centre_is_fully_sampled_and_density_falls_off():
   mask = masks.shift(masks.cartesian_mask((240, 240), 4, seed=0, family="gaussian"))
   rows = mask[:, 0]
-  assert rows[120 - 9:120 + 9].all()  # 8% of 240 = 19 central lines
+  assert rows[120 - 9 : 120 + 9].all()  # 8% of 240 = 19 central lines
   assert rows[60:180].mean() > rows[:60].mean()
 
 
@@ -35,9 +43,16 @@ def test_seeded_and_reproducible():
   assert not np.array_equal(a, masks.cartesian_mask((64, 64), 4, seed=2))
 
 
-@given(st.integers(50, 400), st.integers(8, 64), st.floats(2.0, 10.0), st.integers(0, 2**31 - 1),
-       st.sampled_from(masks.DIRECTIONS))
-def test_generator_meets_acceleration_for_random_shapes_and_seeds(lines, other, acc, seed, direction):
+@given(
+  st.integers(50, 400),
+  st.integers(8, 64),
+  st.floats(2.0, 10.0),
+  st.integers(0, 2**31 - 1),
+  st.sampled_from(masks.DIRECTIONS),
+)
+def test_generator_meets_acceleration_for_random_shapes_and_seeds(
+  lines, other, acc, seed, direction
+):
   lines = max(lines, int(25 * acc))  # the documented regime: n / acc >= 25
   shape = (lines, other) if direction == "rows" else (other, lines)
   mask = masks.cartesian_mask(shape, acc, seed=seed, direction=direction)
@@ -82,16 +97,20 @@ def test_save_mask_png(tmp_path):
   assert (tmp_path / "m.png").stat().st_size > 0
 
 
-# --- the "dccnn" family against the authors' brain masks (Bala93/KD-MRI us_masks/mrbrain, 240×240) ------
+# --- the "dccnn" family against the authors' brain masks (Bala93/KD-MRI us_masks/mrbrain, 240×240)
+# ------
 
-# Measured on the authors' files: sampled rows, contiguous centre rows, mean |ky| of the sampled rows.
+# Measured on the authors' files: sampled rows, contiguous centre rows, mean |ky| of the sampled
+# rows.
 AUTHORS_BRAIN = {"4x": (60, 12, 37.0), "5x": (48, 9, 28.0), "8x": (30, 11, 20.0)}
 
 
 @pytest.mark.parametrize("acc", sorted(AUTHORS_BRAIN))
 def test_dccnn_family_matches_the_authors_brain_masks_over_seeds(acc):
   lines, centre, mean_ky = AUTHORS_BRAIN[acc]
-  stats = [masks.mask_statistics(masks.cartesian_mask((240, 240), acc, seed=seed)) for seed in range(20)]
+  stats = [
+    masks.mask_statistics(masks.cartesian_mask((240, 240), acc, seed=seed)) for seed in range(20)
+  ]
   assert all(s["lines"] == lines and s["direction"] == "rows" for s in stats)  # exact, every seed
   assert abs(np.mean([s["centre_lines"] for s in stats]) - centre) <= 2
   assert abs(np.mean([s["mean_abs_ky"] for s in stats]) - mean_ky) <= 2
@@ -110,21 +129,31 @@ def test_dccnn_family_is_seeded_and_the_default():
   np.testing.assert_array_equal(a, masks.cartesian_mask((240, 240), 5, seed=4, family="dccnn"))
   assert not np.array_equal(a, masks.cartesian_mask((240, 240), 5, seed=5))
   assert masks.DEFAULT_FAMILY == "dccnn" and set(masks.MASK_FAMILIES) == {
-      "dccnn", "gaussian", "random", "equispaced", "equispaced_fraction", "magic", "magic_fraction",
-      "gaussian_2d", "poisson_disc"}
+    "dccnn",
+    "gaussian",
+    "random",
+    "equispaced",
+    "equispaced_fraction",
+    "magic",
+    "magic_fraction",
+    "gaussian_2d",
+    "poisson_disc",
+  }
 
 
 def test_gaussian_family_is_still_selectable_and_differs():
   old = masks.mask_statistics(masks.cartesian_mask((240, 240), 4, seed=0, family="gaussian"))
   new = masks.mask_statistics(masks.cartesian_mask((240, 240), 4, seed=0, family="dccnn"))
   assert old["lines"] == new["lines"] == 60
-  assert old["centre_lines"] >= 19 > new["centre_lines"]  # 8% of 240 fully sampled in the old family
+  # 8% of 240 fully sampled in the old family
+  assert old["centre_lines"] >= 19 > new["centre_lines"]
   with pytest.raises(InputError, match="mask family 'fastmri' is not one of"):
     masks.cartesian_mask((240, 240), 4, family="fastmri")
 
 
-@pytest.mark.parametrize("shape,direction", [((64, 64), "rows"), ((150, 150), "rows"),
-                                             ((640, 368), "columns")])
+@pytest.mark.parametrize(
+  "shape,direction", [((64, 64), "rows"), ((150, 150), "rows"), ((640, 368), "columns")]
+)
 def test_dccnn_family_scales_its_centre_with_the_line_count(shape, direction):
   n = shape[0] if direction == "rows" else shape[1]
   for acc in (4, 5, 8):
@@ -151,8 +180,25 @@ def test_inspection_cli_prints_the_statistics(tmp_path, capsys):
   mask = np.zeros((40, 40), np.float32)
   mask[[0, 1, 39, 20]] = 1
   np.save(tmp_path / "m.npy", mask)
-  assert run_cli(masks.main, ["--mask", str(tmp_path / "m.npy"), "--generate", "240", "240", "--acc", "8x",
-                              "--family", "gaussian", "--seed", "0"]) == 0
+  assert (
+    run_cli(
+      masks.main,
+      [
+        "--mask",
+        str(tmp_path / "m.npy"),
+        "--generate",
+        "240",
+        "240",
+        "--acc",
+        "8x",
+        "--family",
+        "gaussian",
+        "--seed",
+        "0",
+      ],
+    )
+    == 0
+  )
   out = capsys.readouterr().out.splitlines()
   assert out[0].endswith("40×40: 4/40 rows, 10.00x, 3 contiguous centre lines, mean |ky| 5.5")
   assert out[1].startswith("gaussian 8x seed 0: 240×240: 30/240 rows, 8.00x")
@@ -166,17 +212,19 @@ def test_inspection_cli_generates_the_default_masks_by_default(capsys):
 
 
 def test_default_mask_seed_gives_the_authors_brain_statistics():
-  """The default draw (DEFAULT_MASK_SEED) itself, not only the average over seeds, is within ±2 of the
-  authors' 240×240 brain masks (measured from their us_masks/mrbrain/)."""
+  """The default draw (DEFAULT_MASK_SEED) itself, not only the average over seeds, is within ±2 of
+  the authors' 240×240 brain masks (measured from their us_masks/mrbrain/)."""
   authors = {"4x": (60, 12, 37.0), "5x": (48, 9, 28.3), "8x": (30, 11, 20.5)}
   for acc, (lines, centre, mean_ky) in authors.items():
-    stats = masks.mask_statistics(masks.cartesian_mask((240, 240), acc, seed=masks.DEFAULT_MASK_SEED))
+    stats = masks.mask_statistics(
+      masks.cartesian_mask((240, 240), acc, seed=masks.DEFAULT_MASK_SEED)
+    )
     assert stats["lines"] == lines
     assert abs(stats["centre_lines"] - centre) <= 2, (acc, stats)
     assert abs(stats["mean_abs_ky"] - mean_ky) <= 2, (acc, stats)
 
 
-# --- 2-D point masks (kdmri_jax.masks_2d): "gaussian_2d" and "poisson_disc" ------------------------
+# --- 2-D point masks (kdmri_jax.masks_2d): "gaussian_2d" and "poisson_disc" -----------------------
 
 POINT_FAMILIES = ("gaussian_2d", "poisson_disc")
 
@@ -191,7 +239,7 @@ def test_point_families_sample_exactly_hw_over_acc_points_with_a_full_centre(fam
   centred = masks.shift(mask)
   side_h, side_w = (max(1, round(0.32 / acc * n)) for n in shape)  # the default centre: 0.32 / acc
   top, left = shape[0] // 2 - side_h // 2, shape[1] // 2 - side_w // 2
-  assert centred[top:top + side_h, left:left + side_w].all()
+  assert centred[top : top + side_h, left : left + side_w].all()
   assert masks.sampled_lines(mask) is None  # points, not whole lines
 
 
@@ -200,8 +248,9 @@ def test_point_families_are_seeded_and_denser_at_the_centre(family):
   a = masks.cartesian_mask((64, 64), "4x", seed=5, family=family)
   np.testing.assert_array_equal(a, masks.cartesian_mask((64, 64), "4x", seed=5, family=family))
   assert not np.array_equal(a, masks.cartesian_mask((64, 64), "4x", seed=6, family=family))
-  np.testing.assert_array_equal(a, masks.cartesian_mask((64, 64), "4x", seed=5, direction="columns",
-                                                        family=family))  # direction is not used
+  np.testing.assert_array_equal(
+    a, masks.cartesian_mask((64, 64), "4x", seed=5, direction="columns", family=family)
+  )  # direction is not used
   rho = masks_2d.normalised_radius((64, 64))
   centred = masks.shift(a) > 0
   inner, outer = centred[(rho > 0.1) & (rho < 0.4)].mean(), centred[rho > 0.8].mean()
@@ -234,11 +283,15 @@ def test_poisson_disc_points_keep_their_minimum_distance(shape, acc, seed):
   fits = gap2 >= ((disc.radius[tuple(free.T)][:, None] + radius[None, :]) / 2) ** 2
   assert fits.all(axis=1).sum() <= 0.05 * len(points)
   y, x = points[np.argmax(radius)]  # an outer point: its 4 neighbours are not sampled
-  extra = next((y + dy, x + dx) for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))
-               if 0 <= y + dy < shape[0] and 0 <= x + dx < shape[1])
+  extra = next(
+    (y + dy, x + dx)
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0))
+    if 0 <= y + dy < shape[0] and 0 <= x + dx < shape[1]
+  )
   assert not disc.mask[extra]
-  assert _too_close_pairs(np.concatenate([points, [extra]]),
-                          np.append(radius, disc.radius[extra])) >= 1
+  assert (
+    _too_close_pairs(np.concatenate([points, [extra]]), np.append(radius, disc.radius[extra])) >= 1
+  )
 
 
 def test_parallel_dart_throwing_equals_the_sequential_pass():
@@ -250,8 +303,9 @@ def test_parallel_dart_throwing_equals_the_sequential_pass():
   rank = rng.permutation(20 * 24).reshape(shape)
   kept = []
   for y, x in zip(*np.unravel_index(np.argsort(rank, axis=None), shape)):
-    apart = (4 * ((y - a) ** 2 + (x - b) ** 2) >= (radius[y, x] + radius[a, b]) ** 2
-             for a, b in kept)
+    apart = (
+      4 * ((y - a) ** 2 + (x - b) ** 2) >= (radius[y, x] + radius[a, b]) ** 2 for a, b in kept
+    )
     if candidates[y, x] and all(apart):
       kept.append((y, x))
   expected = np.zeros(shape, dtype=bool)
@@ -272,12 +326,30 @@ def test_point_mask_statistics_and_inspection(capsys):
   assert masks.mask_statistics(hand)["centre_block"] == 3
   hand[1, 1] = 0
   assert masks.mask_statistics(hand)["centre_block"] == 1
-  assert run_cli(masks.main, ["--generate", "64", "64", "--acc", "4x", "--seed", "1",
-                              "--family", "poisson_disc", "gaussian_2d"]) == 0
+  assert (
+    run_cli(
+      masks.main,
+      [
+        "--generate",
+        "64",
+        "64",
+        "--acc",
+        "4x",
+        "--seed",
+        "1",
+        "--family",
+        "poisson_disc",
+        "gaussian_2d",
+      ],
+    )
+    == 0
+  )
   out = capsys.readouterr().out.splitlines()
   assert out[0] == f"poisson_disc 4x seed 1: {masks.describe(mask)}"
-  assert out[0].endswith(f"1024 points (2-D), 4.00x, fully sampled centre {stats['centre_block']}×"
-                         f"{stats['centre_block']}, mean |k| {stats['mean_abs_k']:.1f}")
+  assert out[0].endswith(
+    f"1024 points (2-D), 4.00x, fully sampled centre {stats['centre_block']}×"
+    f"{stats['centre_block']}, mean |k| {stats['mean_abs_k']:.1f}"
+  )
   assert out[1].startswith("gaussian_2d 4x seed 1: 64×64: 1024 points (2-D), 4.00x")
   assert run_cli(masks.main, ["--generate", "32", "32", "--acc", "4x", "--family", "all"]) == 0
   printed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
@@ -301,9 +373,29 @@ def test_new_families_go_through_prepare_and_training_data(tmp_path, family, cap
 
   from configs import default
   from kdmri_jax import data, fft, prepare
+
   out = tmp_path / "root"
-  assert run_cli(prepare.main, ["--phantom", "3", "--size", "32", "32", "--dataset", "cardiac",
-                                "--acc", "4x", "--out", str(out), "--mask-family", family]) == 0
+  assert (
+    run_cli(
+      prepare.main,
+      [
+        "--phantom",
+        "3",
+        "--size",
+        "32",
+        "32",
+        "--dataset",
+        "cardiac",
+        "--acc",
+        "4x",
+        "--out",
+        str(out),
+        "--mask-family",
+        family,
+      ],
+    )
+    == 0
+  )
   assert f"masks ({family})" in capsys.readouterr().out
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["mask_family"] == family and manifest["masks"]["4x"]["family"] == family
@@ -315,6 +407,6 @@ def test_new_families_go_through_prepare_and_training_data(tmp_path, family, cap
   example = data.load_split(config, "train")[0]
   assert np.all(example["kspace"][mask == 0] == 0)
   dc = fft.data_consistency(example["input"], example["kspace"], mask, keep_complex=True)
-  np.testing.assert_allclose(np.fft.fft2(np.asarray(dc), norm="ortho")[mask > 0],
-                             example["kspace"][mask > 0],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    np.fft.fft2(np.asarray(dc), norm="ortho")[mask > 0], example["kspace"][mask > 0], atol=1e-5
+  )

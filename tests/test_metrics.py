@@ -24,7 +24,7 @@ def _phantom(h=48, w=40):
   """A structured image: an ellipse on a smooth gradient with a sharp bar."""
   y, x = np.mgrid[:h, :w].astype(np.float64)
   img = 0.2 + 0.3 * x / w + 0.5 * (((y - h / 2) / (h / 3)) ** 2 + ((x - w / 2) / (w / 4)) ** 2 < 1)
-  img[h // 4: h // 4 + 3, 5:w - 5] = 1.0
+  img[h // 4 : h // 4 + 3, 5 : w - 5] = 1.0
   return img
 
 
@@ -48,18 +48,24 @@ def test_psnr_hand_computed_and_identical_is_inf():
   assert metrics.psnr(a, b, data_range=1.0) == pytest.approx(metrics.psnr(b, a, data_range=1.0))
   # The default range is the target's max, as skimage's psnr with data_range=gt.max().
   assert metrics.psnr(a, b) == pytest.approx(
-      peak_signal_noise_ratio(a.astype(np.float64), b.astype(np.float64), data_range=float(a.max())))
+    peak_signal_noise_ratio(a.astype(np.float64), b.astype(np.float64), data_range=float(a.max()))
+  )
 
 
 def test_volume_ssim_is_multichannel_skimage_over_slices():
   gt, pred = _pair(shape=(4, 24, 32))
   gt[1] *= 3.0  # the data range is the whole volume's max, not each slice's
-  expected = structural_similarity(gt.transpose(1, 2, 0).astype(np.float64),
-                                   pred.transpose(1, 2, 0).astype(np.float64),
-                                   channel_axis=-1, data_range=float(gt.max()))
+  expected = structural_similarity(
+    gt.transpose(1, 2, 0).astype(np.float64),
+    pred.transpose(1, 2, 0).astype(np.float64),
+    channel_axis=-1,
+    data_range=float(gt.max()),
+  )
   assert metrics.ssim(gt, pred) == pytest.approx(expected, abs=1e-10)
-  per_slice = [structural_similarity(g.astype(np.float64), p.astype(np.float64), data_range=float(gt.max()))
-               for g, p in zip(gt, pred)]
+  per_slice = [
+    structural_similarity(g.astype(np.float64), p.astype(np.float64), data_range=float(gt.max()))
+    for g, p in zip(gt, pred)
+  ]
   assert metrics.ssim(gt, pred) == pytest.approx(np.mean(per_slice), abs=1e-10)
   assert metrics.ssim(gt, gt) == pytest.approx(1.0)
 
@@ -84,7 +90,7 @@ def test_hfn_matches_explicit_formula_and_clips_prediction():
     lg, lp = laplace(g), laplace(np.clip(p, 0, 1))
     for lap in (lg, lp):
       lap[0, :] = lap[-1, :] = lap[:, 0] = lap[:, -1] = 0.0
-    expected.append(np.sum((lg - lp) ** 2) / np.sum(lg ** 2))
+    expected.append(np.sum((lg - lp) ** 2) / np.sum(lg**2))
   assert metrics.hfn(gt, pred) == pytest.approx(np.mean(expected), rel=1e-10)
   assert metrics.hfn(gt, np.clip(pred, 0, 1)) == pytest.approx(metrics.hfn(gt, pred))
   assert metrics.hfn(gt, gt) == 0.0
@@ -102,7 +108,8 @@ def test_volume_metrics_and_slice_metrics_agree():
   assert per["NMSE"][1] == pytest.approx(metrics.nmse(gt[1], pred[1]))
   # A 2-D slice (a knee file) is a one-slice volume.
   assert metrics.volume_metrics(gt[0], pred[0])["SSIM"] == pytest.approx(
-      metrics.ssim(gt[:1], pred[:1]))
+    metrics.ssim(gt[:1], pred[:1])
+  )
 
 
 def test_shape_mismatch_raises():
@@ -120,14 +127,21 @@ def test_summarize_sample_std_and_nonfinite():
   assert metrics.mean_std_text([1.0, 3.0], digits=2) == f"2.00 ± {np.std([1, 3], ddof=1):.2f}"
 
 
-# ---------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------
 # JAX versions against scikit-image.
 
 
 def _skimage_ssim(gt, pred, data_range=None):
-  return np.array([structural_similarity(g.astype(np.float64), p.astype(np.float64),
-                                         data_range=float(g.max() if data_range is None else data_range))
-                   for g, p in zip(gt, pred)])
+  return np.array(
+    [
+      structural_similarity(
+        g.astype(np.float64),
+        p.astype(np.float64),
+        data_range=float(g.max() if data_range is None else data_range),
+      )
+      for g, p in zip(gt, pred)
+    ]
+  )
 
 
 def _structured_batch():
@@ -151,8 +165,10 @@ def test_batch_ssim_and_psnr_match_skimage(kind):
   ssim = np.asarray(jax.jit(metrics.batch_ssim)(gt, pred))
   np.testing.assert_allclose(ssim, _skimage_ssim(gt, pred), atol=1e-4)
   psnr = np.asarray(jax.jit(metrics.batch_psnr)(gt, pred))
-  expected = [peak_signal_noise_ratio(g.astype(np.float64), p.astype(np.float64), data_range=float(g.max()))
-              for g, p in zip(gt, pred)]
+  expected = [
+    peak_signal_noise_ratio(g.astype(np.float64), p.astype(np.float64), data_range=float(g.max()))
+    for g, p in zip(gt, pred)
+  ]
   np.testing.assert_allclose(psnr, expected, atol=1e-4)
   nmse = np.asarray(metrics.batch_nmse(gt, pred))
   np.testing.assert_allclose(nmse, [metrics.nmse(g, p) for g, p in zip(gt, pred)], rtol=1e-4)
@@ -167,7 +183,9 @@ def test_batch_metrics_with_volume_range_give_volume_values():
   np.testing.assert_allclose(out["MSE"], np.mean((gt - pred) ** 2, axis=(1, 2)), rtol=1e-5)
   # A per-slice range array works too.
   per_range = gt.max(axis=(1, 2))
-  np.testing.assert_allclose(metrics.batch_psnr(gt, pred, per_range), metrics.batch_psnr(gt, pred), rtol=1e-6)
+  np.testing.assert_allclose(
+    metrics.batch_psnr(gt, pred, per_range), metrics.batch_psnr(gt, pred), rtol=1e-6
+  )
 
 
 def test_batch_edge_cases():
@@ -175,8 +193,12 @@ def test_batch_edge_cases():
   assert np.all(np.asarray(metrics.batch_psnr(gt, gt)) == np.inf)
   np.testing.assert_allclose(metrics.batch_ssim(gt, gt), 1.0, atol=1e-6)
   # PSNR with a fixed range is symmetric; SSIM is symmetric with a fixed range too.
-  np.testing.assert_allclose(metrics.batch_psnr(gt, pred, 1.0), metrics.batch_psnr(pred, gt, 1.0), rtol=1e-6)
-  np.testing.assert_allclose(metrics.batch_ssim(gt, pred, 1.0), metrics.batch_ssim(pred, gt, 1.0), atol=1e-6)
+  np.testing.assert_allclose(
+    metrics.batch_psnr(gt, pred, 1.0), metrics.batch_psnr(pred, gt, 1.0), rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    metrics.batch_ssim(gt, pred, 1.0), metrics.batch_ssim(pred, gt, 1.0), atol=1e-6
+  )
   # A blank target slice uses R = 1 rather than producing NaN.
   blank = np.zeros((1, 16, 16), np.float32)
   assert np.isfinite(np.asarray(metrics.batch_ssim(blank, blank + 0.1))).all()

@@ -8,7 +8,12 @@ import pytest
 from kdmri_jax import fft, masks, models
 from kdmri_jax.errors import InputError
 
-PAPER_COUNTS = {"teacher": 141_765, "student": 49_285, "vdsr_teacher": 333_569, "vdsr_student": 185_857}
+PAPER_COUNTS = {
+  "teacher": 141_765,
+  "student": 49_285,
+  "vdsr_teacher": 333_569,
+  "vdsr_student": 185_857,
+}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_COUNTS))
@@ -46,8 +51,12 @@ def test_features_equal_a_manual_cascade_recomputation():
   image, features = models.apply(model, params, batch)
 
   def conv(p, x):
-    return jax.lax.conv_general_dilated(x, p["kernel"], (1, 1), "SAME",
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC")) + p["bias"]
+    return (
+      jax.lax.conv_general_dilated(
+        x, p["kernel"], (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+      + p["bias"]
+    )
 
   x = batch["input"][..., None]
   for c in range(2):
@@ -56,7 +65,9 @@ def test_features_equal_a_manual_cascade_recomputation():
     h2 = jax.nn.relu(conv(p["conv_1"], h1))
     np.testing.assert_allclose(features[c][0], h1, atol=1e-5)
     np.testing.assert_allclose(features[c][1], h2, atol=1e-5)
-    x = fft.data_consistency(conv(p["conv_2"], h2)[..., 0], batch["kspace"], batch["mask"])[..., None]
+    x = fft.data_consistency(conv(p["conv_2"], h2)[..., 0], batch["kspace"], batch["mask"])[
+      ..., None
+    ]
   np.testing.assert_allclose(image, x[..., 0], atol=1e-5)
 
 
@@ -71,8 +82,9 @@ def test_variants_noisy_learned_lambda_residual_complex():
   assert models.count_params(models.init_params(residual, jax.random.PRNGKey(0), 8, 8)) == 49_285
   complex_model = models.build_model("student", complex_images=True)
   cparams = models.init_params(complex_model, jax.random.PRNGKey(0), 16, 16)
-  out, _ = complex_model.apply({"params": cparams}, batch["input"].astype(np.complex64), batch["kspace"],
-                               batch["mask"])
+  out, _ = complex_model.apply(
+    {"params": cparams}, batch["input"].astype(np.complex64), batch["kspace"], batch["mask"]
+  )
   assert out.shape == (1, 16, 16) and jnp.iscomplexobj(out)
 
 

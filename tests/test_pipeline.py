@@ -1,10 +1,11 @@
-"""Tests for kdmri_jax.pipeline: all six stages on tiny in-memory data, skipping, ordering and helpers."""
+"""Tests for kdmri_jax.pipeline: all six stages on tiny in-memory data, skipping, ordering and
+helpers."""
 
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 
 import h5py
 import numpy as np
@@ -37,11 +38,15 @@ def test_all_stages_run_and_a_rerun_skips_them(tmp_path, tiny_data, capsys):
     assert os.path.exists(tmp_path / stage / "done")
     assert (tmp_path / stage / "log.txt").read_text().startswith(f"{stage} epoch 1/1")
     _, params, meta = checkpoints.load_params(tmp_path / stage)  # valid-style loading of best/
-    assert meta["stage"] == stage and meta["model"] == ("teacher" if stage == "teacher" else "student")
+    assert meta["stage"] == stage and meta["model"] == (
+      "teacher" if stage == "teacher" else "student"
+    )
   for method in ("zf", "teacher", "student", "kd"):
     with h5py.File(tmp_path / "results" / method / "validation.h5") as f:
       assert f["reconstruction"].shape == (3, 16, 16)
-    assert json.loads((tmp_path / "results" / method / "metrics.json").read_text())["n_volumes"] == 1
+    assert (
+      json.loads((tmp_path / "results" / method / "metrics.json").read_text())["n_volumes"] == 1
+    )
   with h5py.File(tmp_path / "results" / "zf" / "validation.h5") as f:
     np.testing.assert_array_equal(f["reconstruction"][1], tiny_data["validation"][1]["input"])
   report = (tmp_path / "report" / "report.md").read_text()
@@ -70,7 +75,9 @@ def test_all_stages_run_and_a_rerun_skips_them(tmp_path, tiny_data, capsys):
 def test_stage_needs_its_inputs(tmp_path, tiny_data):
   config = tiny_pipeline_config()
   config.stages = "kd"
-  with pytest.raises(InputError, match=r"stage 'kd' needs the teacher checkpoint in .*teacher/best"):
+  with pytest.raises(
+    InputError, match=r"stage 'kd' needs the teacher checkpoint in .*teacher/best"
+  ):
     pipeline.run(config, str(tmp_path))
   config.stages = "evaluate,report"
   with pytest.raises(InputError, match=r"stage 'evaluate' needs the teacher checkpoint"):
@@ -97,7 +104,9 @@ def test_parse_stages_and_workdir():
 def test_model_overrides_and_task_check():
   config = tiny_pipeline_config()
   name, model = pipeline.build_model(config, "teacher")
-  assert name == "teacher" and model.num_cascades == 1 and model.num_convs == 5 and model.features == 4
+  assert (
+    name == "teacher" and model.num_cascades == 1 and model.num_convs == 5 and model.features == 4
+  )
   config.train.compute_dtype = "bfloat16"
   assert pipeline.build_model(config, "student")[1].dtype == np.dtype("bfloat16")
   config.models.teacher = "vdsr_teacher"
@@ -113,18 +122,27 @@ def test_ordered_predictions_undo_the_host_layout():
   np.testing.assert_array_equal(ordered.ravel(), [0, 1, 2, 3, 4])
 
 
-@pytest.mark.parametrize("field, value, phrase", [
+@pytest.mark.parametrize(
+  "field, value, phrase",
+  [
     ("feature_loss", "cosine", "unknown feature loss 'cosine'"),
     ("layer_pairs", "0.2:0.7", "the student has no feature layer (0, 7)"),
     ("imitation", "authors", "config.kd.imitation='authors' is not one of"),
-    ("feature_best", "loss",
-     "config.kd.feature_best='loss' is not one of ['attention_mse', 'objective']."),
-])
-def test_bad_distillation_settings_fail_before_any_training(field, value, phrase, tmp_path, tiny_data,
-                                                            monkeypatch):
+    (
+      "feature_best",
+      "loss",
+      "config.kd.feature_best='loss' is not one of ['attention_mse', 'objective'].",
+    ),
+  ],
+)
+def test_bad_distillation_settings_fail_before_any_training(
+  field, value, phrase, tmp_path, tiny_data, monkeypatch
+):
   from kdmri_jax import train
 
-  monkeypatch.setattr(train, "fit", lambda *a, **k: pytest.fail("training started before the config check"))
+  monkeypatch.setattr(
+    train, "fit", lambda *a, **k: pytest.fail("training started before the config check")
+  )
   config = tiny_pipeline_config()
   setattr(config.kd, field, value)
   with pytest.raises(InputError, match=re.escape(phrase)):
@@ -133,22 +151,25 @@ def test_bad_distillation_settings_fail_before_any_training(field, value, phrase
 
 
 def test_super_resolution_pipeline_runs_every_stage(tmp_path, monkeypatch):
-  """configs/sr_demo.py's VDSR teacher/student through all six stages on tiny low-resolution data: AT on
-  the paper's VDSR layers (teacher 6 : student 4), KD from it, evaluation and a report that names the
-  super-resolution setting rather than an acceleration."""
+  """configs/sr_demo.py's VDSR teacher/student through all six stages on tiny low-resolution data:
+  AT on the paper's VDSR layers (teacher 6 : student 4), KD from it, evaluation and a report that
+  names the super-resolution setting rather than an acceleration."""
   from configs import sr_demo
   from kdmri_jax.data.sr import SuperResolutionSource
 
   config = tiny_config(sr_demo.get_config(), train__num_epochs=1)  # (VDSR has no cascades)
   config.sr.keep = 4  # 16×16 targets, 4× lower resolution per axis as the paper's 256 -> 64
-  sources = {split: SuperResolutionSource(synthetic_source(count, seed=seed), config)
-             for split, count, seed in (("train", 4, 1), ("validation", 2, 2))}
+  sources = {
+    split: SuperResolutionSource(synthetic_source(count, seed=seed), config)
+    for split, count, seed in (("train", 4, 1), ("validation", 2, 2))
+  }
   monkeypatch.setattr(pipeline, "load_data", lambda config, split: sources[split])
   assert pipeline.run(config, str(tmp_path), command="test") == 0
   for stage in pipeline.TRAINED_STAGES:
     _, _, meta = checkpoints.load_params(tmp_path / stage)
     assert meta["model"] == ("vdsr_teacher" if stage == "teacher" else "vdsr_student")
-  with h5py.File(tmp_path / "results" / "zf" / "validation.h5") as f:  # ZF: the low-resolution input
+  # ZF: the low-resolution input
+  with h5py.File(tmp_path / "results" / "zf" / "validation.h5") as f:
     np.testing.assert_array_equal(f["reconstruction"][1], sources["validation"][1]["input"])
   report = (tmp_path / "report" / "report.md").read_text()
   assert report.startswith("# KD-MRI: brain super-resolution (central 4×4 k-space)")
@@ -158,9 +179,12 @@ def test_super_resolution_pipeline_runs_every_stage(tmp_path, monkeypatch):
 def test_authors_script_objective_needs_the_feature_start(tmp_path, tiny_data):
   config = tiny_pipeline_config()
   config.kd.imitation, config.kd.init_from = "authors_script", "student"
-  with pytest.raises(InputError, match=r"config\.kd\.imitation='authors_script' is the authors' "
-                                       r"script, which starts from the feature stage; set "
-                                       r"config\.kd\.init_from=feature \(not 'student'\)\.$"):
+  with pytest.raises(
+    InputError,
+    match=r"config\.kd\.imitation='authors_script' is the authors' "
+    r"script, which starts from the feature stage; set "
+    r"config\.kd\.init_from=feature \(not 'student'\)\.$",
+  ):
     pipeline.run(config, str(tmp_path))
   config.kd.init_from = "feature"
   assert pipeline.check_prerequisites(config, str(tmp_path), ["teacher", "feature", "kd"]) is None
@@ -181,8 +205,11 @@ def test_kd_records_its_objective_and_the_report_states_it(tmp_path, tiny_data):
   assert meta["objective"]["init"]["best"] == "objective"
   summary = json.loads((tmp_path / "results" / "summary.json").read_text())
   assert summary["methods"]["kd"]["objective"]["imitation"] == "authors_code"
-  kd_line = next(line for line in (tmp_path / "report" / "report.md").read_text().splitlines()
-                 if line.startswith("- KD: "))
+  kd_line = next(
+    line
+    for line in (tmp_path / "report" / "report.md").read_text().splitlines()
+    if line.startswith("- KD: ")
+  )
   assert "imitation `authors_code`: L1(x_S, y) + L1(x_S, x_T) / N" in kd_line
   assert "(α not used)" in kd_line
   assert "lowest validation value of its own feature loss (`objective`)" in kd_line

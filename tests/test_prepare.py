@@ -30,21 +30,47 @@ def _run(*args):
 
 def test_round_trip_zero_filled_and_kspace(tmp_path):
   out = tmp_path / "root"
-  assert _run("--input", _inputs(tmp_path), "--dataset", "cardiac", "--acc", "4x", "8x", "--out", out,
-              "--split", "0.67", "--seed", "3", "--mask-seed", "5") == 0
+  assert (
+    _run(
+      "--input",
+      _inputs(tmp_path),
+      "--dataset",
+      "cardiac",
+      "--acc",
+      "4x",
+      "8x",
+      "--out",
+      out,
+      "--split",
+      "0.67",
+      "--seed",
+      "3",
+      "--mask-seed",
+      "5",
+    )
+    == 0
+  )
   manifest = json.loads((out / "manifest.json").read_text())
-  assert manifest["seed"] == 3 and manifest["mask_seed"] == 5 and manifest["counts"]["train"] == {"volumes": 2, "slices": 4}
+  assert (
+    manifest["seed"] == 3
+    and manifest["mask_seed"] == 5
+    and manifest["counts"]["train"] == {"volumes": 2, "slices": 4}
+  )
   assert manifest["counts"]["validation"]["volumes"] == 1 and set(manifest["masks"]) == {"4x", "8x"}
   for acc in ("4x", "8x"):
     mask = masks.load_mask(out / "masks" / f"mask_{acc}.npy", (16, 16))
-    np.testing.assert_array_equal(mask, masks.cartesian_mask((16, 16), acc, seed=5, direction="rows"))
+    np.testing.assert_array_equal(
+      mask, masks.cartesian_mask((16, 16), acc, seed=5, direction="rows")
+    )
     for split in ("train", "validation"):
       for path in reference.list_volumes(str(out), split, acc):
         volume = reference.read_volume(path, acc, require_target=True)
         assert volume.target.max() == pytest.approx(1.0)  # per-volume max normalisation
         kspace = np.fft.fft2(volume.target, norm="ortho") * mask
         np.testing.assert_allclose(volume.kspace, kspace, atol=1e-5)
-        np.testing.assert_allclose(volume.input, np.abs(np.fft.ifft2(kspace, norm="ortho")), atol=1e-5)
+        np.testing.assert_allclose(
+          volume.input, np.abs(np.fft.ifft2(kspace, norm="ortho")), atol=1e-5
+        )
   assert sorted(manifest["sources"]) == ["vol0", "vol1", "vol2"]
 
 
@@ -63,15 +89,32 @@ def test_nifti_mask_dir_and_knee_single_slices(tmp_path):
   folder = tmp_path / "in"
   folder.mkdir()
   for i in range(2):
-    nib.save(nib.Nifti1Image(np.random.default_rng(i).random((12, 8, 3)).astype(np.float32), np.eye(4)),
-             folder / f"k{i}.nii.gz")
+    nib.save(
+      nib.Nifti1Image(np.random.default_rng(i).random((12, 8, 3)).astype(np.float32), np.eye(4)),
+      folder / f"k{i}.nii.gz",
+    )
   mask_dir = tmp_path / "masks"
   mask_dir.mkdir()
   mask = masks.cartesian_mask((12, 8), 4, seed=9, direction="columns")
   np.save(mask_dir / "mask_4x.npy", mask)
   out = tmp_path / "knee"
-  assert _run("--input", folder, "--dataset", "knee", "--acc", "4x", "--out", out, "--mask-dir", mask_dir,
-              "--split", "0.5") == 0
+  assert (
+    _run(
+      "--input",
+      folder,
+      "--dataset",
+      "knee",
+      "--acc",
+      "4x",
+      "--out",
+      out,
+      "--mask-dir",
+      mask_dir,
+      "--split",
+      "0.5",
+    )
+    == 0
+  )
   files = reference.list_volumes(str(out), "train", "4x")
   assert len(files) == 3  # one file per slice
   with h5py.File(files[0]) as f:
@@ -81,8 +124,24 @@ def test_nifti_mask_dir_and_knee_single_slices(tmp_path):
 
 def test_phantom_input(tmp_path):
   out = tmp_path / "ph"
-  assert _run("--phantom", 2, "--size", 20, 18, "--slices", 3, "--dataset", "cardiac", "--acc", "5x",
-              "--out", out) == 0
+  assert (
+    _run(
+      "--phantom",
+      2,
+      "--size",
+      20,
+      18,
+      "--slices",
+      3,
+      "--dataset",
+      "cardiac",
+      "--acc",
+      "5x",
+      "--out",
+      out,
+    )
+    == 0
+  )
   assert reference.read_volume(reference.list_volumes(str(out), "train", "5x")[0]).shape == (20, 18)
 
 
@@ -91,8 +150,12 @@ def test_never_overwrites_unless_asked(tmp_path, capsys):
   assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", out) == 0
   stamp = (out / "manifest.json").read_text()
   assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", out) == 2
-  assert "already exists" in capsys.readouterr().err and (out / "manifest.json").read_text() == stamp
-  assert _run("--input", inputs, "--dataset", "brain", "--acc", "8x", "--out", out, "--overwrite") == 0
+  assert (
+    "already exists" in capsys.readouterr().err and (out / "manifest.json").read_text() == stamp
+  )
+  assert (
+    _run("--input", inputs, "--dataset", "brain", "--acc", "8x", "--out", out, "--overwrite") == 0
+  )
   assert os.listdir(out / "train") == ["acc_8x"]
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".root")]
 
@@ -122,7 +185,9 @@ def _empty(tmp_path):
   return tmp_path / "empty"
 
 
-@pytest.mark.parametrize("make, extra, message", [
+@pytest.mark.parametrize(
+  "make, extra, message",
+  [
     (_empty, [], "holds no volume files"),
     (_nan_input, [], "NaN or Inf"),
     (_keyless_h5, [], "several arrays"),
@@ -130,7 +195,8 @@ def _empty(tmp_path):
     (_inputs, ["--mask-dir", "/nonexistent"], "does not exist"),
     (_inputs, ["--split", "1.5"], "--split"),
     (_inputs, ["--acc", "fast"], "not a number"),
-])
+  ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make, extra, message):
   out = tmp_path / "root"
   args = ["--input", make(tmp_path), "--dataset", "brain", "--out", out] + extra
@@ -143,9 +209,24 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, make, extra, message
 
 
 def test_module_entry_point(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "kdmri_jax.prepare", "--input", str(tmp_path / "none"),
-                           "--dataset", "brain", "--acc", "4x", "--out", str(tmp_path / "o")],
-                          capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "kdmri_jax.prepare",
+      "--input",
+      str(tmp_path / "none"),
+      "--dataset",
+      "brain",
+      "--acc",
+      "4x",
+      "--out",
+      str(tmp_path / "o"),
+    ],
+    capture_output=True,
+    text=True,
+    cwd=os.path.dirname(os.path.dirname(__file__)),
+  )
   assert result.returncode == 2 and "does not exist" in result.stderr
 
 
@@ -175,19 +256,48 @@ def test_fastmri_and_reference_inputs(tmp_path):
   image = np.random.default_rng(1).random((2, 24, 16)).astype(np.float32)
   for i in range(2):
     with h5py.File(folder / f"file{i}.h5", "w") as f:
-      f["kspace"] = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image, axes=(-2, -1)), norm="ortho"),
-                                    axes=(-2, -1)).astype(np.complex64)
+      f["kspace"] = np.fft.fftshift(
+        np.fft.fft2(np.fft.ifftshift(image, axes=(-2, -1)), norm="ortho"), axes=(-2, -1)
+      ).astype(np.complex64)
       f["reconstruction_esc"] = image[:, 4:20, :]
   out = tmp_path / "knee"
-  assert _run("--input", folder, "--dataset", "knee", "--acc", "4x", "--out", out, "--fastmri-target",
-              "kspace", "--size", 20, 16, "--split", "0.5", "--no-per-slice") == 0
-  volume = reference.read_volume(reference.list_volumes(str(out), "train", "4x")[0], require_target=True)
+  assert (
+    _run(
+      "--input",
+      folder,
+      "--dataset",
+      "knee",
+      "--acc",
+      "4x",
+      "--out",
+      out,
+      "--fastmri-target",
+      "kspace",
+      "--size",
+      20,
+      16,
+      "--split",
+      "0.5",
+      "--no-per-slice",
+    )
+    == 0
+  )
+  volume = reference.read_volume(
+    reference.list_volumes(str(out), "train", "4x")[0], require_target=True
+  )
   np.testing.assert_allclose(volume.target, image[:, 2:22] / image[:, 2:22].max(), atol=1e-5)
   mask = np.load(out / "masks" / "mask_4x.npy")
   assert mask[:, 0].all() and not mask[0].all()  # knee: whole columns
   again = tmp_path / "again"  # a reference-layout root is re-prepared from its 'volfs' targets
-  assert _run("--input", out / "train", "--dataset", "knee", "--acc", "8x", "--out", again, "--split", "1") == 0
-  redone = reference.read_volume(reference.list_volumes(str(again), "train", "8x")[0], require_target=True)
+  assert (
+    _run(
+      "--input", out / "train", "--dataset", "knee", "--acc", "8x", "--out", again, "--split", "1"
+    )
+    == 0
+  )
+  redone = reference.read_volume(
+    reference.list_volumes(str(again), "train", "8x")[0], require_target=True
+  )
   np.testing.assert_allclose(redone.target, volume.target[:1], atol=1e-6)
 
 
@@ -200,16 +310,48 @@ def test_mask_family_option_and_manifest(tmp_path, capsys):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["mask_family"] == family and manifest["masks"]["4x"]["family"] == family
     mask = np.load(out / "masks" / "mask_4x.npy")
-    np.testing.assert_array_equal(mask, masks.cartesian_mask((48, 48), "4x", seed=masks.DEFAULT_MASK_SEED, family=family))
+    np.testing.assert_array_equal(
+      mask, masks.cartesian_mask((48, 48), "4x", seed=masks.DEFAULT_MASK_SEED, family=family)
+    )
     stats = masks.mask_statistics(mask)
     assert manifest["masks"]["4x"]["sampled_lines"] == stats["lines"] == 12
     printed = capsys.readouterr().out
-    assert f"masks ({family})" in printed and "12/48 rows, 4.00x" in printed and "mean |ky|" in printed
-  assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", tmp_path / "x",
-              "--mask-family", "fastmri") == 2
+    assert (
+      f"masks ({family})" in printed and "12/48 rows, 4.00x" in printed and "mean |ky|" in printed
+    )
+  assert (
+    _run(
+      "--input",
+      inputs,
+      "--dataset",
+      "brain",
+      "--acc",
+      "4x",
+      "--out",
+      tmp_path / "x",
+      "--mask-family",
+      "fastmri",
+    )
+    == 2
+  )
   assert "--mask-family 'fastmri' is not one of" in capsys.readouterr().err
-  assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", tmp_path / "x",
-              "--mask-family", "gaussian", "--mask-dir", tmp_path / "dccnn" / "masks") == 2
+  assert (
+    _run(
+      "--input",
+      inputs,
+      "--dataset",
+      "brain",
+      "--acc",
+      "4x",
+      "--out",
+      tmp_path / "x",
+      "--mask-family",
+      "gaussian",
+      "--mask-dir",
+      tmp_path / "dccnn" / "masks",
+    )
+    == 2
+  )
   assert "exclude each other" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
@@ -217,8 +359,11 @@ def test_training_data_loading_refuses_a_mask_the_data_was_not_made_with(tmp_pat
   from configs import default
   from kdmri_jax import data
   from kdmri_jax.errors import InputError
+
   out = tmp_path / "root"
-  assert _run("--phantom", 3, "--size", 32, 32, "--dataset", "cardiac", "--acc", "4x", "--out", out) == 0
+  assert (
+    _run("--phantom", 3, "--size", 32, 32, "--dataset", "cardiac", "--acc", "4x", "--out", out) == 0
+  )
   other = tmp_path / "other_mask.npy"
   np.save(other, masks.cartesian_mask((32, 32), "4x", seed=0, family="gaussian"))
   config = default.get_config()

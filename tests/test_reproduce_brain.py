@@ -1,4 +1,5 @@
-"""Tests of experiments/reproduce_brain.py's table and statistics on made-up per-volume metrics (no training)."""
+"""Tests of experiments/reproduce_brain.py's table and statistics on made-up per-volume metrics (no
+training)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,20 @@ PARAMS = {"zf": None, "teacher": 141765, "student": 49285, "kd": 49285}
 
 
 def fake_run(root, acc, seed, psnr):
-  """Writes results/<method>/metrics.json as the evaluate stage does; psnr[method] = per-volume list."""
+  """Writes results/<method>/metrics.json as the evaluate stage does; psnr[method] = per-volume
+  list."""
   workdir = rb.run_dir(str(root), "cpu", acc, seed)
   for method, values in psnr.items():
     folder = os.path.join(workdir, "results", method)
     os.makedirs(folder)
-    volumes = [{"name": n, "slices": 10, "PSNR": p, "SSIM": p / 40.0} for n, p in zip(VOLUMES, values)]
+    volumes = [
+      {"name": n, "slices": 10, "PSNR": p, "SSIM": p / 40.0} for n, p in zip(VOLUMES, values)
+    ]
     with open(os.path.join(folder, "metrics.json"), "w") as f:
-      json.dump({"method": method, "params": PARAMS[method], "n_volumes": len(volumes), "volumes": volumes}, f)
+      json.dump(
+        {"method": method, "params": PARAMS[method], "n_volumes": len(volumes), "volumes": volumes},
+        f,
+      )
   return workdir
 
 
@@ -47,21 +54,28 @@ def test_mean_std_over_seeds():
 
 def test_paired_test_wilcoxon_and_t():
   student = np.array([30.0, 31.0, 29.5, 30.2, 28.9, 31.4, 30.7, 29.9, 30.1])
-  kd = student + np.array([0.3, 0.1, 0.5, 0.2, 0.4, 0.05, 0.6, 0.25, 0.15])  # KD better in all 9 pairs
+  # KD better in all 9 pairs
+  kd = student + np.array([0.3, 0.1, 0.5, 0.2, 0.4, 0.05, 0.6, 0.25, 0.15])
   test = rb.paired_test(kd, student)
   assert test["n"] == 9 and test["wins"] == 9
-  assert test["wilcoxon_p"] == pytest.approx(2 / 2 ** 9)  # exact two-sided p, all signs positive
-  assert test["min_p"] == pytest.approx(2 / 2 ** 9)
+  assert test["wilcoxon_p"] == pytest.approx(2 / 2**9)  # exact two-sided p, all signs positive
+  assert test["min_p"] == pytest.approx(2 / 2**9)
   assert 0 < test["t_p"] < 0.01
-  mixed = rb.paired_test(student + np.array([0.3, -0.1, 0.5, -0.2, 0.4, -0.05, 0.6, -0.25, 0.15]), student)
+  mixed = rb.paired_test(
+    student + np.array([0.3, -0.1, 0.5, -0.2, 0.4, -0.05, 0.6, -0.25, 0.15]), student
+  )
   assert mixed["wins"] == 5 and mixed["wilcoxon_p"] > 0.05
   assert rb.paired_test(student[:3], student[:3])["wilcoxon_p"] is None  # no differences
 
 
 def test_table_stats_over_seeds_and_volumes(tmp_path):
-  fake_run(tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5]))
+  fake_run(
+    tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5])
+  )
   fake_run(tmp_path, "4x", 43, metrics([20, 21, 22], [32, 33, 34], [29, 30, 31], [30, 31, 32]))
-  runs = {("4x", s): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "4x", s)) for s in (42, 43, 44)}
+  runs = {
+    ("4x", s): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "4x", s)) for s in (42, 43, 44)
+  }
   runs.update({("8x", 42): None})
   assert runs[("4x", 44)] is None
   stats = rb.table_stats(runs)
@@ -90,7 +104,9 @@ def test_table_stats_over_seeds_and_volumes(tmp_path):
 
 
 def test_verdict_when_teacher_is_not_better(tmp_path):
-  fake_run(tmp_path, "8x", 42, metrics([20, 21, 22], [28, 28, 28], [29, 29, 29], [28.5, 28.5, 28.5]))
+  fake_run(
+    tmp_path, "8x", 42, metrics([20, 21, 22], [28, 28, 28], [29, 29, 29], [28.5, 28.5, 28.5])
+  )
   stats = rb.table_stats({("8x", 42): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "8x", 42))})
   assert stats["8x"]["gap"] is None
   assert "T ≤ S: undefined" in rb.gap_table(stats, ["8x"])
@@ -104,7 +120,9 @@ def test_verdict_when_teacher_is_not_better(tmp_path):
 
 
 def test_collect_only_writes_partial_table(tmp_path):
-  fake_run(tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5]))
+  fake_run(
+    tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5])
+  )
   out = tmp_path / "brain.md"
   argv = ["--collect-only", "--workdir", str(tmp_path), "--seeds", "42,43", "--out", str(out)]
   assert rb.main(argv) == 0
@@ -120,7 +138,9 @@ def test_collect_only_writes_partial_table(tmp_path):
 
 def test_figures_are_named_by_setting_so_settings_do_not_overwrite_each_other(tmp_path):
   for setting in ("cpu", "cpu_long"):
-    fake_run(tmp_path / setting, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29, 30, 31]))
+    fake_run(
+      tmp_path / setting, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29, 30, 31])
+    )
     if setting != "cpu":  # fake_run writes the cpu layout
       os.rename(tmp_path / setting / "cpu", tmp_path / setting / setting)
     workdir = rb.run_dir(str(tmp_path / setting), setting, "4x", 42)
@@ -129,11 +149,29 @@ def test_figures_are_named_by_setting_so_settings_do_not_overwrite_each_other(tm
       f.write(setting.encode())
   for setting in ("cpu", "cpu_long"):
     out = tmp_path / "results" / f"{setting}.md"
-    assert rb.main(["--collect-only", "--setting", setting, "--accs", "4x", "--seeds", "42",
-                    "--workdir", str(tmp_path / setting), "--out", str(out)]) == 0
+    assert (
+      rb.main(
+        [
+          "--collect-only",
+          "--setting",
+          setting,
+          "--accs",
+          "4x",
+          "--seeds",
+          "42",
+          "--workdir",
+          str(tmp_path / setting),
+          "--out",
+          str(out),
+        ]
+      )
+      == 0
+    )
     assert f"(brain_figures/{setting}_4x.png)" in out.read_text()
   for setting in ("cpu", "cpu_long"):
-    assert (tmp_path / "results" / "brain_figures" / f"{setting}_4x.png").read_bytes() == setting.encode()
+    assert (
+      tmp_path / "results" / "brain_figures" / f"{setting}_4x.png"
+    ).read_bytes() == setting.encode()
 
 
 def test_setting_epochs_follow_overrides():
@@ -182,30 +220,59 @@ def test_verdict_says_when_the_finding_reproduces_at_every_acc(tmp_path):
   for acc in ("4x", "8x"):
     for seed in (42, 43):
       fake_run(tmp_path, acc, seed, metrics([20, 21, 22], [32, 33, 34], [30, 31, 32], [31, 32, 33]))
-  stats = rb.table_stats({(a, s): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", a, s))
-                          for a in ("4x", "8x") for s in (42, 43)})
+  stats = rb.table_stats(
+    {
+      (a, s): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", a, s))
+      for a in ("4x", "8x")
+      for s in (42, 43)
+    }
+  )
   text = rb.verdict(stats, ["4x", "8x"], "gpu", epochs=30)  # seeds alike: stds 0, p = 1/32
-  assert ("PSNR ordering reproduces at every acceleration run (4x, 8x), where KD closes 50 %, "
-          "50 % of the teacher–student gap (paper: 44–68 %).") in text
+  assert (
+    "PSNR ordering reproduces at every acceleration run (4x, 8x), where KD closes 50 %, "
+    "50 % of the teacher–student gap (paper: 44–68 %)."
+  ) in text
   assert "SSIM ordering reproduces at every acceleration run (4x, 8x)." in text
   assert "(30 epochs per stage)" in text and "neither confirmed nor refuted" not in text
   assert "more GPU time than was lent" in text
   # One acc where KD does not beat the student: no claim of reproduction.
   fake_run(tmp_path, "5x", 42, metrics([20, 21, 22], [32, 33, 34], [30, 31, 32], [29, 30, 31]))
-  stats["5x"] = rb.table_stats({("5x", 42): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "5x", 42))})["5x"]
+  stats["5x"] = rb.table_stats(
+    {("5x", 42): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", "5x", 42))}
+  )["5x"]
   text = rb.verdict(stats, ["4x", "5x", "8x"], "gpu")
   assert "reproduces at every" not in text and "reproduces at 4x, 8x, where KD closes" in text
   assert "; not at 5x: no resolvable teacher–student gap." in text  # one seed: no spread
 
 
 def test_collect_only_says_the_machine_line_is_where_the_table_was_collected(tmp_path):
-  fake_run(tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5]))
+  fake_run(
+    tmp_path, "4x", 42, metrics([20, 21, 22], [30, 31, 32], [29, 30, 31], [29.5, 30.5, 31.5])
+  )
   out = tmp_path / "brain.md"
-  assert rb.main(["--collect-only", "--workdir", str(tmp_path), "--accs", "4x", "--seeds", "42", "--out", str(out)]) == 0
-  assert "(where the table was collected; the runs ran where the introduction says)" in out.read_text()
+  assert (
+    rb.main(
+      [
+        "--collect-only",
+        "--workdir",
+        str(tmp_path),
+        "--accs",
+        "4x",
+        "--seeds",
+        "42",
+        "--out",
+        str(out),
+      ]
+    )
+    == 0
+  )
+  assert (
+    "(where the table was collected; the runs ran where the introduction says)" in out.read_text()
+  )
 
 
 # --- the verdict rule: the paper's whole ordering ZF < student < KD < teacher beyond the spread ---
+
 
 def per_seed(zf, student, kd, teacher):
   return {"zf": zf, "student": student, "kd": kd, "teacher": teacher}
@@ -227,8 +294,9 @@ def test_kd_above_the_teacher_is_not_a_reproduction():
   means = per_seed([20.0, 20.0], [29.0, 29.1], [31.5, 31.6], [31.0, 31.1])
   ordering = rb.ordering_verdict(means, kd_student_p=0.03)
   assert ordering.status == rb.NO_GAP == "no resolvable teacher–student gap"
-  assert "KD is above the teacher (+0.50 dB), so the gap closed would be over 100 %" in \
-      ordering.sentence
+  assert (
+    "KD is above the teacher (+0.50 dB), so the gap closed would be over 100 %" in ordering.sentence
+  )
 
 
 def test_a_gap_inside_the_seed_spread_is_no_resolvable_gap():
@@ -238,8 +306,10 @@ def test_a_gap_inside_the_seed_spread_is_no_resolvable_gap():
   ordering = rb.ordering_verdict(means, kd_student_p=0.03)
   spread = max(np.std(teacher, ddof=1), np.std(student, ddof=1))
   assert ordering.status == rb.NO_GAP and "reproduces" not in ordering.sentence
-  assert (f"teacher − student (+0.30 dB) is inside the larger seed std ({spread:.2f} dB)"
-          in ordering.sentence)
+  assert (
+    f"teacher − student (+0.30 dB) is inside the larger seed std ({spread:.2f} dB)"
+    in ordering.sentence
+  )
 
 
 def test_zf_above_the_student_fails_and_says_so():
@@ -252,10 +322,12 @@ def test_kd_inside_the_spread_is_not_resolved_and_kd_below_the_student_fails():
   inside = rb.ordering_verdict(per_seed([20.0, 20.0], [30.0, 30.4], [30.1, 30.3], [31.5, 31.6]))
   assert inside.status == rb.NOT_RESOLVED
   spread = np.std([30.0, 30.4], ddof=1)
-  assert (f"KD − student (+0.00 dB) is inside the larger seed std ({spread:.2f} dB)"
-          in inside.sentence)
-  below = rb.ordering_verdict(per_seed([20.0, 20.0], [30.0, 30.1], [29.0, 29.1], [31.0, 31.1]),
-                              kd_student_p=0.03)
+  assert (
+    f"KD − student (+0.00 dB) is inside the larger seed std ({spread:.2f} dB)" in inside.sentence
+  )
+  below = rb.ordering_verdict(
+    per_seed([20.0, 20.0], [30.0, 30.1], [29.0, 29.1], [31.0, 31.1]), kd_student_p=0.03
+  )
   assert below.status == rb.FAILS
   assert "KD − student (-1.00 dB, paired p = 0.03) is below zero" in below.sentence
 
@@ -276,6 +348,7 @@ def test_ordering_verdict_is_summary_verdict_of_the_seed_means_and_stds():
 
 # --- re-deriving a committed verdict, and the recorded masks / imitation objective ---------------
 
+
 def two_seed_runs(root):
   """4x: a clean ordering; 8x: KD above the teacher (per-volume PSNR, 2 seeds)."""
   for seed, up in ((42, 0.0), (43, 0.1)):
@@ -291,8 +364,13 @@ def collect_two_seeds(root, out):
 
 def test_the_written_verdict_does_not_call_kd_above_the_teacher_a_reproduction(tmp_path):
   two_seed_runs(tmp_path)  # T > S and KD > S at both accs: the old verdict said "reproduces"
-  stats = rb.table_stats({(a, s): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", a, s))
-                          for a in ("4x", "8x") for s in (42, 43)})
+  stats = rb.table_stats(
+    {
+      (a, s): rb.read_volumes(rb.run_dir(str(tmp_path), "cpu", a, s))
+      for a in ("4x", "8x")
+      for s in (42, 43)
+    }
+  )
   text = rb.verdict(stats, ["4x", "8x"], "gpu")
   assert "reproduces at every" not in text
   assert "PSNR ordering reproduces at 4x, where KD closes 50 % of the teacher–student gap" in text
@@ -328,8 +406,9 @@ def test_reverdict_rederives_the_verdict_from_the_tables_and_changes_nothing_els
   again = out.read_text()
   assert rb.main(["--reverdict", str(out)]) == 0
   assert verdict_section(out.read_text()).split("This verdict")[0] == new.split("This verdict")[0]
-  assert out.read_text().replace(verdict_section(out.read_text()), "") == \
-      again.replace(verdict_section(again), "")  # idempotent
+  assert out.read_text().replace(verdict_section(out.read_text()), "") == again.replace(
+    verdict_section(again), ""
+  )  # idempotent
   with pytest.raises(rb.common.InputError, match="no such file"):
     rb.main(["--reverdict", str(tmp_path / "missing.md")])
   (tmp_path / "other.md").write_text("# something else\n")
@@ -364,17 +443,25 @@ def test_reverdict_of_a_damaged_table_is_one_sentence(tmp_path):
 
 def test_the_setting_line_names_each_runs_masks_and_imitation_objective(tmp_path):
   two_seed_runs(tmp_path)
-  records = {42: {"data": {"mask_family": "dccnn"}, "kd": {"imitation": "authors_code"}},
-             43: {"data": {"mask_family": "dccnn"}, "kd": {}}}  # seed 43 predates kd.imitation
+  records = {
+    42: {"data": {"mask_family": "dccnn"}, "kd": {"imitation": "authors_code"}},
+    43: {"data": {"mask_family": "dccnn"}, "kd": {}},
+  }  # seed 43 predates kd.imitation
   for seed, config in records.items():
     with open(os.path.join(rb.run_dir(str(tmp_path), "cpu", "4x", seed), "config.json"), "w") as f:
       json.dump(config, f)
   assert rb.run_record(rb.run_dir(str(tmp_path), "cpu", "4x", 42)) == {
-      "data.mask_family": "dccnn", "kd.imitation": "authors_code"}
+    "data.mask_family": "dccnn",
+    "kd.imitation": "authors_code",
+  }
   text = collect_two_seeds(tmp_path, tmp_path / "brain.md")
   setting_line = next(ln for ln in text.split("\n") if ln.startswith("Setting **cpu**"))
-  assert ("Masks `config.data.mask_family` = `dccnn` (4x seed 42, 4x seed 43), `gaussian` (8x "
-          "seed 42, 8x seed 43) (8x seed 42, 8x seed 43 predate the field, so `gaussian`: "
-          "kdmri_jax's earlier generated masks)") in setting_line
-  assert ("imitation objective `config.kd.imitation` = `authors_code` (4x seed 42), `paper` (4x "
-          "seed 43, 8x seed 42, 8x seed 43)") in setting_line
+  assert (
+    "Masks `config.data.mask_family` = `dccnn` (4x seed 42, 4x seed 43), `gaussian` (8x "
+    "seed 42, 8x seed 43) (8x seed 42, 8x seed 43 predate the field, so `gaussian`: "
+    "kdmri_jax's earlier generated masks)"
+  ) in setting_line
+  assert (
+    "imitation objective `config.kd.imitation` = `authors_code` (4x seed 42), `paper` (4x "
+    "seed 43, 8x seed 42, 8x seed 43)"
+  ) in setting_line

@@ -17,7 +17,8 @@ def _dft(n):
 
 
 def _reference(target, keep):
-  """|F_H⁻¹ (m_H ⊙ F_H X F_Wᵀ ⊙ m_W) F_W⁻ᵀ| with m = 1 on the signed frequencies [−⌊keep/2⌋, keep − ⌊keep/2⌋)."""
+  """|F_H⁻¹ (m_H ⊙ F_H X F_Wᵀ ⊙ m_W) F_W⁻ᵀ| with m = 1 on the signed frequencies
+  [−⌊keep/2⌋, keep − ⌊keep/2⌋)."""
   h, w = target.shape[-2:]
 
   def window(n):
@@ -30,7 +31,9 @@ def _reference(target, keep):
   return np.abs(fh.conj().T @ kspace @ fw.conj())
 
 
-@pytest.mark.parametrize("shape,keep", [((16, 16), 4), ((2, 12, 10), 5), ((15, 15), 6), ((9, 14), 3)])
+@pytest.mark.parametrize(
+  "shape,keep", [((16, 16), 4), ((2, 12, 10), 5), ((15, 15), 6), ((9, 14), 3)]
+)
 def test_low_resolution_matches_dft_reference(shape, keep):
   target = np.random.default_rng(0).random(shape).astype(np.float32)
   lr = sr.low_resolution(target, keep)
@@ -47,7 +50,8 @@ def test_paper_setting_256_keep_64():
   window = np.zeros((256, 256))
   window[96:160, 96:160] = 1
   np.testing.assert_allclose(lr, np.abs(np.fft.ifft2(window * kspace, norm="ortho")), atol=1e-5)
-  # Undoing the shift before the inverse FFT changes only the phase; that image keeps 64 × 64 frequencies.
+  # Undoing the shift before the inverse FFT changes only the phase; that image keeps 64 × 64
+  # frequencies.
   lowpass = np.fft.ifft2(np.fft.ifftshift(window * kspace), norm="ortho")
   np.testing.assert_allclose(lr, np.abs(lowpass), atol=1e-5)
   assert np.count_nonzero(np.abs(np.fft.fft2(lowpass, norm="ortho")) > 1e-8) == 64 * 64
@@ -65,8 +69,14 @@ class _Targets:
 
   def __init__(self, with_target=True):
     rng = np.random.default_rng(3)
-    self.items = [{"target": rng.random((12, 12)), "input": np.zeros((12, 12)),
-                   "kspace": np.zeros((12, 12), np.complex64)} for _ in range(3)]
+    self.items = [
+      {
+        "target": rng.random((12, 12)),
+        "input": np.zeros((12, 12)),
+        "kspace": np.zeros((12, 12), np.complex64),
+      }
+      for _ in range(3)
+    ]
     if not with_target:
       for item in self.items:
         del item["target"]
@@ -88,7 +98,9 @@ def test_super_resolution_source():
   example = source[1]
   assert sorted(example) == ["input", "target"]
   assert example["input"].dtype == np.float32 and example["target"].dtype == np.float32
-  np.testing.assert_allclose(example["input"], _reference(_Targets().items[1]["target"], 4), atol=1e-5)
+  np.testing.assert_allclose(
+    example["input"], _reference(_Targets().items[1]["target"], 4), atol=1e-5
+  )
   assert source.shape == (12, 12) and source.locate(2) == ("vol", 2)  # forwarded
   # configs/default.py's sr section holds the paper's window; the code reads it without a fallback.
   assert sr.keep_from_config(default.get_config()) == 64

@@ -21,8 +21,15 @@ import shutil
 
 import pytest
 
-from helpers import (assert_one_line_error, assert_same_state, run_module, stage_state,
-                     subprocess_env, tiny_main_argv, tree_hash)
+from helpers import (
+  assert_one_line_error,
+  assert_same_state,
+  run_module,
+  stage_state,
+  subprocess_env,
+  tiny_main_argv,
+  tree_hash,
+)
 
 
 @pytest.fixture
@@ -37,6 +44,7 @@ def _main(workdir, data_cache, capsys, **overrides):
   """`main.main` in this process: (exit status, stdout, stderr)."""
   from kdmri_jax import main
   from kdmri_jax.errors import run_cli
+
   capsys.readouterr()
   status = run_cli(main.main, tiny_main_argv(workdir, data_cache, **overrides))
   captured = capsys.readouterr()
@@ -46,8 +54,11 @@ def _main(workdir, data_cache, capsys, **overrides):
 def _garbage(path):
   """Overwrites every file under `path` (a file or folder) with bytes that are no checkpoint or
   JSON."""
-  files = [path] if os.path.isfile(path) else [
-      os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+  files = (
+    [path]
+    if os.path.isfile(path)
+    else [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+  )
   for name in files:
     with open(name, "wb") as f:
       f.write(b"\x00not what was written\xff" * 5)
@@ -65,55 +76,93 @@ def _kept_steps(workdir):
 
 # --- a config that differs from the record --------------------------------------------------------
 
-def test_a_rerun_with_another_model_is_refused_in_one_sentence_and_changes_nothing(teacher_run,
-                                                                                   tiny_run_dirs):
+
+def test_a_rerun_with_another_model_is_refused_in_one_sentence_and_changes_nothing(
+  teacher_run, tiny_run_dirs
+):
   data_cache, xla_cache = tiny_run_dirs
   with open(teacher_run / "teacher" / "stage_config.json") as f:
     fields = json.load(f)["fields"]
-  assert (fields["models.num_cascades"], fields["models.features"], fields["data.image_size"],
-          fields["acc"], fields["train.loss"]) == (1, 4, 32, "4x", "l1")
+  assert (
+    fields["models.num_cascades"],
+    fields["models.features"],
+    fields["data.image_size"],
+    fields["acc"],
+    fields["train.loss"],
+  ) == (1, 4, 32, "4x", "l1")
   before = tree_hash(teacher_run)
   argv = tiny_main_argv(teacher_run, data_cache, models__num_cascades=2)
   result = run_module("kdmri_jax.main", argv, env=subprocess_env(xla_cache))
   assert result.returncode == 2
-  assert_one_line_error(result.returncode, result.stderr, "config.models.num_cascades=1",
-                        "config.models.num_cascades=2", "another --workdir",
-                        f"delete {teacher_run / 'teacher'}")
+  assert_one_line_error(
+    result.returncode,
+    result.stderr,
+    "config.models.num_cascades=1",
+    "config.models.num_cascades=2",
+    "another --workdir",
+    f"delete {teacher_run / 'teacher'}",
+  )
   assert tree_hash(teacher_run) == before
 
 
-@pytest.mark.parametrize("field, value, recorded", [
-    ("models.features", 8, "4"), ("data.image_size", 16, "32"), ("data.mask_seed", 7, "172"),
-    ("data.mask_family", "gaussian", '"dccnn"'), ("train.loss", "l2", '"l1"'),
-    ("acc", "8x", '"4x"')])
-def test_a_stage_in_progress_refuses_another_model_data_or_objective(field, value, recorded,
-                                                                     teacher_run, tiny_run_dirs,
-                                                                     capsys):
+@pytest.mark.parametrize(
+  "field, value, recorded",
+  [
+    ("models.features", 8, "4"),
+    ("data.image_size", 16, "32"),
+    ("data.mask_seed", 7, "172"),
+    ("data.mask_family", "gaussian", '"dccnn"'),
+    ("train.loss", "l2", '"l1"'),
+    ("acc", "8x", '"4x"'),
+  ],
+)
+def test_a_stage_in_progress_refuses_another_model_data_or_objective(
+  field, value, recorded, teacher_run, tiny_run_dirs, capsys
+):
   os.remove(teacher_run / "teacher" / "done")  # checkpoints, no `done`: a stage in progress
   before = tree_hash(teacher_run)
   status, _, err = _main(teacher_run, tiny_run_dirs[0], capsys, **{field.replace(".", "__"): value})
   shown = json.dumps(value)
-  assert_one_line_error(status, err, f"stage 'teacher' in {teacher_run / 'teacher'} was made with "
-                                     f"config.{field}={recorded}, but this run has "
-                                     f"config.{field}={shown}")
+  assert_one_line_error(
+    status,
+    err,
+    f"stage 'teacher' in {teacher_run / 'teacher'} was made with "
+    f"config.{field}={recorded}, but this run has "
+    f"config.{field}={shown}",
+  )
   assert status == 2 and tree_hash(teacher_run) == before
 
 
-def test_a_stage_without_a_record_still_refuses_another_model_shape(teacher_run, tiny_run_dirs,
-                                                                    capsys):
+def test_a_stage_without_a_record_still_refuses_another_model_shape(
+  teacher_run, tiny_run_dirs, capsys
+):
   """A stage made before records existed: its training state's and best model's shapes are
   checked."""
   os.remove(teacher_run / "teacher" / "stage_config.json")
   before = tree_hash(teacher_run / "teacher", ignore=["done"])
-  status, _, err = _main(teacher_run, tiny_run_dirs[0], capsys, stages="evaluate",
-                         evaluate__stages="teacher", models__features=8)
-  assert_one_line_error(status, err, f"{teacher_run / 'teacher' / 'best'} holds a 'teacher' model "
-                                     f"with features=4, but this config builds features=8")
+  status, _, err = _main(
+    teacher_run,
+    tiny_run_dirs[0],
+    capsys,
+    stages="evaluate",
+    evaluate__stages="teacher",
+    models__features=8,
+  )
+  assert_one_line_error(
+    status,
+    err,
+    f"{teacher_run / 'teacher' / 'best'} holds a 'teacher' model "
+    f"with features=4, but this config builds features=8",
+  )
   assert tree_hash(teacher_run / "teacher", ignore=["done"]) == before
   os.remove(teacher_run / "teacher" / "done")
   status, _, err = _main(teacher_run, tiny_run_dirs[0], capsys, models__features=8)
-  assert_one_line_error(status, err, "holds a training state of another model or objective",
-                        f"{teacher_run / 'teacher' / 'checkpoints'}/")
+  assert_one_line_error(
+    status,
+    err,
+    "holds a training state of another model or objective",
+    f"{teacher_run / 'teacher' / 'checkpoints'}/",
+  )
   assert tree_hash(teacher_run / "teacher", ignore=["done"]) == before
   assert not os.path.exists(teacher_run / "teacher" / "stage_config.json")  # no record guessed
 
@@ -129,45 +178,59 @@ def test_a_damaged_record_is_named_and_moved_aside(teacher_run, tiny_run_dirs, c
 
 # --- a damaged best model -------------------------------------------------------------------------
 
-def test_a_damaged_best_model_is_named_moved_aside_and_rebuilt_bit_identical(teacher_run,
-                                                                             tiny_run_dirs,
-                                                                             uninterrupted_runs):
+
+def test_a_damaged_best_model_is_named_moved_aside_and_rebuilt_bit_identical(
+  teacher_run, tiny_run_dirs, uninterrupted_runs
+):
   data_cache, xla_cache = tiny_run_dirs
   best, step = teacher_run / "teacher" / "best", _best_step(teacher_run)
   assert step in _kept_steps(teacher_run)
   _garbage(best)
-  result = run_module("kdmri_jax.main", tiny_main_argv(teacher_run, data_cache),
-                      env=subprocess_env(xla_cache))
+  result = run_module(
+    "kdmri_jax.main", tiny_main_argv(teacher_run, data_cache), env=subprocess_env(xla_cache)
+  )
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   assert f"warning: {best} is damaged (" in result.stdout and "moved it to" in result.stdout
-  assert (f"teacher: resuming in {teacher_run / 'teacher'} from step 8 (the end of epoch 2/2); "
-          f"rebuilt best/ from the training checkpoint of step {step}") in result.stdout
+  assert (
+    f"teacher: resuming in {teacher_run / 'teacher'} from step 8 (the end of epoch 2/2); "
+    f"rebuilt best/ from the training checkpoint of step {step}"
+  ) in result.stdout
   assert len(glob.glob(f"{best}.damaged-*")) == 1 and (teacher_run / "teacher" / "done").exists()
   assert_same_state(stage_state(teacher_run), stage_state(uninterrupted_runs[0]), "rebuilt best/")
 
 
 def test_a_damaged_best_model_whose_checkpoint_is_gone_is_refused_in_one_sentence(
-    teacher_run, tiny_run_dirs, capsys):
+  teacher_run, tiny_run_dirs, capsys
+):
   best, step = teacher_run / "teacher" / "best", _best_step(teacher_run)
   _garbage(best)
   if step in _kept_steps(teacher_run):  # then it resumes from an older step, whose best is gone
     shutil.rmtree(teacher_run / "teacher" / "checkpoints" / str(step))
   status, out, err = _main(teacher_run, tiny_run_dirs[0], capsys)
   assert f"warning: {best} is damaged" in out
-  assert_one_line_error(status, err, f"{best} holds no best model", "is no longer kept in",
-                        f"delete {teacher_run / 'teacher'} to train the stage again")
+  assert_one_line_error(
+    status,
+    err,
+    f"{best} holds no best model",
+    "is no longer kept in",
+    f"delete {teacher_run / 'teacher'} to train the stage again",
+  )
 
 
 # --- damaged results and report -------------------------------------------------------------------
 
-def test_damaged_results_and_report_are_named_moved_aside_and_recomputed(teacher_run, tiny_run_dirs,
-                                                                         capsys):
+
+def test_damaged_results_and_report_are_named_moved_aside_and_recomputed(
+  teacher_run, tiny_run_dirs, capsys
+):
   data_cache = tiny_run_dirs[0]
   args = {"stages": "evaluate,report", "evaluate__stages": "teacher"}
   assert _main(teacher_run, data_cache, capsys, **args)[0] == 0
   results, report = teacher_run / "results", teacher_run / "report"
-  written = {name: _content(results / name)
-             for name in ("summary.json", "figure_slice.npz", "teacher/metrics.json")}
+  written = {
+    name: _content(results / name)
+    for name in ("summary.json", "figure_slice.npz", "teacher/metrics.json")
+  }
   for name in written:  # each damaged alone: named, moved aside, evaluation redone (same content)
     _garbage(results / name)
     status, out, err = _main(teacher_run, data_cache, capsys, **args)
@@ -182,28 +245,36 @@ def test_damaged_results_and_report_are_named_moved_aside_and_recomputed(teacher
   status, out, err = _main(teacher_run, data_cache, capsys, **args)
   assert status == 0 and f"warning: {figure} is damaged (" in out and "report: wrote" in out, err
   from PIL import Image
+
   with Image.open(figure) as image:
     image.load()
   # Only the report asked for, it and its evaluation damaged: named, moved aside, then one sentence.
   _garbage(results / "summary.json")
   _garbage(figure)
-  status, out, err = _main(teacher_run, data_cache, capsys, stages="report",
-                           evaluate__stages="teacher")
+  status, out, err = _main(
+    teacher_run, data_cache, capsys, stages="report", evaluate__stages="teacher"
+  )
   assert f"warning: {results / 'summary.json'} is damaged (" in out
-  assert_one_line_error(status, err, "stage 'report' needs the evaluate results",
-                        "--config.stages=evaluate")
+  assert_one_line_error(
+    status, err, "stage 'report' needs the evaluate results", "--config.stages=evaluate"
+  )
   # The evaluation records what it compared.
-  status, _, err = _main(teacher_run, data_cache, capsys, stages="evaluate",
-                         evaluate__stages="teacher,student")
-  assert_one_line_error(status, err, 'config.evaluate.stages="teacher", but this run has '
-                                     'config.evaluate.stages="teacher,student"',
-                        f"delete {results}")
+  status, _, err = _main(
+    teacher_run, data_cache, capsys, stages="evaluate", evaluate__stages="teacher,student"
+  )
+  assert_one_line_error(
+    status,
+    err,
+    'config.evaluate.stages="teacher", but this run has config.evaluate.stages="teacher,student"',
+    f"delete {results}",
+  )
 
 
 def _content(path):
   """A file's bytes; an .npz file's arrays (its zip entries carry the time they were written)."""
   if str(path).endswith(".npz"):
     import numpy as np
+
     with np.load(path) as arrays:
       return {key: arrays[key].tobytes() for key in arrays.files}
   return path.read_bytes()
@@ -211,14 +282,23 @@ def _content(path):
 
 # --- what is recorded -----------------------------------------------------------------------------
 
+
 def test_the_record_holds_the_fields_that_decide_a_stage():
   from configs import default, sr_vdsr
   from kdmri_jax import outputs
 
   config = default.get_config()
   kd = outputs.record_fields(config, "kd")
-  assert {"models.student", "models.teacher", "kd.imitation", "kd.alpha", "kd.init_from", "acc",
-          "data.mask_seed", "data.image_size"} <= set(kd)
+  assert {
+    "models.student",
+    "models.teacher",
+    "kd.imitation",
+    "kd.alpha",
+    "kd.init_from",
+    "acc",
+    "data.mask_seed",
+    "data.image_size",
+  } <= set(kd)
   assert "kd.feature_loss" not in kd and "train.batch_size" not in kd and "data.root" not in kd
   config.kd.imitation, config.kd.kd_feature_weight = "authors_code", 0.5
   kd = outputs.record_fields(config, "kd")

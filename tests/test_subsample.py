@@ -12,7 +12,7 @@ SEEDS = range(40)
 
 def _centre_run(lines, num_low):
   start = (len(lines) - num_low + 1) // 2
-  return lines[start:start + num_low]
+  return lines[start : start + num_low]
 
 
 @pytest.mark.parametrize("kind", subsample.KINDS)
@@ -34,8 +34,9 @@ def test_random_samples_n_over_acc_lines_on_average():
   assert len(set(counts)) > 1  # independent lines: the count varies between seeds
 
 
-@pytest.mark.parametrize("kind,acc", [("equispaced", 4), ("equispaced", 8), ("magic", 4),
-                                      ("magic", 8)])
+@pytest.mark.parametrize(
+  "kind,acc", [("equispaced", 4), ("equispaced", 8), ("magic", 4), ("magic", 8)]
+)
 def test_outer_lines_step_by_the_acceleration(kind, acc):
   for seed in range(10):
     lines, num_low = subsample.mask_lines(kind, 320, [0.08], [acc], seed=seed)
@@ -65,8 +66,12 @@ def test_fraction_kinds_reach_about_n_over_acc_lines(kind, num_lines, acc):
 def test_pairs_are_chosen_per_call_and_any_combination_mixes_them():
   kinds = {subsample.mask_lines("random", 320, [0.08, 0.04], [4, 8], seed=s)[1] for s in SEEDS}
   assert kinds == {26, 13}  # round(320 · 0.08), round(320 · 0.04)
-  mixed = {subsample.mask_lines("equispaced", 320, [0.08, 0.04], [4, 8], seed=s,
-                                allow_any_combination=True)[1] for s in SEEDS}
+  mixed = {
+    subsample.mask_lines(
+      "equispaced", 320, [0.08, 0.04], [4, 8], seed=s, allow_any_combination=True
+    )[1]
+    for s in SEEDS
+  }
   assert mixed == {26, 13}
 
 
@@ -78,7 +83,9 @@ def test_seeds_are_numpy_random_state_seeds():
   assert not np.array_equal(a, subsample.mask_lines("random", 368, [0.08], [4], seed=1)[0])
 
 
-@pytest.mark.parametrize("call,message", [
+@pytest.mark.parametrize(
+  "call,message",
+  [
     (lambda: subsample.mask_lines("poisson", 64, [0.08], [4], 0), "is not one of"),
     (lambda: subsample.mask_lines("random", 64, [0.08, 0.04], [4], 0), "pair them"),
     (lambda: subsample.mask_lines("equispaced", 64, [0.08], [2.5], 0), "must be an integer"),
@@ -89,7 +96,8 @@ def test_seeds_are_numpy_random_state_seeds():
     (lambda: subsample.mask_lines("random", 64, [0.08], [4], 2**32), "from 0 to 2\\*\\*32 - 1"),
     (lambda: subsample.mask_lines("random", 64, [0.08], [4], (1, -2)), "must be an integer"),
     (lambda: masks.cartesian_mask((8, 64), 4, -1, family="magic"), "mask seed -1"),
-])
+  ],
+)
 def test_bad_parameters_are_one_sentence(call, message):
   with pytest.raises(InputError, match=message):
     call()
@@ -103,6 +111,23 @@ def test_each_kind_is_a_mask_family_of_whole_lines(kind, capsys):
   np.testing.assert_array_equal(mask, np.broadcast_to(lines, mask.shape).astype(np.float32))
   stats = masks.mask_statistics(mask)
   assert stats["direction"] == "columns" and stats["lines"] == lines.sum()
-  assert run_cli(masks.main, ["--generate", "24", "368", "--acc", "4x", "--family", kind,
-                              "--direction", "columns", "--seed", "3"]) == 0
+  assert (
+    run_cli(
+      masks.main,
+      [
+        "--generate",
+        "24",
+        "368",
+        "--acc",
+        "4x",
+        "--family",
+        kind,
+        "--direction",
+        "columns",
+        "--seed",
+        "3",
+      ],
+    )
+    == 0
+  )
   assert capsys.readouterr().out.strip() == f"{kind} 4x seed 3: {masks.describe(mask)}"

@@ -9,9 +9,10 @@ from kdmri_jax import masks, subsample
 from kdmri_jax.errors import InputError
 
 fastmri_subsample = pytest.importorskip(
-    "fastmri.data.subsample",
-    reason="the optional test dependency fastmri (0.3.0, in requirements-test.txt) is not "
-           "installed, so the masks cannot be compared with fastMRI's own")
+  "fastmri.data.subsample",
+  reason="the optional test dependency fastmri (0.3.0, in requirements-test.txt) is not "
+  "installed, so the masks cannot be compared with fastMRI's own",
+)
 
 # fastMRI k-space shapes (..., H, W, 2): the mask is over W = shape[-2]; odd and even line counts.
 SHAPES = [(1, 640, 368, 2), (1, 320, 320, 2), (15, 33, 2), (1, 240, 241, 2), (4, 17, 2)]
@@ -34,8 +35,9 @@ def _theirs(mask_func, shape, **call):
 
 def _ours(kind, num_lines, fractions, accs, seed, offset=None, allow_any_combination=False):
   try:
-    return subsample.mask_lines(kind, num_lines, fractions, accs, seed, offset,
-                                allow_any_combination)
+    return subsample.mask_lines(
+      kind, num_lines, fractions, accs, seed, offset, allow_any_combination
+    )
   except InputError:
     return "refused"
 

@@ -1,4 +1,5 @@
-"""Tests for kdmri_jax.train: the step lowers the loss, objectives, schedule, exact resume, NaN and SIGTERM."""
+"""Tests for kdmri_jax.train: the step lowers the loss, objectives, schedule, exact resume, NaN and
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,15 +16,22 @@ import pytest
 
 from kdmri_jax import checkpoints, feature_losses, losses, models, pipeline, sharding, train
 from kdmri_jax.train_input import Batches, synthetic_source
-from tests import helpers  # `tests.`: test_sharding's subprocesses import this module from the repo root
+
+# `tests.`: test_sharding's subprocesses import this module from the repo root
+from tests import helpers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_config(**train_fields):
   """`helpers.tiny_config` with these tests' training settings and `train_fields`."""
-  fields = {"num_epochs": 2, "log_every_steps": 1, "checkpoint_every_steps": 2,
-            "num_image_examples": 2, **train_fields}
+  fields = {
+    "num_epochs": 2,
+    "log_every_steps": 1,
+    "checkpoint_every_steps": 2,
+    "num_image_examples": 2,
+    **train_fields,
+  }
   return helpers.tiny_config(**{f"train__{key}": value for key, value in fields.items()})
 
 
@@ -61,7 +69,7 @@ def test_step_decay_schedule_matches_steplr():
   config = tiny_config(learning_rate=1e-3, lr_step_epochs=2, lr_gamma=0.1)
   schedule = train.learning_rate_schedule(config.train, steps_per_epoch=5)
   assert float(schedule(0)) == pytest.approx(1e-3)
-  assert float(schedule(9)) == pytest.approx(1e-3)   # epoch 1
+  assert float(schedule(9)) == pytest.approx(1e-3)  # epoch 1
   assert float(schedule(10)) == pytest.approx(1e-4)  # epoch 2
   assert float(schedule(25)) == pytest.approx(1e-5)  # epoch 5
 
@@ -74,23 +82,32 @@ def test_kd_and_feature_objectives_use_the_frozen_teacher():
   config.kd.alpha = 1.0  # imitation term off: the kd loss is the plain reconstruction loss
   kd = train.make_objective("kd", config, student, teacher)
   baseline = train.make_objective("student", config, student)
-  np.testing.assert_allclose(kd.loss(s_params, t_params, batch)[0], baseline.loss(s_params, None, batch)[0],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    kd.loss(s_params, t_params, batch)[0], baseline.loss(s_params, None, batch)[0], rtol=1e-6
+  )
   feature = train.make_objective("feature", config, student, teacher)
   grads = jax.grad(lambda t: feature.loss(s_params, t, batch)[0])(t_params)
   assert all(np.all(g == 0) for g in leaves(grads))  # no gradient reaches the teacher
   assert float(feature.loss(s_params, t_params, batch)[0]) > 0
 
 
-def test_fitnet_between_differing_widths_trains_its_regressor_and_best_holds_the_plain_student(tmp_path):
+def test_fitnet_between_differing_widths_trains_its_regressor_and_best_holds_the_plain_student(
+  tmp_path,
+):
   config = tiny_config(num_epochs=1)
   config.kd.feature_loss = "fitnet"
   config.models.num_cascades, config.models.features, config.models.student_features = 1, 8, 4
-  teacher, student = pipeline.build_model(config, "teacher")[1], pipeline.build_model(config, "student")[1]
+  teacher, student = (
+    pipeline.build_model(config, "teacher")[1],
+    pipeline.build_model(config, "student")[1],
+  )
   assert (teacher.features, student.features) == (8, 4)
   s_params = params_of(student, 2)
-  same = train.make_objective("feature", config, student, tiny_model("teacher"))  # 4/4: no regressor
-  assert same.init_loss_params is None and same.trainable(s_params, jax.random.PRNGKey(0)) is s_params
+  # 4/4: no regressor
+  same = train.make_objective("feature", config, student, tiny_model("teacher"))
+  assert (
+    same.init_loss_params is None and same.trainable(s_params, jax.random.PRNGKey(0)) is s_params
+  )
 
   objective = train.make_objective("feature", config, student, teacher)
   t_params = params_of(teacher, 1)
@@ -114,8 +131,16 @@ def test_fitnet_between_differing_widths_trains_its_regressor_and_best_holds_the
 
   data = Batches(synthetic_source(4, seed=1), config.train.batch_size, config.train.seed)
   val = Batches(synthetic_source(2, seed=2), config.train.batch_size)
-  result = train.fit(str(tmp_path), objective, s_params, data, val, config, teacher_params=t_params,
-                     meta=checkpoints.make_meta("student", student))
+  result = train.fit(
+    str(tmp_path),
+    objective,
+    s_params,
+    data,
+    val,
+    config,
+    teacher_params=t_params,
+    meta=checkpoints.make_meta("student", student),
+  )
   assert result.status == "done"
   model, best, meta = checkpoints.load_params(tmp_path / "best", expected_model="student")
   assert meta["stage"] == "feature" and model.features == 4
@@ -137,8 +162,16 @@ def _fit(stage_dir, config, stop_at_step=None, source=None):
   data = Batches(source or synthetic_source(7, seed=1), config.train.batch_size, config.train.seed)
   val = Batches(synthetic_source(3, seed=2), config.train.batch_size)
   meta = checkpoints.make_meta("student", model)
-  return train.fit(str(stage_dir), objective, params_of(model), data, val, config, meta=meta,
-                   stop_at_step=stop_at_step)
+  return train.fit(
+    str(stage_dir),
+    objective,
+    params_of(model),
+    data,
+    val,
+    config,
+    meta=meta,
+    stop_at_step=stop_at_step,
+  )
 
 
 def test_restart_reproduces_an_uninterrupted_run_exactly(tmp_path):
@@ -167,14 +200,18 @@ def test_restart_reproduces_an_uninterrupted_run_exactly(tmp_path):
   resumed_log = (tmp_path / "resumed" / "log.txt").read_text().splitlines()
   assert epoch_lines(resumed_log, "student") == epoch_lines(log, "student")
   assert [line for line in resumed_log if ": resuming in " in line] == [
-      f"student: resuming in {tmp_path / 'resumed'} from step 3 (the end of epoch 1/3)",
-      f"student: resuming in {tmp_path / 'resumed'} from step 5 (step 2/3 of epoch 2/3)"]
+    f"student: resuming in {tmp_path / 'resumed'} from step 3 (the end of epoch 1/3)",
+    f"student: resuming in {tmp_path / 'resumed'} from step 5 (step 2/3 of epoch 2/3)",
+  ]
 
 
 def epoch_lines(lines, stage):
   """{epoch: the last log line of that epoch, without its wall time}."""
-  return {line.split()[2]: line.rsplit(" time ", 1)[0] for line in lines
-          if line.startswith(f"{stage} epoch ")}
+  return {
+    line.split()[2]: line.rsplit(" time ", 1)[0]
+    for line in lines
+    if line.startswith(f"{stage} epoch ")
+  }
 
 
 def test_epoch_log_reports_the_validation_psnr_of_the_trained_model(tmp_path):
@@ -213,9 +250,11 @@ class _NaNAfter:
 def test_nan_loss_stops_with_stage_and_step_and_keeps_good_checkpoint(tmp_path):
   config = tiny_config(num_epochs=3, checkpoint_every_steps=1)
   source = _NaNAfter(synthetic_source(7, seed=1), reads=6)  # epoch 1 (3 steps of 2) is clean
-  with pytest.raises(train.TrainingStopped,
-                     match=r"stage student: the loss is NaN/Inf at step 4 \(epoch 2\); kept the last good "
-                           r"checkpoint \(step 3\)"):
+  with pytest.raises(
+    train.TrainingStopped,
+    match=r"stage student: the loss is NaN/Inf at step 4 \(epoch 2\); kept the last good "
+    r"checkpoint \(step 3\)",
+  ):
     _fit(tmp_path, config, source=source)
   steps = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
   assert max(steps) == 3
@@ -231,11 +270,17 @@ SIGTERM_SCRIPT = textwrap.dedent("""
 
 
 def _start(script, log, lines, committed=False):
-  """Starts the training script; returns once log.txt has more than `lines` lines (and, with `committed`,
-  a finished checkpoint exists)."""
+  """Starts the training script; returns once log.txt has more than `lines` lines (and, with
+  `committed`, a finished checkpoint exists)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)  # `tests.` importable
-  process = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, env=env, cwd=REPO)
+  process = subprocess.Popen(
+    [sys.executable, str(script)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=env,
+    cwd=REPO,
+  )
   checkpoints_dir = log.parent / "checkpoints"
   deadline = time.time() + 90
   while time.time() < deadline:
@@ -261,7 +306,7 @@ def test_sigkill_resumes_and_sigterm_saves_and_exits_cleanly(tmp_path):
   output, _ = process.communicate(timeout=60)
   assert process.returncode == 0, output
   assert "stopped by SIGTERM at step" in output and "result interrupted" in output
-  resumed, first_epoch = log.read_text().splitlines()[killed_lines:killed_lines + 2]
+  resumed, first_epoch = log.read_text().splitlines()[killed_lines : killed_lines + 2]
   # continued from the checkpoint, and says so
   assert resumed.startswith(f"student: resuming in {tmp_path / 'stage'} from step "), resumed
   assert first_epoch.startswith("student epoch ") and not first_epoch.startswith("student epoch 1/")
@@ -280,9 +325,12 @@ def test_kd_stage_loss_follows_config_kd_imitation(name):
   t_image = np.asarray(models.apply(teacher, t_params, batch)[0], np.float64)
   to_target = np.mean(np.abs(s_image - batch["target"]))
   to_teacher = np.mean(np.abs(s_image - t_image))
-  want = {"paper": 0.3 * to_target + 0.7 * to_teacher,
-          "authors_code": to_target + to_teacher / s_image.size,
-          "authors_script": to_target, "authors_sr": to_target + to_teacher}[name]
+  want = {
+    "paper": 0.3 * to_target + 0.7 * to_teacher,
+    "authors_code": to_target + to_teacher / s_image.size,
+    "authors_script": to_target,
+    "authors_sr": to_target + to_teacher,
+  }[name]
   loss, aux = train.make_objective("kd", config, student, teacher).loss(s_params, t_params, batch)
   assert float(loss) == pytest.approx(want, rel=1e-5) and float(aux["imitation"]) == float(loss)
   assert to_teacher > 1e-3 and abs(to_target - to_teacher) > 1e-3  # the objectives really differ
@@ -292,20 +340,26 @@ def test_unknown_kd_objective_or_feature_criterion_is_one_sentence():
   config = tiny_config()
   teacher, student = tiny_model("teacher"), tiny_model("student")
   config.kd.imitation = "authors"
-  with pytest.raises(train.InputError,
-                     match=r"^config\.kd\.imitation='authors' is not one of \[.*'paper'\]\.$"):
+  with pytest.raises(
+    train.InputError, match=r"^config\.kd\.imitation='authors' is not one of \[.*'paper'\]\.$"
+  ):
     train.make_objective("kd", config, student, teacher)
   config.kd.feature_best = "val_loss"
-  with pytest.raises(train.InputError, match=r"^config\.kd\.feature_best='val_loss' is not one of "
-                                             r"\['attention_mse', 'objective'\]\.$"):
+  with pytest.raises(
+    train.InputError,
+    match=r"^config\.kd\.feature_best='val_loss' is not one of "
+    r"\['attention_mse', 'objective'\]\.$",
+  ):
     train.make_objective("feature", config, student, teacher)
 
 
 def _hand_attention_mse(t_map, s_map):
   """Per example: mean over pixels of (Q_T − Q_S)², Q = Σ_c F² flattened, L2-normalised."""
+
   def q(f):
     a = np.sum(np.asarray(f, np.float64) ** 2, axis=-1).reshape(f.shape[0], -1)
     return a / np.linalg.norm(a, axis=1, keepdims=True)
+
   return np.mean((q(t_map) - q(s_map)) ** 2, axis=1)
 
 
@@ -313,16 +367,25 @@ def _hand_attention_mse(t_map, s_map):
 def test_feature_stage_keeps_the_epoch_with_the_lowest_attention_mse(tmp_path, feature_loss):
   import orbax.checkpoint as ocp
 
-  config = tiny_config(num_epochs=4, checkpoint_every_steps=0, keep_checkpoints=4,
-                       learning_rate=3e-2)
+  config = tiny_config(
+    num_epochs=4, checkpoint_every_steps=0, keep_checkpoints=4, learning_rate=3e-2
+  )
   config.kd.feature_loss, config.kd.feature_best = feature_loss, "attention_mse"
   teacher, student = tiny_model("teacher"), tiny_model("student")
   t_params = params_of(teacher, 1)
   objective = train.make_objective("feature", config, student, teacher)
   data = Batches(synthetic_source(4, seed=1), 2, config.train.seed)
   val = Batches(synthetic_source(3, seed=2), 2)  # the last validation batch is padded
-  result = train.fit(str(tmp_path), objective, params_of(student, 2), data, val, config,
-                     teacher_params=t_params, meta=checkpoints.make_meta("student", student))
+  result = train.fit(
+    str(tmp_path),
+    objective,
+    params_of(student, 2),
+    data,
+    val,
+    config,
+    teacher_params=t_params,
+    meta=checkpoints.make_meta("student", student),
+  )
   examples = val.examples(range(3))
   t_map = models.apply(teacher, t_params, examples)[1][0][2]  # the paper's pair: teacher conv 3
   mse = {}
@@ -334,8 +397,10 @@ def test_feature_stage_keeps_the_epoch_with_the_lowest_attention_mse(tmp_path, f
   assert sorted(mse) == [2, 4, 6, 8]
   assert result.best_step == min(mse, key=mse.get)
   assert result.best_val_loss == pytest.approx(mse[result.best_step], rel=1e-4)
-  logged = [float(line.split(" val_loss ")[1].split()[0])
-            for line in (tmp_path / "log.txt").read_text().splitlines()]
+  logged = [
+    float(line.split(" val_loss ")[1].split()[0])
+    for line in (tmp_path / "log.txt").read_text().splitlines()
+  ]
   # logged with 6 significant digits
   np.testing.assert_allclose(logged, [mse[s] for s in sorted(mse)], rtol=1e-4)
 
@@ -347,8 +412,11 @@ def test_feature_best_objective_validates_on_the_feature_loss():
   batch = Batches(synthetic_source(2), 2).examples([0, 1])
   config.kd.feature_best = "objective"
   by_objective = train.make_objective("feature", config, student, teacher)
-  np.testing.assert_allclose(by_objective.eval_loss(s_params, t_params, batch),
-                             float(by_objective.loss(s_params, t_params, batch)[0]), rtol=1e-6)
+  np.testing.assert_allclose(
+    by_objective.eval_loss(s_params, t_params, batch),
+    float(by_objective.loss(s_params, t_params, batch)[0]),
+    rtol=1e-6,
+  )
   config.kd.feature_best = "attention_mse"
   by_maps_objective = train.make_objective("feature", config, student, teacher)
   by_maps = by_maps_objective.eval_loss(s_params, t_params, batch)
@@ -372,9 +440,11 @@ def test_attention_mse_criterion_works_for_every_feature_method(feature_loss):
   t_map = np.asarray(models.apply(teacher, t_params, batch)[1][0][2], np.float64)
   s_map = np.asarray(models.apply(student, s_params, batch)[1][0][1], np.float64)
   if feature_loss == "attention_code":
-    q_t, q_s = (np.sum(f ** 2, -1).reshape(2, -1) for f in (t_map, s_map))
+    q_t, q_s = (np.sum(f**2, -1).reshape(2, -1) for f in (t_map, s_map))
+
     def over_batch(q):  # a pixel that is 0 in the whole batch stays 0, as F.normalize's eps does
       return q / np.maximum(np.linalg.norm(q, axis=0), 1e-12)
+
     want = np.mean((over_batch(q_t) - over_batch(q_s)) ** 2, axis=1)
   else:
     want = _hand_attention_mse(t_map, s_map)
@@ -401,31 +471,47 @@ def test_restore_or_init_starts_fresh_then_resumes_and_refuses_other_data(tmp_pa
   def restore(steps_per_epoch, objective=objective, model=model):
     mngr = train._state_manager(folder, 2)  # pylint: disable=protected-access
     try:
-      return train.restore_or_init(mngr, folder, objective, params_of(model), tx, config.train,
-                                   steps_per_epoch)
+      return train.restore_or_init(
+        mngr, folder, objective, params_of(model), tx, config.train, steps_per_epoch
+      )
     finally:
       mngr.close()
 
   state, progress = restore(3)
-  assert int(state.step) == 0 and progress == {"best_val_loss": float("inf"), "best_step": -1,
-                                              "epoch_loss_sum": 0.0, "epoch_loss_count": 0}
+  assert int(state.step) == 0 and progress == {
+    "best_val_loss": float("inf"),
+    "best_step": -1,
+    "epoch_loss_sum": 0.0,
+    "epoch_loss_count": 0,
+  }
   result = _fit(tmp_path, config)
   state, progress = restore(3)
   assert int(state.step) == result.step == 3
-  assert progress == {"best_val_loss": result.best_val_loss, "best_step": result.best_step,
-                      "epoch_loss_sum": 0.0, "epoch_loss_count": 0}  # an epoch's end: the next at 0
-  with pytest.raises(train.InputError, match=rf"^{folder} was written with 3 steps per epoch but "
-                                             r"the data now gives 4; .* or a new --workdir\.$"):
+  assert progress == {
+    "best_val_loss": result.best_val_loss,
+    "best_step": result.best_step,
+    "epoch_loss_sum": 0.0,
+    "epoch_loss_count": 0,
+  }  # an epoch's end: the next at 0
+  with pytest.raises(
+    train.InputError,
+    match=rf"^{folder} was written with 3 steps per epoch but "
+    r"the data now gives 4; .* or a new --workdir\.$",
+  ):
     restore(4)
   # Another model shape is refused in one sentence, and the good checkpoint stays where it is.
   wider = models.build_model("student", num_cascades=1, features=8)
-  with pytest.raises(train.InputError, match=rf"^{folder}/3 holds a training state of another "
-                                             r"model or objective than this config \(.*delete the "
-                                             r"stage folder to retrain\.$"):
+  with pytest.raises(
+    train.InputError,
+    match=rf"^{folder}/3 holds a training state of another "
+    r"model or objective than this config \(.*delete the "
+    r"stage folder to retrain\.$",
+  ):
     restore(3, train.make_objective("student", config, wider), wider)
   assert sorted(os.listdir(folder)) == ["2", "3"]
   # Mid-epoch, the running loss of the epoch's steps so far is restored with the state.
   import shutil
+
   shutil.rmtree(os.path.join(folder, "3"))
   state, progress = restore(3)
   assert int(state.step) == 2 and progress["epoch_loss_count"] == 2

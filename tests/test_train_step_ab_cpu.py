@@ -6,14 +6,17 @@ from experiments import train_step_ab_cpu as ab
 from helpers import assert_one_line_error, run_module
 from kdmri_jax.errors import run_cli
 
-_CASE = re.compile(r"^(teacher|student) (jax_xla_grad|jax_jit|torch_eager): "
-                   r"\d+\.\d ms, x torch_eager \d+\.\d\d$")
+_CASE = re.compile(
+  r"^(teacher|student) (jax_xla_grad|jax_jit|torch_eager): "
+  r"\d+\.\d ms, x torch_eager \d+\.\d\d$"
+)
 _LOAD = re.compile(r"^1-min load \d+\.\d\d at start, \d+\.\d\d at end$")
 
 
 def test_tiny_run_prints_every_case_and_the_load():
-  done = run_module("experiments.train_step_ab_cpu", ["--size", 8, "--batch", 1, "--repeats", 1],
-                    timeout=300)
+  done = run_module(
+    "experiments.train_step_ab_cpu", ["--size", 8, "--batch", 1, "--repeats", 1], timeout=300
+  )
   assert done.returncode == 0, done.stderr
   lines = done.stdout.splitlines()
   assert len(lines) == len(ab.MODELS) * len(ab.IMPLS) + 1, lines
@@ -26,10 +29,14 @@ def test_tiny_run_prints_every_case_and_the_load():
 
 
 def test_report_lines_name_an_unavailable_case():
-  stats = {("student", "jax_jit"): {"status": "ok", "times": [0.002, 0.004, 0.003]},
-           ("student", "torch_eager"): {"status": "unavailable: no torch"}}
-  assert ab.report_lines(stats) == ["student jax_jit: 3.0 ms, x torch_eager n/a",
-                                    "student torch_eager: unavailable: no torch"]
+  stats = {
+    ("student", "jax_jit"): {"status": "ok", "times": [0.002, 0.004, 0.003]},
+    ("student", "torch_eager"): {"status": "unavailable: no torch"},
+  }
+  assert ab.report_lines(stats) == [
+    "student jax_jit: 3.0 ms, x torch_eager n/a",
+    "student torch_eager: unavailable: no torch",
+  ]
 
 
 def test_bad_arguments_are_one_sentence_and_exit_2(capsys):

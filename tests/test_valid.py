@@ -1,4 +1,5 @@
-"""`valid`: one h5 per volume with `reconstruction` S×H×W float32, and one-line refusals of bad input."""
+"""`valid`: one h5 per volume with `reconstruction` S×H×W float32, and one-line refusals of bad
+input."""
 
 import os
 import shutil
@@ -34,23 +35,36 @@ def setup(tmp_path_factory):
   for name in ("vol_a", "vol_b"):
     target = rng.random((3,) + SHAPE).astype(np.float32)
     kspace = np.fft.fft2(target, norm="ortho") * mask
-    reference.write_volume(root / "data" / f"{name}.h5", target,
-                           np.abs(np.fft.ifft2(kspace, norm="ortho")), kspace, "4x")
+    reference.write_volume(
+      root / "data" / f"{name}.h5", target, np.abs(np.fft.ifft2(kspace, norm="ortho")), kspace, "4x"
+    )
   model, params = _save_model(root / "ckpt", "student", num_cascades=2)
   return root, model, params, mask
 
 
 def _argv(root, out, *extra):
-  return ["--checkpoint", str(root / "ckpt"), "--data-path", str(root / "data"), "--mask",
-          str(root / "mask_4x.npy"), "--out-dir", str(out), *map(str, extra)]
+  return [
+    "--checkpoint",
+    str(root / "ckpt"),
+    "--data-path",
+    str(root / "data"),
+    "--mask",
+    str(root / "mask_4x.npy"),
+    "--out-dir",
+    str(out),
+    *map(str, extra),
+  ]
 
 
 def test_writes_one_readable_file_per_volume_matching_the_model(setup, tmp_path, capsys):
   root, model, params, mask = setup
-  assert run_cli(valid.main, _argv(root, tmp_path / "out", "--batch-size", 2)) == 0  # 3 slices: padded batch
+  # 3 slices: padded batch
+  assert run_cli(valid.main, _argv(root, tmp_path / "out", "--batch-size", 2)) == 0
   assert sorted(os.listdir(tmp_path / "out")) == ["vol_a.h5", "vol_b.h5"]
   volume = reference.read_volume(root / "data" / "vol_b.h5")
-  expected, _ = models.apply(model, params, {"input": volume.input, "kspace": volume.kspace, "mask": mask})
+  expected, _ = models.apply(
+    model, params, {"input": volume.input, "kspace": volume.kspace, "mask": mask}
+  )
   with h5py.File(tmp_path / "out" / "vol_b.h5", "r") as h5file:  # a plain reader, not ours
     assert list(h5file.keys()) == ["reconstruction"]
     data = h5file["reconstruction"][()]
@@ -64,7 +78,9 @@ def test_refuses_to_overwrite_unless_asked(setup, tmp_path, capsys):
   root = setup[0]
   (tmp_path / "out").mkdir()
   (tmp_path / "out" / "vol_a.h5").write_bytes(b"keep me")
-  _assert_one_line_error(run_cli(valid.main, _argv(root, tmp_path / "out")), capsys, "already exists")
+  _assert_one_line_error(
+    run_cli(valid.main, _argv(root, tmp_path / "out")), capsys, "already exists"
+  )
   assert (tmp_path / "out" / "vol_a.h5").read_bytes() == b"keep me"
   assert run_cli(valid.main, _argv(root, tmp_path / "out", "--overwrite", "--acc", "4")) == 0
   with h5py.File(tmp_path / "out" / "vol_a.h5", "r") as h5file:
@@ -83,9 +99,9 @@ def _assert_one_line_error(status, capsys, *fragments):
 def test_missing_inputs_are_named(setup, tmp_path, capsys):
   root = setup[0]
   cases = [
-      (["--checkpoint", tmp_path / "nope"], "does not exist"),
-      (["--data-path", tmp_path / "nodata"], "--data-path"),
-      (["--mask", tmp_path / "nomask.npy"], "nomask.npy does not exist"),
+    (["--checkpoint", tmp_path / "nope"], "does not exist"),
+    (["--data-path", tmp_path / "nodata"], "--data-path"),
+    (["--mask", tmp_path / "nomask.npy"], "nomask.npy does not exist"),
   ]
   for change, fragment in cases:
     argv = _argv(root, tmp_path / "out")
@@ -93,7 +109,7 @@ def test_missing_inputs_are_named(setup, tmp_path, capsys):
     argv[argv.index(flag) + 1] = str(value)
     _assert_one_line_error(run_cli(valid.main, argv), capsys, fragment)
   argv = _argv(root, tmp_path / "out")
-  del argv[argv.index("--mask"):argv.index("--mask") + 2]
+  del argv[argv.index("--mask") : argv.index("--mask") + 2]
   _assert_one_line_error(run_cli(valid.main, argv), capsys, "--mask")
   assert not (tmp_path / "out").exists()
 
@@ -108,15 +124,19 @@ def test_missing_h5_key_and_unknown_acceleration_are_named(setup, tmp_path, caps
   argv = _argv(root, tmp_path / "out")
   argv[argv.index("--data-path") + 1] = str(data)
   _assert_one_line_error(run_cli(valid.main, argv), capsys, "broken.h5", "kspace_volus_4x")
-  _assert_one_line_error(run_cli(valid.main, _argv(root, tmp_path / "out", "--acc", "8x")), capsys,
-                         "img_volus_8x")
+  _assert_one_line_error(
+    run_cli(valid.main, _argv(root, tmp_path / "out", "--acc", "8x")), capsys, "img_volus_8x"
+  )
   assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("mask, fragment", [
+@pytest.mark.parametrize(
+  "mask, fragment",
+  [
     (np.ones((20, 24), np.float32), "shape (20, 24)"),
     (np.full(SHAPE, 0.5, np.float32), "not binary"),
-])
+  ],
+)
 def test_bad_masks_are_refused(setup, tmp_path, capsys, mask, fragment):
   root = setup[0]
   np.save(tmp_path / "bad.npy", mask)
@@ -130,8 +150,16 @@ def test_vdsr_checkpoint_uses_the_low_resolution_target(setup, tmp_path):
   root = setup[0]
   # 32 features: the student's parameter shapes, so JAX reuses the initialisers compiled for it.
   model, params = _save_model(tmp_path / "vdsr", "vdsr_student", num_layers=3, features=32)
-  argv = ["--checkpoint", tmp_path / "vdsr", "--data-path", root / "data" / "vol_a.h5", "--out-dir",
-          tmp_path / "out", "--sr-keep", 8]
+  argv = [
+    "--checkpoint",
+    tmp_path / "vdsr",
+    "--data-path",
+    root / "data" / "vol_a.h5",
+    "--out-dir",
+    tmp_path / "out",
+    "--sr-keep",
+    8,
+  ]
   assert run_cli(valid.main, [str(a) for a in argv]) == 0
   target = reference.read_volume(root / "data" / "vol_a.h5").target
   expected, _ = models.apply(model, params, {"input": sr.low_resolution(target, 8)})
@@ -145,9 +173,14 @@ def test_cli_subprocess_reports_a_mask_of_the_wrong_shape_in_one_line(setup, tmp
   np.save(tmp_path / "mask_small.npy", masks.cartesian_mask((16, 16), 4))
   argv = _argv(root, tmp_path / "out")
   argv[argv.index("--mask") + 1] = str(tmp_path / "mask_small.npy")
-  result = subprocess.run([sys.executable, "-m", "kdmri_jax.valid", *argv], capture_output=True, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = subprocess.run(
+    [sys.executable, "-m", "kdmri_jax.valid", *argv],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert result.stderr.startswith("error: mask file") and "(16, 16)" in result.stderr
@@ -160,7 +193,9 @@ def test_a_mask_that_is_not_the_datas_own_is_refused_in_one_sentence(setup, tmp_
   assert not np.array_equal(np.load(tmp_path / "other.npy"), setup[3])
   argv = _argv(root, tmp_path / "out")
   argv[argv.index("--mask") + 1] = str(tmp_path / "other.npy")
-  expected = f"{root / 'data' / 'vol_a.h5'} has k-space samples where the mask {tmp_path / 'other.npy'} is 0"
+  expected = (
+    f"{root / 'data' / 'vol_a.h5'} has k-space samples where the mask {tmp_path / 'other.npy'} is 0"
+  )
   _assert_one_line_error(run_cli(valid.main, argv), capsys, "other.npy", expected)
   assert not (tmp_path / "out").exists()
 
@@ -170,13 +205,21 @@ def test_cli_subprocess_refuses_a_mask_the_data_was_not_made_with(setup, tmp_pat
   np.save(tmp_path / "other.npy", masks.cartesian_mask(SHAPE, 4, seed=0, family="gaussian"))
   argv = _argv(root, tmp_path / "out")
   argv[argv.index("--mask") + 1] = str(tmp_path / "other.npy")
-  result = subprocess.run([sys.executable, "-m", "kdmri_jax.valid", *argv], capture_output=True, text=True,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), timeout=120,
-                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  result = subprocess.run(
+    [sys.executable, "-m", "kdmri_jax.valid", *argv],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
   assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-  assert "vol_a.h5 has k-space samples where the mask" in result.stderr and "other.npy" in result.stderr
+  assert (
+    "vol_a.h5 has k-space samples where the mask" in result.stderr and "other.npy" in result.stderr
+  )
   assert "pass the mask the data was made with" in result.stderr
   assert not (tmp_path / "out").exists()
+
 
 def test_a_later_volume_undersampled_with_another_mask_is_refused(setup, tmp_path, capsys):
   root, _, _, mask = setup
@@ -184,8 +227,9 @@ def test_a_later_volume_undersampled_with_another_mask_is_refused(setup, tmp_pat
   shutil.copytree(root / "data", data)
   target = np.random.default_rng(1).random((3,) + SHAPE).astype(np.float32)
   kspace = np.fft.fft2(target, norm="ortho") * masks.cartesian_mask(SHAPE, 4, seed=7)
-  reference.write_volume(data / "vol_b.h5", target, np.abs(np.fft.ifft2(kspace, norm="ortho")),
-                         kspace, "4x")
+  reference.write_volume(
+    data / "vol_b.h5", target, np.abs(np.fft.ifft2(kspace, norm="ortho")), kspace, "4x"
+  )
   argv = _argv(root, tmp_path / "out")
   argv[argv.index("--data-path") + 1] = str(data)
   expected = f"{data / 'vol_b.h5'} has k-space samples where the mask {root / 'mask_4x.npy'} is 0"

@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from helpers import assert_one_line_error, run_module, tree_hash, tiny_main_argv
+from helpers import assert_one_line_error, run_module, tiny_main_argv, tree_hash
 from kdmri_jax import workdir_lock
 from kdmri_jax.errors import InputError
 from startup_probe import held_config, main_argv, start_main, wait_until_reached
@@ -51,8 +51,15 @@ def test_a_long_command_is_shortened_in_the_sentence(tmp_path):
 
 
 def distributed(**fields):
-  return types.SimpleNamespace(**{"auto": False, "coordinator_address": None, "num_processes": None,
-                                  "process_id": None, **fields})
+  return types.SimpleNamespace(
+    **{
+      "auto": False,
+      "coordinator_address": None,
+      "num_processes": None,
+      "process_id": None,
+      **fields,
+    }
+  )
 
 
 def test_the_processes_of_a_multi_host_run_lock_different_files(monkeypatch):
@@ -77,9 +84,14 @@ def test_two_real_runs_on_one_workdir(tmp_path):
     wait_until_reached(first, reached)
     before = tree_hash(workdir)
     second = run_module("kdmri_jax.main", tiny_main_argv(workdir, cache, epochs=1))
-    line = assert_one_line_error(second.returncode, second.stderr,
-                                 f"in use by process {first.pid}", "running since",
-                                 os.path.basename(config), "choose another --workdir")
+    line = assert_one_line_error(
+      second.returncode,
+      second.stderr,
+      f"in use by process {first.pid}",
+      "running since",
+      os.path.basename(config),
+      "choose another --workdir",
+    )
     assert second.returncode == 2, line
     assert tree_hash(workdir) == before, "the refused run changed the workdir"
   finally:

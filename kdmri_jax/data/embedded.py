@@ -1,26 +1,29 @@
-"""The embedded default dataset: real brain anatomy from the MNI ICBM152 2009a template inside nilearn.
+"""The embedded default dataset: real brain anatomy from the MNI ICBM152 2009a template inside
+nilearn.
 
 No download: the nilearn wheel ships `nilearn/datasets/data/mni_icbm152_{t1,gm,wm}_tal_nlin_sym_09a_
-converted.nii.gz` (197×233×189, 1 mm, RAS). We read them with nibabel (nilearn itself is not imported) and
-turn them into a brain set in the KD-MRI reference layout:
+converted.nii.gz` (197×233×189, 1 mm, RAS). We read them with nibabel (nilearn itself is not
+imported) and turn them into a brain set in the KD-MRI reference layout:
 
 - axial slices whose grey+white-matter area is at least `min_brain_fraction` of the largest, shown
-  radiologically (anterior up, patient right on the left), padded to a square and resampled to size×size
-  (240 as the paper's brain data; super-resolution uses 256);
-- split by slab: the slices are cut into slabs of `slab` mm, every 4th slab (starting with the 2nd) is
-  validation, and training drops the `gap` slices next to a validation slab, so no validation slice has a
-  near-duplicate (adjacent 1 mm) neighbour in training;
+  radiologically (anterior up, patient right on the left), padded to a square and resampled to
+  size×size (240 as the paper's brain data; super-resolution uses 256);
+- split by slab: the slices are cut into slabs of `slab` mm, every 4th slab (starting with the 2nd)
+  is validation, and training drops the `gap` slices next to a validation slab, so no validation
+  slice has a near-duplicate (adjacent 1 mm) neighbour in training;
 - training holds the original slices plus `copies` seeded augmented copies: left-right flip (p=1/2),
-  anterior-posterior flip (p=1/4), rotation ±10°, scale 0.92–1.08, shift ±4%, and a contrast change from the
-  tissue maps, image·(1 + a·GM + b·WM) with a, b ~ U(−0.25, 0.25), then a gamma in [0.8, 1.25];
+  anterior-posterior flip (p=1/4), rotation ±10°, scale 0.92–1.08, shift ±4%, and a contrast change
+  from the tissue maps, image·(1 + a·GM + b·WM) with a, b ~ U(−0.25, 0.25), then a gamma in
+  [0.8, 1.25];
 - each volume is normalised by its maximum (targets in [0, 1]); masks are 1-D Cartesian rows masks
   (`masks.cartesian_mask` of the spec's `mask_family`, by default `masks.DEFAULT_FAMILY`, the
   authors' kind, seeded with the spec's `mask_seed`, by default `masks.DEFAULT_MASK_SEED`: the draw
   that has the authors' statistics at 240×240); zero-filled images are |IFFT2(m·FFT2(target))|.
 
-It is built once per (size, parameters) into `{cache_dir}/mni_icbm152_2009a_{size}_{family}_seed{mask_seed}[...]/`
-with `masks/mask_{acc}.npy` and `manifest.json`, under a file lock, acceleration by acceleration as they are
-first asked for; later calls reuse it.
+It is built once per (size, parameters) into
+`{cache_dir}/mni_icbm152_2009a_{size}_{family}_seed{mask_seed}[...]/` with `masks/mask_{acc}.npy`
+and `manifest.json`, under a file lock, acceleration by acceleration as they are first asked for;
+later calls reuse it.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ TEMPLATE = "mni_icbm152_{}_tal_nlin_sym_09a_converted.nii.gz"
 @dataclasses.dataclass(frozen=True)
 class BrainSpec:
   """Everything that decides the embedded dataset's content; part of the cache folder name."""
+
   size: int = 240
   copies: int = 3
   seed: int = 0
@@ -62,49 +66,68 @@ class BrainSpec:
     name = f"mni_icbm152_2009a_{self.size}_{self.mask_family}_seed{self.mask_seed}"
     default = BrainSpec(size=self.size)
     named = ("size", "mask_family", "mask_seed")
-    extras = [f"{f.name}{getattr(self, f.name)}" for f in dataclasses.fields(self)
-              if f.name not in named and getattr(self, f.name) != getattr(default, f.name)]
+    extras = [
+      f"{f.name}{getattr(self, f.name)}"
+      for f in dataclasses.fields(self)
+      if f.name not in named and getattr(self, f.name) != getattr(default, f.name)
+    ]
     return "_".join([name] + extras) + f"_v{FORMAT_VERSION}"
 
 
 def template_paths() -> dict[str, str]:
   """Paths of the T1, GM and WM templates inside the installed nilearn package."""
   spec = importlib.util.find_spec("nilearn")
-  require(spec is not None and spec.origin is not None,
-          "the embedded brain needs the nilearn package (pip install nilearn); or set config.data.root.")
+  require(
+    spec is not None and spec.origin is not None,
+    "the embedded brain needs the nilearn package (pip install nilearn); or set config.data.root.",
+  )
   folder = os.path.join(os.path.dirname(spec.origin), "datasets", "data")
   paths = {kind: os.path.join(folder, TEMPLATE.format(kind)) for kind in ("t1", "gm", "wm")}
   for path in paths.values():
-    require(os.path.isfile(path), f"{path} is missing from the installed nilearn; reinstall nilearn or set "
-            f"config.data.root.")
+    require(
+      os.path.isfile(path),
+      f"{path} is missing from the installed nilearn; reinstall nilearn or set config.data.root.",
+    )
   return paths
 
 
 def load_template() -> dict[str, np.ndarray]:
   """T1, GM, WM as float32 (x, y, z) arrays in [0, 1]."""
   import nibabel as nib
-  return {kind: np.asarray(nib.load(path).dataobj, dtype=np.float32) / 255.0
-          for kind, path in template_paths().items()}
+
+  return {
+    kind: np.asarray(nib.load(path).dataobj, dtype=np.float32) / 255.0
+    for kind, path in template_paths().items()
+  }
 
 
 def to_axial_images(volume: np.ndarray, size: int) -> np.ndarray:
-  """(x, y, z) RAS volume -> (z, size, size) axial images, anterior up, patient right on the left."""
+  """(x, y, z) RAS volume -> (z, size, size) axial images, anterior up, patient right on the
+  left."""
   from scipy import ndimage
+
   images = np.transpose(volume, (2, 1, 0))[:, ::-1, ::-1]  # (z, y: A at top, x: R on the left)
   _, height, width = images.shape
   side = max(height, width)
   padded = np.zeros((len(images), side, side), np.float32)
   top, left = (side - height) // 2, (side - width) // 2
-  padded[:, top:top + height, left:left + width] = images
-  resized = ndimage.zoom(padded, (1, size / side, size / side), order=1, grid_mode=True, mode="grid-constant")
+  padded[:, top : top + height, left : left + width] = images
+  resized = ndimage.zoom(
+    padded, (1, size / side, size / side), order=1, grid_mode=True, mode="grid-constant"
+  )
   return np.clip(resized, 0.0, None).astype(np.float32)
 
 
-def select_and_split(brain_area: np.ndarray, spec: BrainSpec) -> tuple[np.ndarray, list[np.ndarray]]:
+def select_and_split(
+  brain_area: np.ndarray, spec: BrainSpec
+) -> tuple[np.ndarray, list[np.ndarray]]:
   """Training slice indices and the validation slabs (lists of slice indices), by the slab rule."""
   kept = np.nonzero(brain_area >= spec.min_brain_fraction * brain_area.max())[0]
   first, last = int(kept.min()), int(kept.max())
-  slabs = [np.arange(start, min(start + spec.slab, last + 1)) for start in range(first, last + 1, spec.slab)]
+  slabs = [
+    np.arange(start, min(start + spec.slab, last + 1))
+    for start in range(first, last + 1, spec.slab)
+  ]
   validation = [slab for number, slab in enumerate(slabs) if number % 4 == 1]
   blocked = set()
   for slab in validation:
@@ -117,6 +140,7 @@ def select_and_split(brain_area: np.ndarray, spec: BrainSpec) -> tuple[np.ndarra
 def augment(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
   """One seeded augmentation of an axial slice (see the module docstring); returns the new image."""
   from scipy import ndimage
+
   size = t1.shape[0]
   image = t1 * (1.0 + rng.uniform(-0.25, 0.25) * gm + rng.uniform(-0.25, 0.25) * wm)
   angle = np.deg2rad(rng.uniform(-10.0, 10.0))
@@ -144,7 +168,8 @@ def normalise(volume: np.ndarray) -> np.ndarray:
 
 
 def build_targets(spec: BrainSpec) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, list[int]]]:
-  """({'train': {volume name: (S,H,W) target}, 'validation': {...}}, {split: template z indices})."""
+  """({'train': {volume name: (S,H,W) target}, 'validation': {...}}, {split: template z
+  indices})."""
   template = load_template()
   t1 = to_axial_images(template["t1"], spec.size)
   gm = to_axial_images(template["gm"], spec.size)
@@ -153,11 +178,16 @@ def build_targets(spec: BrainSpec) -> tuple[dict[str, dict[str, np.ndarray]], di
   train, validation = select_and_split(brain_area, spec)
   volumes = {"train": {"mni_train": normalise(t1[train])}, "validation": {}}
   for copy in range(1, spec.copies + 1):
-    images = [augment(t1[z], gm[z], wm[z], np.random.default_rng([spec.seed, copy, int(z)])) for z in train]
+    images = [
+      augment(t1[z], gm[z], wm[z], np.random.default_rng([spec.seed, copy, int(z)])) for z in train
+    ]
     volumes["train"][f"mni_train_aug{copy}"] = normalise(np.stack(images))
   for slab in validation:
     volumes["validation"][f"mni_val_z{int(slab[0]):03d}_{int(slab[-1]):03d}"] = normalise(t1[slab])
-  z_indices = {"train": [int(z) for z in train], "validation": [int(z) for slab in validation for z in slab]}
+  z_indices = {
+    "train": [int(z) for z in train],
+    "validation": [int(z) for slab in validation for z in slab],
+  }
   return volumes, z_indices
 
 
@@ -165,21 +195,31 @@ def write_acceleration(root: str, volumes: dict, acc: str, spec: BrainSpec) -> d
   """Writes mask_{acc}.npy and the {split}/acc_{acc}/*.h5 files of one acceleration into `root`."""
   from kdmri_jax.data import reference
   from kdmri_jax.data.writer import undersample
-  mask = masks.cartesian_mask((spec.size, spec.size), acc, seed=spec.mask_seed, direction="rows",
-                              family=spec.mask_family)
+
+  mask = masks.cartesian_mask(
+    (spec.size, spec.size), acc, seed=spec.mask_seed, direction="rows", family=spec.mask_family
+  )
   os.makedirs(os.path.join(root, "masks"), exist_ok=True)
   np.save(os.path.join(root, "masks", f"mask_{acc}.npy"), mask)
   for split, named in volumes.items():
     for name, target in named.items():
       image, kspace = undersample(target, mask)
-      reference.write_volume(os.path.join(root, split, f"acc_{acc}", f"{name}.h5"), target, image, kspace, acc)
-  return {"mask": f"masks/mask_{acc}.npy", "mask_seed": spec.mask_seed, "mask_family": spec.mask_family,
-          "direction": "rows", "achieved_acceleration": round(masks.acceleration(mask), 4)}
+      reference.write_volume(
+        os.path.join(root, split, f"acc_{acc}", f"{name}.h5"), target, image, kspace, acc
+      )
+  return {
+    "mask": f"masks/mask_{acc}.npy",
+    "mask_seed": spec.mask_seed,
+    "mask_family": spec.mask_family,
+    "direction": "rows",
+    "achieved_acceleration": round(masks.acceleration(mask), 4),
+  }
 
 
 @contextlib.contextmanager
 def _locked(path: str):
   import fcntl
+
   with open(path, "a") as handle:
     fcntl.flock(handle, fcntl.LOCK_EX)
     try:
@@ -208,8 +248,10 @@ def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fiel
   try:
     os.makedirs(cache_dir, exist_ok=True)
   except OSError as error:
-    raise InputError(f"cannot create the data cache folder {cache_dir} ({error}); set config.data.cache_dir "
-                     f"to a writable folder.") from None
+    raise InputError(
+      f"cannot create the data cache folder {cache_dir} "
+      f"({error}); set config.data.cache_dir to a writable folder."
+    ) from None
   root = os.path.join(cache_dir, spec.folder_name())
   manifest = _read_manifest(root)
   if manifest is not None and all(acc in manifest["accelerations"] for acc in accs):
@@ -226,17 +268,26 @@ def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fiel
       if manifest is None:
         if os.path.isdir(root):  # leftovers without a manifest are from a build that died
           shutil.rmtree(root)
-        manifest = {"format_version": FORMAT_VERSION, "source": "MNI ICBM152 2009a (nilearn)",
-                    "templates": {k: os.path.basename(p) for k, p in template_paths().items()},
-                    "spec": dataclasses.asdict(spec), "mask_family": spec.mask_family,
-                    "normalisation": "per-volume max",
-                    "zero_filled": "|IFFT2(mask * FFT2(target))|, orthonormal, unshifted",
-                    "slice_axis": "axial (z); h5 arrays are H x W x S",
-                    "counts": {split: {name: int(v.shape[0]) for name, v in named.items()}
-                               for split, named in volumes.items()},
-                    "slices": {split: int(sum(v.shape[0] for v in named.values()))
-                               for split, named in volumes.items()},
-                    "template_z": z_indices, "shape": [spec.size, spec.size], "accelerations": {}}
+        manifest = {
+          "format_version": FORMAT_VERSION,
+          "source": "MNI ICBM152 2009a (nilearn)",
+          "templates": {k: os.path.basename(p) for k, p in template_paths().items()},
+          "spec": dataclasses.asdict(spec),
+          "mask_family": spec.mask_family,
+          "normalisation": "per-volume max",
+          "zero_filled": "|IFFT2(mask * FFT2(target))|, orthonormal, unshifted",
+          "slice_axis": "axial (z); h5 arrays are H x W x S",
+          "counts": {
+            split: {name: int(v.shape[0]) for name, v in named.items()}
+            for split, named in volumes.items()
+          },
+          "slices": {
+            split: int(sum(v.shape[0] for v in named.values())) for split, named in volumes.items()
+          },
+          "template_z": z_indices,
+          "shape": [spec.size, spec.size],
+          "accelerations": {},
+        }
         os.makedirs(root)
       for acc in missing:
         for split in volumes:
@@ -246,8 +297,10 @@ def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fiel
           os.makedirs(os.path.dirname(destination), exist_ok=True)
           os.replace(os.path.join(staging, split, f"acc_{acc}"), destination)
         os.makedirs(os.path.join(root, "masks"), exist_ok=True)
-        os.replace(os.path.join(staging, "masks", f"mask_{acc}.npy"),
-                   os.path.join(root, "masks", f"mask_{acc}.npy"))
+        os.replace(
+          os.path.join(staging, "masks", f"mask_{acc}.npy"),
+          os.path.join(root, "masks", f"mask_{acc}.npy"),
+        )
         manifest["accelerations"][acc] = built[acc]
       _write_manifest(root, manifest)  # last: the set counts as built only once this is written
     finally:
@@ -258,21 +311,25 @@ def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fiel
 def save_preview(root: str, path: str, acc: str = "4x", count: int = 4) -> None:
   """A PNG of a few targets (validation and augmented training) and their zero-filled images."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   from kdmri_jax.data import reference
+
   picks = []
   for split in ("validation", "train"):
     for file in reference.list_volumes(root, split, acc):
       volume = reference.read_volume(file, acc, require_target=True)
       picks.append((volume, volume.num_slices // 2))
-  picks = picks[::max(1, len(picks) // count)][:count]
+  picks = picks[:: max(1, len(picks) // count)][:count]
   fig, axes = plt.subplots(2, len(picks), figsize=(3 * len(picks), 6.4))
   axes = np.asarray(axes).reshape(2, -1)
   for column, (volume, index) in enumerate(picks):
     axes[0, column].imshow(volume.target[index], cmap="gray", vmin=0, vmax=1)
-    axes[0, column].set_title(f"{volume.name}\nslice {index}, {volume.shape[0]}×{volume.shape[1]}", fontsize=8)
+    axes[0, column].set_title(
+      f"{volume.name}\nslice {index}, {volume.shape[0]}×{volume.shape[1]}", fontsize=8
+    )
     axes[1, column].imshow(volume.input[index], cmap="gray", vmin=0, vmax=1)
     axes[1, column].set_title(f"zero-filled {acc}", fontsize=8)
   for axis in axes.ravel():

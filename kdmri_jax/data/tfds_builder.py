@@ -1,12 +1,13 @@
-"""A tensorflow-datasets builder for reference-layout data, stored as `array_record` (no TensorFlow needed).
+"""A tensorflow-datasets builder for reference-layout data, stored as `array_record` (no TensorFlow
+needed).
 
-`build(root, name, acc, data_dir)` turns `{root}/{train,validation}/acc_{acc}/*.h5` into the TFDS dataset
-`kdmri_mri/{name}_{acc}` under `data_dir` (default `{root}/tfds`); it is then read by name with random
-access, e.g. `tfds.data_source('kdmri_mri/brain_4x', data_dir=...)`, and by `load_source` as a source for
-the grain pipeline (config.data.source = 'tfds'). Each record is one slice: input, target (H,W float32),
-kspace (H,W,2 float32 real/imag: TFDS has no complex tensors without TensorFlow), the volume name and slice
-number. Records keep file/slice order (`disable_shuffling`), so volumes stay contiguous for per-volume
-metrics; the pipeline shuffles.
+`build(root, name, acc, data_dir)` turns `{root}/{train,validation}/acc_{acc}/*.h5` into the TFDS
+dataset `kdmri_mri/{name}_{acc}` under `data_dir` (default `{root}/tfds`); it is then read by name
+with random access, e.g. `tfds.data_source('kdmri_mri/brain_4x', data_dir=...)`, and by
+`load_source` as a source for the grain pipeline (config.data.source = 'tfds'). Each record is one
+slice: input, target (H,W float32), kspace (H,W,2 float32 real/imag: TFDS has no complex tensors
+without TensorFlow), the volume name and slice number. Records keep file/slice order
+(`disable_shuffling`), so volumes stay contiguous for per-volume metrics; the pipeline shuffles.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def _builder_class():
     """KD-MRI reference-layout slices; config `{dataset}_{acc}`."""
 
     VERSION = tfds.core.Version("1.0.0")
-    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=f"{name}_{acc}") for name in CONFIG_NAMES for acc in ACCS]
+    BUILDER_CONFIGS = [
+      tfds.core.BuilderConfig(name=f"{name}_{acc}") for name in CONFIG_NAMES for acc in ACCS
+    ]
 
     def __init__(self, *, root: str | None = None, **kwargs):
       self._root = root
@@ -43,22 +46,36 @@ def _builder_class():
     def _info(self):
       image = tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="bytes")
       return tfds.core.DatasetInfo(
-          builder=self, disable_shuffling=True, metadata=tfds.core.MetadataDict(),
-          description="KD-MRI reference-layout slices (kdmri_jax.data.tfds_builder).",
-          features=tfds.features.FeaturesDict({
-              "input": image, "target": image,
-              "kspace": tfds.features.Tensor(shape=(None, None, 2), dtype=np.float32, encoding="bytes"),
-              "volume": tfds.features.Text(), "slice": tfds.features.Scalar(dtype=np.int32)}))
+        builder=self,
+        disable_shuffling=True,
+        metadata=tfds.core.MetadataDict(),
+        description="KD-MRI reference-layout slices (kdmri_jax.data.tfds_builder).",
+        features=tfds.features.FeaturesDict(
+          {
+            "input": image,
+            "target": image,
+            "kspace": tfds.features.Tensor(
+              shape=(None, None, 2), dtype=np.float32, encoding="bytes"
+            ),
+            "volume": tfds.features.Text(),
+            "slice": tfds.features.Scalar(dtype=np.int32),
+          }
+        ),
+      )
 
     def _split_generators(self, dl_manager):
-      require(self._root is not None, f"building {self.name}/{self.builder_config.name} needs the data root.")
+      require(
+        self._root is not None,
+        f"building {self.name}/{self.builder_config.name} needs the data root.",
+      )
       splits = {}
       volumes = {}
       for split in reference.SPLITS:
         if os.path.isdir(reference.split_dir(self._root, split, self.acc)):
           paths = reference.list_volumes(self._root, split, self.acc)
-          volumes[split] = [[os.path.splitext(os.path.basename(p))[0], _slice_count(p, self.acc)]
-                            for p in paths]
+          volumes[split] = [
+            [os.path.splitext(os.path.basename(p))[0], _slice_count(p, self.acc)] for p in paths
+          ]
           splits[split] = self._generate_examples(paths)
       require(len(splits) > 0, f"{self._root} has no data for acceleration {self.acc}.")
       self.info.metadata["root"] = os.path.abspath(self._root)
@@ -69,10 +86,16 @@ def _builder_class():
       for path in paths:
         volume = reference.read_volume(path, self.acc, require_target=True)
         for index in range(volume.num_slices):
-          yield f"{volume.name}/{index:05d}", {
-              "input": volume.input[index], "target": volume.target[index],
+          yield (
+            f"{volume.name}/{index:05d}",
+            {
+              "input": volume.input[index],
+              "target": volume.target[index],
               "kspace": np.stack([volume.kspace[index].real, volume.kspace[index].imag], axis=-1),
-              "volume": volume.name, "slice": index}
+              "volume": volume.name,
+              "slice": index,
+            },
+          )
 
   return KdmriMri
 
@@ -93,15 +116,19 @@ def build(root: str, name: str, acc: str, data_dir: str | None = None):
   require(name in CONFIG_NAMES, f"TFDS config name {name!r} is not one of {CONFIG_NAMES}.")
   require(acc in ACCS, f"acceleration {acc!r} is not one of {ACCS} for the TFDS builder.")
   import tensorflow_datasets as tfds
+
   tfds.display_progress_bar(False)
   data_dir = data_dir or os.path.join(root, "tfds")
-  builder = builder_class()(root=root, config=f"{name}_{acc}", data_dir=data_dir, file_format="array_record")
+  builder = builder_class()(
+    root=root, config=f"{name}_{acc}", data_dir=data_dir, file_format="array_record"
+  )
   builder.download_and_prepare()
   return builder
 
 
 class TfdsSource:
-  """An array_record split as a kdmri source: `[i] -> {'input','target','kspace' complex64, 'mask'}`."""
+  """An array_record split as a kdmri source: `[i] -> {'input','target','kspace' complex64,
+  'mask'}`."""
 
   def __init__(self, data_source, mask: np.ndarray | None = None, volumes=None):
     self.data_source = data_source
@@ -117,8 +144,11 @@ class TfdsSource:
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     record = self.data_source[int(index)]
     kspace = record["kspace"]
-    example = {"input": record["input"], "target": record["target"],
-               "kspace": (kspace[..., 0] + 1j * kspace[..., 1]).astype(np.complex64)}
+    example = {
+      "input": record["input"],
+      "target": record["target"],
+      "kspace": (kspace[..., 0] + 1j * kspace[..., 1]).astype(np.complex64),
+    }
     if self.mask is not None:
       example["mask"] = self.mask
     return example
@@ -136,7 +166,9 @@ class TfdsSource:
     return ranges
 
 
-def load_source(root: str, split: str, acc: str, mask: np.ndarray | None = None, config=None) -> TfdsSource:
+def load_source(
+  root: str, split: str, acc: str, mask: np.ndarray | None = None, config=None
+) -> TfdsSource:
   """The TFDS dataset of a reference root (built on first use) as a source for the pipeline."""
   if config is None:
     name, data_dir = "custom", None
@@ -144,12 +176,16 @@ def load_source(root: str, split: str, acc: str, mask: np.ndarray | None = None,
     name = "embedded" if config.data.root is None else config.dataset
     name, data_dir = (name if name in CONFIG_NAMES else "custom"), config.data.tfds_dir
   builder = build(root, name, acc, data_dir)
-  require(split in builder.info.splits, f"the TFDS dataset {builder.name}/{builder.builder_config.name} has "
-          f"no '{split}' split (splits: {list(builder.info.splits)}).")
+  require(
+    split in builder.info.splits,
+    f"the TFDS dataset {builder.name}/{builder.builder_config.name} has "
+    f"no '{split}' split (splits: {list(builder.info.splits)}).",
+  )
   volumes = builder.info.metadata.get("volumes", {}).get(split, [])
   return TfdsSource(builder.as_data_source()[split], mask, volumes)
 
 
 def _slice_count(path: str, acc: str) -> int:
   from kdmri_jax.data.sources import _header  # pylint: disable=import-outside-toplevel
+
   return int(_header(path, acc, require_target=True)["slices"])

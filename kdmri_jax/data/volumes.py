@@ -1,15 +1,17 @@
 """Readers for plain fully-sampled volumes: NIfTI (nibabel), `.npy`, and HDF5 or MATLAB with a key.
 
-Every reader returns a slices-first (S, H, W) float32 magnitude volume (complex data -> |x|, a 2-D array
--> one slice). The slice axis of the file is stated, not guessed:
-  NIfTI        the last spatial axis (axial for RAS/LAS-oriented scans); 4-D files need a single frame
-  .npy / h5    axis 0, i.e. files hold S×H×W (the fastMRI and NumPy convention), except the reference
-               layout's 'volfs' key, which is H×W×S (slices last)
+Every reader returns a slices-first (S, H, W) float32 magnitude volume (complex data -> |x|, a 2-D
+array -> one slice). The slice axis of the file is stated, not guessed:
+  NIfTI        the last spatial axis (axial for RAS/LAS-oriented scans); 4-D files need a single
+               frame
+  .npy / h5    axis 0, i.e. files hold S×H×W (the fastMRI and NumPy convention), except the
+               reference layout's 'volfs' key, which is H×W×S (slices last)
   .mat         the last axis of the array as MATLAB shows it (H×W×S, MATLAB's convention), for
                v4-v7 files (scipy.io.loadmat) and v7.3 files (HDF5, read with h5py; MATLAB writes
                them column-major, so h5py sees the axes reversed and the reader reverses them back)
-and `slice_axis=` overrides it. `normalise` divides by the per-volume maximum (the target max becomes 1),
-which is what `prepare` stores. `SliceIndex` maps example i of many volumes to (volume, slice).
+and `slice_axis=` overrides it. `normalise` divides by the per-volume maximum (the target max
+becomes 1), which is what `prepare` stores. `SliceIndex` maps example i of many volumes to (volume,
+slice).
 """
 
 from __future__ import annotations
@@ -27,13 +29,19 @@ SUFFIXES = NIFTI_SUFFIXES + (".npy", ".h5", ".hdf5", ".mat")
 
 # MATLAB classes that hold numbers; a key of any other class (struct, cell, char, logical, sparse,
 # an object) is not an image volume.
-MATLAB_NUMERIC_CLASSES = frozenset({"double", "single", "int8", "uint8", "int16", "uint16", "int32",
-                                    "uint32", "int64", "uint64"})
+MATLAB_NUMERIC_CLASSES = frozenset(
+  {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
+)
 
 # h5 and MATLAB v7.3 arrays: numbers (complex pairs too); `to_slices` checks rank and values of
 # every volume reader alike, after v7.3's axes are reversed.
-VOLUME_SPEC = h5_read.Spec(kinds="fiuc", ranks=None, finite=False, expected="numbers",
-                           hint="pass the key of an image volume with --key, or fix the file")
+VOLUME_SPEC = h5_read.Spec(
+  kinds="fiuc",
+  ranks=None,
+  finite=False,
+  expected="numbers",
+  hint="pass the key of an image volume with --key, or fix the file",
+)
 
 
 def kind_of(path: str) -> str:
@@ -47,33 +55,47 @@ def kind_of(path: str) -> str:
     return "h5"
   if lower.endswith(".mat"):
     return "mat"
-  raise InputError(f"{path} is not a supported volume file (expected one of {', '.join(SUFFIXES)}).")
+  raise InputError(
+    f"{path} is not a supported volume file (expected one of {', '.join(SUFFIXES)})."
+  )
 
 
 def to_slices(array: np.ndarray, path: str, slice_axis: int, what: str = "volume") -> np.ndarray:
-  """Checks a 2-D/3-D finite array and moves `slice_axis` first; returns float32 magnitude (S,H,W)."""
+  """Checks a 2-D/3-D finite array and moves `slice_axis` first; returns float32 magnitude
+  (S,H,W)."""
   array = np.asarray(array)
-  require(array.dtype.kind in "fiuc", f"{path}: the {what} holds {array.dtype} data, expected numbers.")
+  require(
+    array.dtype.kind in "fiuc", f"{path}: the {what} holds {array.dtype} data, expected numbers."
+  )
   if array.ndim == 4 and array.shape[-1] == 1:  # NIfTI with a single time frame
     array = array[..., 0]
-  require(array.ndim in (2, 3), f"{path}: the {what} has shape {array.shape}; expected a 2-D slice or a "
-          f"3-D volume.")
+  require(
+    array.ndim in (2, 3),
+    f"{path}: the {what} has shape {array.shape}; expected a 2-D slice or a 3-D volume.",
+  )
   if array.ndim == 2:
     array = array[None]
   else:
-    require(-3 <= slice_axis < 3, f"{path}: slice axis {slice_axis} is not an axis of a 3-D volume.")
+    require(
+      -3 <= slice_axis < 3, f"{path}: slice axis {slice_axis} is not an axis of a 3-D volume."
+    )
     array = np.moveaxis(array, slice_axis, 0)
   array = np.abs(array) if np.iscomplexobj(array) else array
   array = np.ascontiguousarray(array, dtype=np.float32)
-  require(bool(np.all(np.isfinite(array))), f"{path}: the {what} contains NaN or Inf values; fix or drop this "
-          f"file.")
-  require(array.size > 0 and min(array.shape) > 0, f"{path}: the {what} is empty (shape {array.shape}).")
+  require(
+    bool(np.all(np.isfinite(array))),
+    f"{path}: the {what} contains NaN or Inf values; fix or drop this file.",
+  )
+  require(
+    array.size > 0 and min(array.shape) > 0, f"{path}: the {what} is empty (shape {array.shape})."
+  )
   return array
 
 
 def read_nifti(path: str, slice_axis: int = -1) -> np.ndarray:
   """A NIfTI volume as (S, H, W); slices along the last spatial axis unless `slice_axis`."""
   import nibabel as nib
+
   try:
     data = np.asarray(nib.load(path).dataobj)
   except Exception as error:  # nibabel raises several types for a broken file
@@ -107,7 +129,8 @@ def choose_key(path: str, key: str | None, keys: Sequence[str]) -> str:
 
 
 def read_h5(path: str, key: str | None, slice_axis: int | None = None) -> np.ndarray:
-  """The array under `key` of an HDF5 file as (S, H, W); axis 0 is the slice axis ('volfs': the last)."""
+  """The array under `key` of an HDF5 file as (S, H, W); axis 0 is the slice axis ('volfs': the
+  last)."""
   key = choose_key(path, key, h5_keys(path))
   with h5_read.open_file(path) as h5file:
     data = h5_read.read(h5file, key, path, VOLUME_SPEC)
@@ -136,17 +159,21 @@ def read_any(path: str, key: str | None = None, slice_axis: int | None = None) -
 def is_mat73(path: str) -> bool:
   """Whether a .mat file is v7.3, i.e. HDF5 (behind MATLAB's 512-byte header); v4-v7 are not."""
   import h5py
+
   return bool(h5py.is_hdf5(path))
 
 
 def _not_a_volume(what: str, matlab_class: str) -> InputError:
-  return InputError(f"{what} is a MATLAB {matlab_class}, not a numeric array; choose the key of "
-                    f"the image volume with --key.")
+  return InputError(
+    f"{what} is a MATLAB {matlab_class}, not a numeric "
+    f"array; choose the key of the image volume with --key."
+  )
 
 
 def mat5_keys(path: str) -> dict[str, str]:
   """{variable: MATLAB class} of a v4-v7 .mat file, read from its headers (no data loaded)."""
   import scipy.io
+
   try:
     return {name: matlab_class for name, _, matlab_class in scipy.io.whosmat(path)}
   except Exception as error:  # scipy raises ValueError, TypeError, ... for a file that is no .mat
@@ -156,6 +183,7 @@ def mat5_keys(path: str) -> dict[str, str]:
 def read_mat5_array(path: str, key: str | None) -> tuple[str, np.ndarray]:
   """(key, array) of a v4-v7 .mat file, in MATLAB's axis order."""
   import scipy.io
+
   classes = mat5_keys(path)
   key = choose_key(path, key, sorted(classes))
   what = f"{path} (key '{key}')"
@@ -172,6 +200,7 @@ def mat73_keys(path: str) -> list[str]:
 def _mat73_class(node) -> str:
   """A v7.3 variable's MATLAB class ('' when unstated); sparse matrices and structs are groups."""
   import h5py
+
   if "MATLAB_sparse" in node.attrs:
     return "sparse matrix"
   value = node.attrs.get("MATLAB_class", b"")
@@ -182,6 +211,7 @@ def _mat73_class(node) -> str:
 def read_mat73_array(path: str, key: str | None) -> tuple[str, np.ndarray]:
   """(key, array) of a v7.3 .mat file, its axes reversed back into MATLAB's (column-major) order."""
   import h5py
+
   key = choose_key(path, key, mat73_keys(path))
   what = f"{path} (key '{key}')"
   with h5_read.open_file(path) as h5file:
@@ -241,7 +271,8 @@ def find_files(root: str, suffixes: Sequence[str] = SUFFIXES) -> list[str]:
 
 
 class SliceIndex:
-  """Target slices of many plain volumes: example i -> {'target': (H,W) float32}, per-volume max normalised.
+  """Target slices of many plain volumes: example i -> {'target': (H,W) float32}, per-volume max
+  normalised.
 
   Volumes are read once, in file order, slices along each file's stated slice axis.
   """
@@ -253,8 +284,11 @@ class SliceIndex:
       volumes.append(normalise(read_any(path, key, slice_axis)))
       self.names.append(os.path.basename(path).split(".")[0])
     shapes = {v.shape[1:] for v in volumes}
-    require(len(shapes) == 1, f"volumes have different slice sizes {sorted(shapes)}; crop them to one size "
-            f"(prepare --size H W).")
+    require(
+      len(shapes) == 1,
+      f"volumes have different slice sizes {sorted(shapes)}; "
+      f"crop them to one size (prepare --size H W).",
+    )
     self.shape = shapes.pop()
     self._targets = np.concatenate(volumes)
     counts = [len(v) for v in volumes]

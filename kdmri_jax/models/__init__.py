@@ -25,10 +25,10 @@ from kdmri_jax.models.dccnn import DCCNN
 from kdmri_jax.models.vdsr import VDSR
 
 PRESETS: dict[str, tuple[type[nn.Module], dict[str, Any]]] = {
-    "teacher": (DCCNN, dict(num_cascades=5, num_convs=5, features=32)),
-    "student": (DCCNN, dict(num_cascades=5, num_convs=3, features=32)),
-    "vdsr_teacher": (VDSR, dict(num_layers=11, features=64)),
-    "vdsr_student": (VDSR, dict(num_layers=7, features=64)),
+  "teacher": (DCCNN, dict(num_cascades=5, num_convs=5, features=32)),
+  "student": (DCCNN, dict(num_cascades=5, num_convs=3, features=32)),
+  "vdsr_teacher": (VDSR, dict(num_layers=11, features=64)),
+  "vdsr_student": (VDSR, dict(num_layers=7, features=64)),
 }
 
 
@@ -49,7 +49,8 @@ def model_kwargs(model: nn.Module) -> dict[str, Any]:
 
 
 def is_reconstruction(model: nn.Module) -> bool:
-  """True for DC-CNNs (inputs: zero-filled image, k-space, mask), False for VDSR (input: LR image)."""
+  """True for DC-CNNs (inputs: zero-filled image, k-space, mask), False for VDSR (input: LR
+  image)."""
   return isinstance(model, DCCNN)
 
 

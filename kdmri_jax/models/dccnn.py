@@ -1,10 +1,10 @@
 """DC-CNN (Schlemper et al. 2018): cascades of a small CNN, each followed by data consistency.
 
-KD-MRI's teacher is D5C5 (5 cascades × 5 convs, 141,765 parameters) and its student D5C3 (5 × 3, 49,285).
-Each cascade maps the previous cascade's output (the first: the zero-filled image) through
+KD-MRI's teacher is D5C5 (5 cascades × 5 convs, 141,765 parameters) and its student D5C3 (5 × 3,
+49,285). Each cascade maps the previous cascade's output (the first: the zero-filled image) through
 conv3x3 1→F, (n−2) × conv3x3 F→F, conv3x3 F→1 with ReLU after all but the last, and applies data
-consistency to the CNN's output. The KD-MRI reference code feeds the last conv straight to DC; Schlemper's
-original adds the cascade's input first (`residual=True`).
+consistency to the CNN's output. The KD-MRI reference code feeds the last conv straight to DC;
+Schlemper's original adds the cascade's input first (`residual=True`).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class DCCNN(nn.Module):
   """Cascaded CNN with data consistency.
 
   Call with the zero-filled image (B, H, W) real — or (B, H, W) complex when `complex_images` — the
-  measured k-space (B, H, W) complex and the mask (H, W) or (B, H, W). Returns the reconstruction in the
-  input's layout and `Features`, every cascade's hidden feature maps, indexable as
+  measured k-space (B, H, W) complex and the mask (H, W) or (B, H, W). Returns the reconstruction in
+  the input's layout and `Features`, every cascade's hidden feature maps, indexable as
   `features[cascade][layer]`; unused ones cost nothing under `jit`.
   """
 
@@ -83,17 +83,25 @@ class DCCNN(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, image: jnp.ndarray, kspace: jnp.ndarray, mask: jnp.ndarray
-               ) -> tuple[jnp.ndarray, Features]:
+  def __call__(
+    self, image: jnp.ndarray, kspace: jnp.ndarray, mask: jnp.ndarray
+  ) -> tuple[jnp.ndarray, Features]:
     channels = 2 if self.complex_images else 1
     x = fft.to_channels(image) if self.complex_images else image[..., None]
     x = x.astype(jnp.float32)
     features = []
     for c in range(self.num_cascades):
-      x, hidden = Cascade(self.num_convs, self.features, channels, self.residual, self.dtype,
-                          name=layout.cascade_name(c))(x)
-      x = DataConsistency(self.noise_lambda, self.learn_lambda, self.complex_images, name=f"dc_{c}")(
-          x, kspace, mask)
+      x, hidden = Cascade(
+        self.num_convs,
+        self.features,
+        channels,
+        self.residual,
+        self.dtype,
+        name=layout.cascade_name(c),
+      )(x)
+      x = DataConsistency(
+        self.noise_lambda, self.learn_lambda, self.complex_images, name=f"dc_{c}"
+      )(x, kspace, mask)
       features.append(hidden)
     out = fft.to_complex(x) if self.complex_images else x[..., 0]
     return out, tuple(features)

@@ -43,8 +43,9 @@ def torch_uniform(fan_in: int):
 
 
 def _conv(x, kernel, padding, precision):
-  return lax.conv_general_dilated(x, kernel, (1, 1), padding, dimension_numbers=NHWC,
-                                  precision=precision)
+  return lax.conv_general_dilated(
+    x, kernel, (1, 1), padding, dimension_numbers=NHWC, precision=precision
+  )
 
 
 def weight_gradient_swapped(x: jnp.ndarray, g: jnp.ndarray, padding, kernel_hw, precision=None):
@@ -55,8 +56,9 @@ def weight_gradient_swapped(x: jnp.ndarray, g: jnp.ndarray, padding, kernel_hw, 
   reverse. With kernel size k and padding (lo, hi), g is padded by (k−1−lo, k−1−hi).
   """
   pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel_hw, padding)]
-  flipped = lax.conv_general_dilated(g, x, (1, 1), pads, precision=precision,
-                                     dimension_numbers=("CHWN", "IHWO", "NHWC"))  # Cout,kh,kw,Cin
+  flipped = lax.conv_general_dilated(
+    g, x, (1, 1), pads, precision=precision, dimension_numbers=("CHWN", "IHWO", "NHWC")
+  )  # Cout,kh,kw,Cin
   return jnp.transpose(flipped[:, ::-1, ::-1, :], (1, 2, 3, 0))
 
 
@@ -79,8 +81,10 @@ def _conv_cpu_bwd(padding, precision, residuals, g):
   x, kernel = residuals
   input_grad = jax.linear_transpose(lambda x: _conv(x, kernel, padding, precision), x)(g)[0]
   if x.shape[0] <= MAX_UNROLLED_BATCH:
-    weight = sum(_weight_gradient(x[i:i + 1], g[i:i + 1], kernel, padding, precision)
-                 for i in range(x.shape[0]))
+    weight = sum(
+      _weight_gradient(x[i : i + 1], g[i : i + 1], kernel, padding, precision)
+      for i in range(x.shape[0])
+    )
   else:
     weight = _weight_gradient(x, g, kernel, padding, precision)
   return input_grad, weight.astype(kernel.dtype)
@@ -96,21 +100,47 @@ def _weight_gradient(x, g, kernel, padding, precision):
 _conv_cpu.defvjp(_conv_cpu_fwd, _conv_cpu_bwd)
 
 
-def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
-                         dimension_numbers=None, feature_group_count=1, precision=None,
-                         **kwargs: Any):
+def conv_general_dilated(
+  lhs,
+  rhs,
+  window_strides,
+  padding,
+  lhs_dilation=None,
+  rhs_dilation=None,
+  dimension_numbers=None,
+  feature_group_count=1,
+  precision=None,
+  **kwargs: Any,
+):
   """`lax.conv_general_dilated`; stride-1 NHWC/HWIO convs get the CPU weight gradient above."""
-  simple = (tuple(window_strides) == (1, 1) and not kwargs and feature_group_count == 1
-            and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
-            and _is_nhwc(dimension_numbers) and not isinstance(padding, str))
+  simple = (
+    tuple(window_strides) == (1, 1)
+    and not kwargs
+    and feature_group_count == 1
+    and all(d is None or tuple(d) == (1, 1) for d in (lhs_dilation, rhs_dilation))
+    and _is_nhwc(dimension_numbers)
+    and not isinstance(padding, str)
+  )
   if not simple:
-    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
-                                    rhs_dilation, dimension_numbers, feature_group_count,
-                                    precision=precision, **kwargs)
+    return lax.conv_general_dilated(
+      lhs,
+      rhs,
+      window_strides,
+      padding,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      precision=precision,
+      **kwargs,
+    )
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return lax.platform_dependent(lhs, rhs,
-                                cpu=lambda x, k: _conv_cpu(x, k, padding, precision),
-                                default=lambda x, k: _conv(x, k, padding, precision))
+  return lax.platform_dependent(
+    lhs,
+    rhs,
+    cpu=lambda x, k: _conv_cpu(x, k, padding, precision),
+    default=lambda x, k: _conv(x, k, padding, precision),
+  )
 
 
 def _is_nhwc(dimension_numbers: Any) -> bool:
@@ -123,6 +153,15 @@ def _is_nhwc(dimension_numbers: Any) -> bool:
 def conv3x3(features: int, in_features: int, name: str, dtype: Any = jnp.float32) -> nn.Conv:
   """3×3 convolution, zero padding 1, with bias; NHWC activations, HWIO kernel."""
   fan_in = 9 * in_features
-  return nn.Conv(features, (3, 3), padding=1, use_bias=True, dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=torch_uniform(fan_in), bias_init=torch_uniform(fan_in),
-                 conv_general_dilated=conv_general_dilated, name=name)
+  return nn.Conv(
+    features,
+    (3, 3),
+    padding=1,
+    use_bias=True,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=torch_uniform(fan_in),
+    bias_init=torch_uniform(fan_in),
+    conv_general_dilated=conv_general_dilated,
+    name=name,
+  )

@@ -71,8 +71,9 @@ class Conv:
 def _stack(cascade: int | None, num_convs: int, features: int, channels: int) -> tuple[Conv, ...]:
   """channels→F, (n−2) × F→F, F→channels, ReLU after all but the last."""
   widths = [channels] + [features] * (num_convs - 1) + [channels]
-  return tuple(Conv(cascade, j, widths[j], widths[j + 1], relu=j < num_convs - 1)
-               for j in range(num_convs))
+  return tuple(
+    Conv(cascade, j, widths[j], widths[j + 1], relu=j < num_convs - 1) for j in range(num_convs)
+  )
 
 
 def conv_stacks(model: Any) -> tuple[tuple[Conv, ...], ...]:
@@ -81,8 +82,9 @@ def conv_stacks(model: Any) -> tuple[tuple[Conv, ...], ...]:
 
   if isinstance(model, DCCNN):
     channels = 2 if model.complex_images else 1
-    return tuple(_stack(c, model.num_convs, model.features, channels)
-                 for c in range(model.num_cascades))
+    return tuple(
+      _stack(c, model.num_convs, model.features, channels) for c in range(model.num_cascades)
+    )
   return (_stack(None, model.num_layers, model.features, 1),)
 
 

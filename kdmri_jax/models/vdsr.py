@@ -1,8 +1,8 @@
 """VDSR (Kim et al. 2016) for MRI super-resolution: `x + net(x)` with a plain stack of 3×3 convs.
 
 KD-MRI's teacher has 11 convs (1→64, 9 × 64→64, 64→1; 333,569 parameters), its student 7
-(1→64, 5 × 64→64, 64→1; 185,857). Distillation uses teacher layer 6 and student layer 4 (1-based), i.e.
-`features[5]` and `features[3]`.
+(1→64, 5 × 64→64, 64→1; 185,857). Distillation uses teacher layer 6 and student layer 4 (1-based),
+i.e. `features[5]` and `features[3]`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from kdmri_jax.models.layers import conv3x3
 
 
 class VDSR(nn.Module):
-  """Call with the low-resolution image (B, H, W); returns (image, post-ReLU maps of every hidden conv)."""
+  """Call with the low-resolution image (B, H, W); returns (image, post-ReLU maps of every hidden
+  conv)."""
 
   num_layers: int = 11
   features: int = 64
