@@ -1,14 +1,13 @@
 """Global batches for the training loop, on top of `kdmri_jax.data.pipeline`, for one or many hosts.
 
-A source is anything with `__len__` and `__getitem__(i)` returning one example as a dict of arrays without
-the batch axis (`input`, `target` and, for reconstruction, `kspace` and `mask`). Training batches follow
-the data pipeline's rules: epoch `e`'s order is grain's shuffle of `(seed, e)` only, so a run
-restarted at step `s` resumes epoch `s div steps_per_epoch` with its grain iterator at batch
-`s mod steps_per_epoch` and sees exactly the batches of an uninterrupted run (the step the training
-checkpoint stores fixes that iterator state, so none is stored beside it); host `h` of `n` takes
-every n-th example, so the hosts' pieces of global batch `b` are exactly the examples a single
-process puts in its batch `b` (in another row order, which a mean loss does not see). Evaluation
-pads so that every host runs the same number of equally shaped steps.
+A source is anything with `__len__` and `__getitem__(i)` returning one example as a dict of arrays
+without the batch axis (`input`, `target` and, for reconstruction, `kspace` and `mask`). Training
+batches follow the data pipeline's rules: epoch `e`'s order depends on `(seed, e)` only, so a run
+restarted at step `s` resumes with batch `s mod steps_per_epoch` of epoch `s div steps_per_epoch`
+and sees exactly the batches of an uninterrupted run; host `h` of `n` takes every n-th example, so
+the hosts' pieces of global batch `b` are exactly the examples a single process puts in its batch
+`b` (in another row order, which a mean loss does not see). Evaluation pads so that every host runs
+the same number of equally shaped steps.
 """
 
 from __future__ import annotations
@@ -39,36 +38,55 @@ class Batches:
 
   @property
   def rows(self) -> slice:
-    """The rows of a global batch this process supplies (`jax.make_array_from_process_local_data`)."""
-    return slice(self.shard_index * self.local_batch_size, (self.shard_index + 1) * self.local_batch_size)
+    """The rows of a global batch this process supplies
+    (`jax.make_array_from_process_local_data`)."""
+    return slice(
+      self.shard_index * self.local_batch_size, (self.shard_index + 1) * self.local_batch_size
+    )
 
   @property
   def steps_per_epoch(self) -> int:
     """Full global batches per epoch (the remainder is dropped, a different one each epoch)."""
-    return pipeline.num_train_batches(len(self.source), self.local_batch_size, True, self.shard_count)
+    return pipeline.num_train_batches(
+      len(self.source), self.local_batch_size, True, self.shard_count
+    )
 
   def epoch(self, epoch: int, start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Batches start, start+1, ... of `epoch` (shuffled by (seed, epoch)): a grain iterator whose
-    `get_state()` is that of an uninterrupted epoch after `start` batches."""
-    return pipeline.train_batches(self.source, self.local_batch_size, self.seed, epoch,
-                                  shard_index=self.shard_index, shard_count=self.shard_count,
-                                  skip_batches=start, num_threads=self.num_threads)
+    """Batches start, start+1, ... of `epoch` (shuffled by (seed, epoch))."""
+    return pipeline.train_batches(
+      self.source,
+      self.local_batch_size,
+      self.seed,
+      epoch,
+      shard_index=self.shard_index,
+      shard_count=self.shard_count,
+      skip_batches=start,
+      num_threads=self.num_threads,
+    )
 
   def evaluation(self) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """(batch, weight) over every example once; padding rows (and whole padding batches on hosts with
-    fewer examples) have weight 0."""
+    """(batch, weight) over every example once; padding rows (and whole padding batches on hosts
+    with fewer examples) have weight 0."""
     n = len(self.source)
     bounds = pipeline.shard_bounds(n, self.shard_count)  # the pipeline's contiguous shards
     total = -(-int(np.max(np.diff(bounds))) // self.local_batch_size)
     done = 0
-    for batch in pipeline.eval_batches(self.source, self.local_batch_size, self.shard_index,
-                                       self.shard_count, pad=True, num_threads=self.num_threads):
+    for batch in pipeline.eval_batches(
+      self.source,
+      self.local_batch_size,
+      self.shard_index,
+      self.shard_count,
+      pad=True,
+      num_threads=self.num_threads,
+    ):
       weight = np.asarray(batch.pop("valid"), np.float32)
       done += 1
       yield batch, weight
     if done < total:
-      blank = {k: np.zeros((self.local_batch_size,) + np.shape(v), np.asarray(v).dtype)
-               for k, v in self.source[0].items()}
+      blank = {
+        k: np.zeros((self.local_batch_size,) + np.shape(v), np.asarray(v).dtype)
+        for k, v in self.source[0].items()
+      }
       for _ in range(total - done):
         yield blank, np.zeros(self.local_batch_size, np.float32)
 
@@ -79,8 +97,8 @@ class Batches:
 
 
 def synthetic_source(count: int, size: int = 16, acc: float = 4.0, seed: int = 0):
-  """`count` smooth random (size, size) targets with their undersampled k-space and zero-filled images: a
-  tiny in-memory reconstruction source for tests and smoke runs (no files)."""
+  """`count` smooth random (size, size) targets with their undersampled k-space and zero-filled
+  images: a tiny in-memory reconstruction source for tests and smoke runs (no files)."""
   from scipy import ndimage
 
   from kdmri_jax import masks

@@ -1,8 +1,5 @@
 """Tests of the slice sources and the grain input pipeline (kdmri_jax.data.sources / .pipeline)."""
 
-import threading
-
-import grain
 import numpy as np
 import pytest
 
@@ -44,7 +41,9 @@ def test_skip_batches_resumes_mid_epoch():
 
 
 def test_keep_remainder_and_no_shuffle():
-  batches = list(pipeline.train_batches(_source(10), 4, seed=0, epoch=0, shuffle=False, drop_remainder=False))
+  batches = list(
+    pipeline.train_batches(_source(10), 4, seed=0, epoch=0, shuffle=False, drop_remainder=False)
+  )
   assert [len(b["input"]) for b in batches] == [4, 4, 2]
   assert _ids(batches) == list(range(10))
   assert pipeline.num_train_batches(10, 4, drop_remainder=False) == 3
@@ -53,9 +52,15 @@ def test_keep_remainder_and_no_shuffle():
 
 def test_shards_are_disjoint_and_equal():
   source = _source(11)
-  shards = [_ids(pipeline.train_batches(source, 1, seed=1, epoch=0, shard_index=i, shard_count=3))
-            for i in range(3)]
-  assert [len(s) for s in shards] == [3, 3, 3]  # 11 // 3 each: every host runs the same number of steps
+  shards = [
+    _ids(pipeline.train_batches(source, 1, seed=1, epoch=0, shard_index=i, shard_count=3))
+    for i in range(3)
+  ]
+  assert [len(s) for s in shards] == [
+    3,
+    3,
+    3,
+  ]  # 11 // 3 each: every host runs the same number of steps
   assert len(set(sum(shards, []))) == 9
 
 
@@ -80,69 +85,6 @@ def test_bad_shard_index():
     pipeline.train_batches(_source(), 2, 0, 0, shard_index=2, shard_count=2)
   with pytest.raises(InputError, match="shard_index"):
     pipeline.eval_batches(_source(), 2, shard_index=-1, shard_count=2)
-
-
-def test_each_epoch_is_that_epoch_of_one_repeated_grain_shuffle():
-  """Epoch e alone is epoch e of a run through all epochs: the order needs (seed, e), no history."""
-  source, n = _source(7), 7
-  stream = grain.MapDataset.range(n).seed(11).shuffle().repeat(3)
-  orders = [_ids(pipeline.train_batches(source, 2, 11, e, drop_remainder=False)) for e in (2, 0, 1)]
-  assert orders == [[stream[i] for i in range(e * n, (e + 1) * n)] for e in (2, 0, 1)]
-  assert all(sorted(o) == list(range(n)) for o in orders) and len({tuple(o) for o in orders}) == 3
-  assert [pipeline.epoch_order(n, 11, e).tolist() for e in (2, 0, 1)] == orders
-
-
-def test_a_resumed_iterator_has_the_uninterrupted_grain_state():
-  source = _source(20)
-  full = pipeline.train_batches(source, 3, seed=4, epoch=1)
-  seen = [next(full) for _ in range(2)]
-  resumed = pipeline.train_batches(source, 3, seed=4, epoch=1, skip_batches=2)
-  assert resumed.get_state() == full.get_state() == {"next_index": 2}
-  assert _ids([next(resumed)]) == _ids([next(full)]) and resumed.get_state() == full.get_state()
-  assert _ids(resumed) == _ids(full)
-  assert _ids(seen) == _ids(pipeline.train_batches(source, 3, 4, 1))[:6]
-
-
-@pytest.mark.parametrize("count,local", [(2, 2), (3, 1), (3, 2)])
-def test_the_hosts_pieces_of_a_global_batch_are_one_process_batch(count, local):
-  source = _source(23)
-  single = list(pipeline.train_batches(source, count * local, seed=9, epoch=3))
-  hosts = [list(pipeline.train_batches(source, local, seed=9, epoch=3, shard_index=h,
-                                       shard_count=count)) for h in range(count)]
-  assert len(single) == pipeline.num_train_batches(23, local, shard_count=count) >= 2
-  assert all(len(h) == len(single) for h in hosts)
-  for b, batch in enumerate(single):
-    assert sorted(sum((_ids([h[b]]) for h in hosts), [])) == sorted(_ids([batch]))
-
-
-class _ThreadRecordingSource:
-  """A source that notes which thread reads each example."""
-
-  def __init__(self, source):
-    self.source, self.threads = source, set()
-
-  def __len__(self):
-    return len(self.source)
-
-  def __getitem__(self, index):
-    self.threads.add(threading.current_thread().name)
-    return self.source[index]
-
-
-def test_batches_are_read_in_background_threads_unless_synchronous():
-  threaded, synchronous = _ThreadRecordingSource(_source(12)), _ThreadRecordingSource(_source(12))
-  assert len(list(pipeline.train_batches(threaded, 2, seed=0, epoch=0, num_threads=2))) == 6
-  assert threaded.threads and all(name.startswith("grain-prefetch") for name in threaded.threads)
-  list(pipeline.train_batches(synchronous, 2, seed=0, epoch=0, num_threads=0))
-  assert synchronous.threads == {threading.current_thread().name}
-
-
-def test_full_batches_share_the_mask_and_padding_is_zero():
-  batch = next(pipeline.train_batches(_source(), 4, seed=0, epoch=0))
-  assert batch["mask"].strides[0] == 0 and not batch["mask"].flags.writeable
-  last = list(pipeline.eval_batches(_source(10), 4, pad=True))[-1]
-  assert _ids([last]) == [8, 9, 0, 0]
-  assert not np.any(last["mask"][2:]) and np.all(last["mask"][:2] == 1)
 
 
 def test_shard_bounds_are_the_evaluation_shards():
@@ -193,4 +135,6 @@ def test_subset_spreads_over_volumes(tmp_path):
 def test_fewer_examples_than_a_batch_is_an_error():
   with pytest.raises(InputError, match="fewer than the batch size"):
     pipeline.train_batches(_source(3), 4, seed=0, epoch=0)
-  assert len(list(pipeline.train_batches(_source(3), 4, seed=0, epoch=0, drop_remainder=False))) == 1
+  assert (
+    len(list(pipeline.train_batches(_source(3), 4, seed=0, epoch=0, drop_remainder=False))) == 1
+  )
