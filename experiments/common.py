@@ -297,6 +297,19 @@ def write_results(
   print(f"wrote {path}")
 
 
+def add_override_arguments(parser: argparse.ArgumentParser, note_help: str) -> None:
+  """`--set FIELD=VALUE` (config overrides for every run) and `--note` (sentences for the table)."""
+  parser.add_argument(
+    "--set",
+    dest="overrides",
+    action="append",
+    default=[],
+    metavar="FIELD=VALUE",
+    help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)",
+  )
+  parser.add_argument("--note", action="append", default=[], help=note_help)
+
+
 def common_arguments(parser: argparse.ArgumentParser, workdir: str, out: str) -> None:
   parser.add_argument(
     "--base", default="demo", help="base config in configs/ (demo, brain_4x, sr_demo, ...)"
@@ -307,19 +320,8 @@ def common_arguments(parser: argparse.ArgumentParser, workdir: str, out: str) ->
     default=None,
     help="reuse the finished teacher of this workdir (same base config) instead of training one",
   )
-  parser.add_argument(
-    "--set",
-    dest="overrides",
-    action="append",
-    default=[],
-    metavar="FIELD=VALUE",
-    help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)",
-  )
-  parser.add_argument(
-    "--note",
-    action="append",
-    default=[],
-    help="a sentence added under the table, e.g. how the --teacher-from teacher was trained",
+  add_override_arguments(
+    parser, "a sentence added under the table, e.g. how the --teacher-from teacher was trained"
   )
   parser.add_argument("--out", default=out, help="markdown file for the table")
   parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")

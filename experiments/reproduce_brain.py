@@ -1116,19 +1116,8 @@ def build_parser() -> argparse.ArgumentParser:
     default=os.path.join("experiments", "runs", "reproduce_brain"),
     help="root folder; runs go to WORKDIR/<setting>/acc_<acc>/seed_<seed>",
   )
-  parser.add_argument(
-    "--set",
-    dest="overrides",
-    action="append",
-    default=[],
-    metavar="FIELD=VALUE",
-    help="config override for every run, e.g. --set train.num_epochs=2 (repeatable)",
-  )
-  parser.add_argument(
-    "--note",
-    action="append",
-    default=[],
-    help="a sentence added under the introduction, e.g. how the runs were launched",
+  common.add_override_arguments(
+    parser, "a sentence added under the introduction, e.g. how the runs were launched"
   )
   parser.add_argument(
     "--studies-acc",

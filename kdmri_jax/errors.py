@@ -43,15 +43,11 @@ def require_writable_dir(path: str, what: str = "--workdir", min_free_bytes: int
     os.path.isdir(parent),
     f"{what} {path} cannot be created: {parent} is a file, not a folder; choose another {what}.",
   )
-  try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
-      pass
-  except OSError as error:
-    raise InputError(
-      f"{what} {path} is not writable ({error.strerror or error}); "
-      f"choose a folder on a writable disk."
-    ) from None
+  _require_new_files(
+    path,
+    lambda why: f"{what} {path} is not writable ({why}); choose a folder on a writable disk.",
+    create=True,
+  )
   free = shutil.disk_usage(path).free
   require(
     free >= min_free_bytes,
@@ -114,15 +110,24 @@ def require_writable_output(path: str | os.PathLike, what: str, kind: str = "fil
     f"{what} {path} cannot be written: its folder {written} "
     f"does not exist; create it first or choose another {what}.",
   )
+  _require_new_files(
+    existing,
+    lambda why: f"{what} {path} cannot be written: {existing} takes no new files ({why}); "
+    "choose a writable folder.",
+  )
+  return path
+
+
+def _require_new_files(folder: str, sentence: Callable[[str], str], create: bool = False) -> None:
+  """Creates (when `create`) and probes `folder` with a temporary file; `sentence(why)` if that
+  fails."""
   try:
-    with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-test-"):
+    if create:
+      os.makedirs(folder, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
       pass
   except OSError as error:
-    raise InputError(
-      f"{what} {path} cannot be written: {existing} takes no new files "
-      f"({error.strerror or error}); choose a writable folder."
-    ) from None
-  return path
+    raise InputError(sentence(str(error.strerror or error))) from None
 
 
 def _nearest_existing(path: str) -> str:

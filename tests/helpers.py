@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import os
 import subprocess
@@ -136,6 +137,24 @@ def tiny_main_argv(
   ]
 
 
+def short_main_argv(workdir: str | os.PathLike, *extra: object) -> list[str]:
+  """`kdmri_jax.main` arguments (from the repository root) for one epoch of 4 slices a volume of
+  configs/brain_cpu.py with a one-cascade, 4-feature model, then `extra`."""
+  return [
+    "--config",
+    "configs/brain_cpu.py",
+    "--workdir",
+    str(workdir),
+    "--config.data.max_slices=4",
+    "--config.train.num_epochs=1",
+    "--config.models.num_cascades=1",
+    "--config.models.features=4",
+    "--config.train.batch_size=2",
+    "--config.train.progress_bar=false",
+    *map(str, extra),
+  ]
+
+
 def stage_state(workdir: str | os.PathLike, stage: str = "teacher") -> dict[str, object]:
   """{'step': newest training-state step, 'state/<path>': array, 'best/<path>': array} of a stage,
   read back with orbax from `<stage>/checkpoints` (params, optimizer state, RNG, step) and
@@ -173,3 +192,74 @@ def assert_same_state(got: dict, want: dict, what: str = "") -> None:
     and not (got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]))
   ]
   assert not different, f"{what}: {len(different)} arrays differ, e.g. {different[:3]}"
+
+
+def save_unread_checkpoint(path: str | os.PathLike) -> None:
+  """A student checkpoint whose values no case reads (each fails before the model is loaded):
+  zeros of the shapes `jax.eval_shape` gives, so no initialisation runs."""
+  import jax
+  import numpy as np
+
+  from kdmri_jax import checkpoints, models
+
+  model = models.build_model("student", num_cascades=1, features=4)
+  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0), 8, 8))
+  params = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
+  checkpoints.save_params(path, params, checkpoints.make_meta("student", model))
+
+
+def phantom_argv(
+  out: str | os.PathLike, *extra: object, size: int = 24, dataset: str = "brain"
+) -> list[str]:
+  """`kdmri_jax.prepare` arguments for 3 phantom volumes of size×size at 4x into `out`."""
+  argv = ["--phantom", 3, "--size", size, size, "--dataset", dataset, "--acc", "4x", "--out", out]
+  return [str(a) for a in (*argv, *extra)]
+
+
+def prepare_argv(
+  input_path: str | os.PathLike, out: str | os.PathLike, *extra: object
+) -> list[str]:
+  """`kdmri_jax.prepare` arguments: `input_path` as a brain dataset at 4x, split 1, into `out`."""
+  argv = ["--input", input_path, "--dataset", "brain", "--acc", "4x", "--split", 1, "--out", out]
+  return [str(a) for a in (*argv, *extra)]
+
+
+def assert_entry_points_refuse(cases, case_ids, modules, world, tmp_path, workers: int = 2) -> None:
+  """Runs the `cases` (id, command, setup(world, scratch) -> argv, fragments) named in `case_ids`
+  through `python -m <modules[command]>`, `workers` at a time, each with an output folder of
+  earlier results: status 2, one error line holding the fragments, the folder unchanged."""
+  by_id = {case[0]: case for case in cases}
+  jobs = {}
+  for case_id in case_ids:
+    _, command, setup, fragments = by_id[case_id]
+    scratch = tmp_path / case_id
+    (scratch / "outputs").mkdir(parents=True)
+    (scratch / "outputs" / "report.txt").write_text("earlier\n")
+    jobs[case_id] = (setup(world, scratch), modules[command], fragments, scratch / "outputs")
+  hashes = {case_id: tree_hash(job[3]) for case_id, job in jobs.items()}
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    results = dict(zip(jobs, pool.map(lambda job: run_module(job[1], job[0]), jobs.values())))
+  for case_id, result in results.items():
+    assert result.returncode == 2, (case_id, result.stderr[-2000:])
+    assert_one_line_error(result.returncode, result.stderr, *jobs[case_id][2])
+    assert tree_hash(jobs[case_id][3]) == hashes[case_id], case_id
+
+
+def line_mask_strategies(lines: tuple[int, int], other: tuple[int, int], acc: tuple[float, float]):
+  """Hypothesis strategies of a line mask's (lines, other side, acceleration, seed, direction)."""
+  from hypothesis import strategies as st
+
+  from kdmri_jax import masks
+
+  return (
+    st.integers(*lines),
+    st.integers(*other),
+    st.floats(*acc),
+    st.integers(0, 2**31 - 1),
+    st.sampled_from(masks.DIRECTIONS),
+  )
+
+
+def line_mask_shape(lines: int, other: int, direction: str) -> tuple[int, int]:
+  """The image shape with `lines` along the sampled `direction` ('rows' or 'columns')."""
+  return (lines, other) if direction == "rows" else (other, lines)

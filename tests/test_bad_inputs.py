@@ -9,7 +9,6 @@ command's output at a folder that already holds earlier results; the folder's ha
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib
 import os
 import shutil
@@ -19,7 +18,14 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import assert_one_line_error, run_module, tree_hash
+from helpers import (
+  assert_entry_points_refuse,
+  assert_one_line_error,
+  phantom_argv,
+  prepare_argv,
+  short_main_argv,
+  tree_hash,
+)
 from kdmri_jax import checkpoints, masks, models
 from kdmri_jax.data import reference
 from kdmri_jax.errors import run_cli
@@ -62,27 +68,7 @@ def world(tmp_path_factory):
     _write_h5(root / "predictions" / f"{name}.h5", reconstruction=target * 0.9)
   from kdmri_jax import prepare
 
-  assert (
-    run_cli(
-      prepare.main,
-      [
-        "--phantom",
-        "3",
-        "--size",
-        "24",
-        "24",
-        "--slices",
-        "4",
-        "--dataset",
-        "brain",
-        "--acc",
-        "4x",
-        "--out",
-        str(root / "root"),
-      ],
-    )
-    == 0
-  )
+  assert run_cli(prepare.main, phantom_argv(root / "root", "--slices", 4)) == 0
   _save_model(root / "student_ckpt", "student", num_cascades=1, features=4)
   _save_model(root / "teacher_ckpt", "teacher", num_cascades=1, features=4)
   (root / "volumes").mkdir()
@@ -176,37 +162,35 @@ def _mask_dir(t, array):
 
 
 def _prepare(w, t, *extra, input=None):  # noqa: A002
+  return prepare_argv(input or w / "volumes", t / "outputs" / "new_root", *extra)
+
+
+def _convert(t, torch_checkpoint, out="c"):
+  """`convert` arguments: `torch_checkpoint` as a student checkpoint into `t/outputs/<out>` (the
+  outputs folder itself for `out=None`)."""
+  target = t / "outputs" if out is None else t / "outputs" / out
+  return ["--torch-checkpoint", str(torch_checkpoint), "--model", "student", "--out", str(target)]
+
+
+def _export(t, checkpoint, model="student", shape=(24, 24), out="m.jax"):
+  """`export` arguments: `checkpoint` as `model` at `shape` into `t/outputs/<out>`."""
+  height, width = shape
   return [
-    "--input",
-    str(input or w / "volumes"),
-    "--dataset",
-    "brain",
-    "--acc",
-    "4x",
-    "--split",
-    "1",
+    "--checkpoint",
+    str(checkpoint),
+    "--model",
+    model,
+    "--shape",
+    str(height),
+    str(width),
     "--out",
-    str(t / "outputs" / "new_root"),
-    *map(str, extra),
+    str(t / "outputs" / out),
   ]
 
 
 def _main(w, t, *extra, root=True):
-  argv = [
-    "--config",
-    "configs/brain_cpu.py",
-    "--workdir",
-    str(t / "outputs"),
-    "--config.data.max_slices=4",
-    "--config.train.num_epochs=1",
-    "--config.models.num_cascades=1",
-    "--config.models.features=4",
-    "--config.train.batch_size=2",
-    "--config.train.progress_bar=false",
-  ]
-  if root:
-    argv.append(f"--config.data.root={w / 'root'}")
-  return argv + list(extra)
+  root_field = [f"--config.data.root={w / 'root'}"] if root else []
+  return short_main_argv(t / "outputs", *root_field, *extra)
 
 
 def _garbage(t, name, content=b"\x00garbage\xff" * 100):
@@ -530,144 +514,64 @@ CASES = [
   (
     "convert-missing",
     "convert",
-    lambda w, t: [
-      "--torch-checkpoint",
-      str(t / "none.pt"),
-      "--model",
-      "student",
-      "--out",
-      str(t / "outputs" / "c"),
-    ],
+    lambda w, t: _convert(t, t / "none.pt"),
     ["none.pt", "does not exist"],
   ),
   (
     "convert-garbage",
     "convert",
-    lambda w, t: [
-      "--torch-checkpoint",
-      str(_garbage(t, "g.pt")),
-      "--model",
-      "student",
-      "--out",
-      str(t / "outputs" / "c"),
-    ],
+    lambda w, t: _convert(t, _garbage(t, "g.pt")),
     ["g.pt", "not a PyTorch checkpoint"],
   ),
   (
     "convert-npy",
     "convert",
-    lambda w, t: [
-      "--torch-checkpoint",
-      str(_npy(t, "w.npy", np.ones(3))),
-      "--model",
-      "student",
-      "--out",
-      str(t / "outputs" / "c"),
-    ],
+    lambda w, t: _convert(t, _npy(t, "w.npy", np.ones(3))),
     ["w.npy", "not a PyTorch checkpoint"],
   ),
   (
     "convert-no-state-dict",
     "convert",
-    lambda w, t: [
-      "--torch-checkpoint",
-      str(_torch_save(t, "d.pt", {"epoch": 3, "lr": 0.1})),
-      "--model",
-      "student",
-      "--out",
-      str(t / "outputs" / "c"),
-    ],
+    lambda w, t: _convert(t, _torch_save(t, "d.pt", {"epoch": 3, "lr": 0.1})),
     ["d.pt", "state_dict"],
   ),
   (
     "convert-wrong-model",
     "convert",
-    lambda w, t: [
-      "--torch-checkpoint",
-      str(_torch_save(t, "s.pt", {"model": {"bogus.weight": __import__("torch").ones(3)}})),
-      "--model",
-      "student",
-      "--out",
-      str(t / "outputs" / "c"),
-    ],
+    lambda w, t: _convert(
+      t, _torch_save(t, "s.pt", {"model": {"bogus.weight": __import__("torch").ones(3)}})
+    ),
     ["s.pt", "student"],
   ),
   (
     "convert-existing-out",
     "convert",
-    lambda w, t: [
-      "--torch-checkpoint",
-      str(_garbage(t, "g.pt")),
-      "--model",
-      "student",
-      "--out",
-      str(t / "outputs"),
-    ],
+    lambda w, t: _convert(t, _garbage(t, "g.pt"), out=None),
     ["already exists"],
   ),
   # --- export: another model's checkpoint, shapes ---
   (
     "export-other-model",
     "export",
-    lambda w, t: [
-      "--checkpoint",
-      str(w / "student_ckpt"),
-      "--model",
-      "teacher",
-      "--shape",
-      "24",
-      "24",
-      "--out",
-      str(t / "outputs" / "m.jax"),
-    ],
+    lambda w, t: _export(t, w / "student_ckpt", model="teacher"),
     ["student_ckpt", "'student'", "'teacher'"],
   ),
   (
     "export-bad-shape",
     "export",
-    lambda w, t: [
-      "--checkpoint",
-      str(w / "student_ckpt"),
-      "--model",
-      "student",
-      "--shape",
-      "0",
-      "24",
-      "--out",
-      str(t / "outputs" / "m.jax"),
-    ],
+    lambda w, t: _export(t, w / "student_ckpt", shape=(0, 24)),
     ["--shape", "positive"],
   ),
   (
     "export-missing-checkpoint",
     "export",
-    lambda w, t: [
-      "--checkpoint",
-      str(t / "gone"),
-      "--model",
-      "student",
-      "--shape",
-      "24",
-      "24",
-      "--out",
-      str(t / "outputs" / "m.jax"),
-    ],
+    lambda w, t: _export(t, t / "gone"),
     ["gone", "does not exist"],
   ),
   (
     "export-existing-out",
     "export",
-    lambda w, t: [
-      "--checkpoint",
-      str(w / "student_ckpt"),
-      "--model",
-      "student",
-      "--shape",
-      "24",
-      "24",
-      "--out",
-      str(t / "outputs" / "report.txt"),
-    ],
+    lambda w, t: _export(t, w / "student_ckpt", out="report.txt"),
     ["report.txt", "already exists"],
   ),
   # --- benchmark: names and shapes ---
@@ -846,18 +750,6 @@ SUBPROCESS_CASES = [
 def test_real_entry_points_print_one_line_and_exit_2(world, tmp_path):
   """`python -m kdmri_jax.<command>`: the same refusals from the real entry points, one line, status
   2."""
-  cases = {case[0]: case for case in CASES}
-  jobs = {}
-  for case_id in SUBPROCESS_CASES:
-    _, command, setup, fragments = cases[case_id]
-    scratch = tmp_path / case_id
-    (scratch / "outputs").mkdir(parents=True)
-    (scratch / "outputs" / "report.txt").write_text("earlier\n")
-    jobs[case_id] = (setup(world, scratch), MODULES[command], fragments, scratch / "outputs")
-  hashes = {case_id: tree_hash(job[3]) for case_id, job in jobs.items()}
-  with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
-    results = dict(zip(jobs, pool.map(lambda job: run_module(job[1], job[0]), jobs.values())))
-  for case_id, result in results.items():
-    assert result.returncode == 2, (case_id, result.stderr[-2000:])
-    assert_one_line_error(result.returncode, result.stderr, *jobs[case_id][2])
-    assert tree_hash(jobs[case_id][3]) == hashes[case_id], case_id
+  assert_entry_points_refuse(
+    CASES, SUBPROCESS_CASES, MODULES, world, tmp_path, workers=len(SUBPROCESS_CASES)
+  )

@@ -26,8 +26,16 @@ import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, assert_one_line_error, run_module, subprocess_env, tree_hash
-from kdmri_jax import checkpoints, masks, models
+from helpers import (
+  REPO,
+  assert_one_line_error,
+  prepare_argv,
+  run_module,
+  save_unread_checkpoint,
+  subprocess_env,
+  tree_hash,
+)
+from kdmri_jax import masks
 from kdmri_jax.errors import run_cli
 
 SHAPE = (24, 20)
@@ -35,15 +43,6 @@ MODULES = {
   name: f"kdmri_jax.{name}"
   for name in ("valid", "evaluate", "export", "prepare", "convert", "benchmark")
 }
-
-
-def save_unread_checkpoint(path):
-  """A student checkpoint whose values no case reads (each fails before the model is loaded):
-  zeros of the shapes `jax.eval_shape` gives, so no initialisation runs."""
-  model = models.build_model("student", num_cascades=1, features=4)
-  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0), 8, 8))
-  params = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
-  checkpoints.save_params(path, params, checkpoints.make_meta("student", model))
 
 
 @pytest.fixture(scope="module")
@@ -118,18 +117,7 @@ COMMANDS = {
   "prepare": (
     "--out",
     "new_root",
-    lambda w, o: [
-      "--input",
-      w / "volumes",
-      "--dataset",
-      "brain",
-      "--acc",
-      "4x",
-      "--split",
-      "1",
-      "--out",
-      o,
-    ],
+    lambda w, o: prepare_argv(w / "volumes", o),
   ),
   "convert": (
     "--out",

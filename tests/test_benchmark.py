@@ -18,6 +18,27 @@ from kdmri_jax.errors import run_cli
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tiny_argv(out, model_names, shape, impls, *extra):
+  """Benchmark arguments for one batch of 1, one repetition, no warm-up, JSON written to `out`."""
+  return [
+    "--models",
+    *model_names,
+    "--shapes",
+    shape,
+    "--batch",
+    "1",
+    "--repeats",
+    "1",
+    "--warmup",
+    "0",
+    "--impls",
+    *impls,
+    *extra,
+    "--json",
+    str(out),
+  ]
+
+
 def test_conv_flops_match_the_issue_counts():
   # ≈18.5 GFLOP (teacher) and ≈6.4 GFLOP (student) per 256×256 slice.
   assert benchmark.conv_flops(models.build_model("teacher"), 1, 256, 256) == pytest.approx(
@@ -33,26 +54,9 @@ def test_conv_flops_match_the_issue_counts():
 
 def test_smoke_writes_json_rows(tmp_path, capsys):
   out = tmp_path / "speed.json"
-  argv = [
-    "--models",
-    "teacher",
-    "student",
-    "--shapes",
-    "16x24",
-    "--batch",
-    "1",
-    "--repeats",
-    "1",
-    "--warmup",
-    "0",
-    "--impls",
-    "jax_jit",
-    "onnxruntime",
-    "torch_eager",
-    "--no-peak",
-    "--json",
-    str(out),
-  ]
+  argv = tiny_argv(
+    out, ["teacher", "student"], "16x24", ["jax_jit", "onnxruntime", "torch_eager"], "--no-peak"
+  )
   assert run_cli(benchmark.main, argv) == 0
   report = json.loads(out.read_text())
   rows = report["rows"]
@@ -91,31 +95,19 @@ def test_precisions_side_by_side(tmp_path, capsys):
   import torch
 
   out = tmp_path / "speed.json"
-  argv = [
-    "--models",
-    "student",
-    "--shapes",
+  impls = ["jax_jit", "jax_export", "onnxruntime", "torch_eager"]
+  argv = tiny_argv(
+    out,
+    ["student"],
     "16x16",
-    "--batch",
-    "1",
-    "--repeats",
-    "1",
-    "--warmup",
-    "0",
-    "--impls",
-    "jax_jit",
-    "jax_export",
-    "onnxruntime",
-    "torch_eager",
+    impls,
     "--precision",
     "float32",
     "bfloat16",
     "--device",
     "cpu",
     "--no-peak",
-    "--json",
-    str(out),
-  ]
+  )
   # Unusual values (the defaults are True, False): the run must leave them as it found them.
   flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
   torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = False, True
@@ -191,25 +183,7 @@ def test_the_jax_train_row_runs_the_projects_train_step(monkeypatch):
 def test_without_torch_the_torch_rows_say_why_and_the_rest_run(tmp_path, monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` fails, as without torch
   out = tmp_path / "speed.json"
-  argv = [
-    "--models",
-    "student",
-    "--shapes",
-    "16x16",
-    "--batch",
-    "1",
-    "--repeats",
-    "1",
-    "--warmup",
-    "0",
-    "--impls",
-    "jax_jit",
-    "torch_eager",
-    "--device",
-    "cpu",
-    "--json",
-    str(out),
-  ]
+  argv = tiny_argv(out, ["student"], "16x16", ["jax_jit", "torch_eager"], "--device", "cpu")
   assert run_cli(benchmark.main, argv) == 0
   report = json.loads(out.read_text())
   rows = {(r["mode"], r["impl"]): r for r in report["rows"]}

@@ -12,17 +12,24 @@ not change.
 
 from __future__ import annotations
 
-import concurrent.futures
 import importlib
 import shutil
 
 import h5py
-import jax
 import numpy as np
 import pytest
 
-from helpers import REPO, assert_one_line_error, run_module, tree_hash
-from kdmri_jax import checkpoints, masks, models
+from helpers import (
+  REPO,
+  assert_entry_points_refuse,
+  assert_one_line_error,
+  phantom_argv,
+  prepare_argv,
+  save_unread_checkpoint,
+  short_main_argv,
+  tree_hash,
+)
+from kdmri_jax import masks
 from kdmri_jax.errors import run_cli
 
 SHAPE = (24, 20)
@@ -78,15 +85,6 @@ def read_all(path):
     return {key: f[key][()] for key in f}
 
 
-def save_unread_checkpoint(path):
-  """A student checkpoint whose values no case reads (each fails before the model is loaded):
-  zeros of the shapes `jax.eval_shape` gives, so no initialisation runs."""
-  model = models.build_model("student", num_cascades=1, features=4)
-  shapes = jax.eval_shape(lambda: models.init_params(model, jax.random.PRNGKey(0), 8, 8))
-  params = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
-  checkpoints.save_params(path, params, checkpoints.make_meta("student", model))
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
   """Good inputs: two reference volumes (H×W×S) with their mask and predictions, a prepared data
@@ -108,22 +106,7 @@ def world(tmp_path_factory):
         f.create_dataset(key, data=np.moveaxis(value, 0, -1))
     with h5py.File(root / "predictions" / f"{name}.h5", "w") as f:
       f.create_dataset("reconstruction", data=target * 0.9)
-  argv = [
-    "--phantom",
-    "3",
-    "--size",
-    "24",
-    "24",
-    "--slices",
-    "4",
-    "--dataset",
-    "brain",
-    "--acc",
-    "4x",
-    "--out",
-    str(root / "root"),
-  ]
-  assert run_cli(prepare.main, argv) == 0
+  assert run_cli(prepare.main, phantom_argv(root / "root", "--slices", 4)) == 0
   save_unread_checkpoint(root / "student_ckpt")
   return root
 
@@ -190,19 +173,7 @@ def _prepare(w, t, fault, layout="plain"):
   if layout == "mat73":
     with h5py.File(path, "a") as f:
       f[victim].attrs["MATLAB_class"] = np.bytes_("single")
-  return [
-    "--input",
-    path,
-    "--dataset",
-    "brain",
-    "--acc",
-    "4x",
-    "--split",
-    "1",
-    "--out",
-    t / "outputs" / "new_root",
-    *extra,
-  ]
+  return prepare_argv(path, t / "outputs" / "new_root", *extra)
 
 
 def _main(w, t, fault, victim="img_volus_4x"):
@@ -210,19 +181,7 @@ def _main(w, t, fault, victim="img_volus_4x"):
   shutil.copytree(w / "root", root)
   train_file = sorted((root / "train" / "acc_4x").glob("*.h5"))[0]
   write_faulty(train_file, read_all(train_file), victim, fault, slice_axis=-1)
-  return [
-    "--config",
-    "configs/brain_cpu.py",
-    "--workdir",
-    t / "outputs",
-    f"--config.data.root={root}",
-    "--config.data.max_slices=4",
-    "--config.train.num_epochs=1",
-    "--config.models.num_cascades=1",
-    "--config.models.features=4",
-    "--config.train.batch_size=2",
-    "--config.train.progress_bar=false",
-  ]
+  return short_main_argv(t / "outputs", f"--config.data.root={root}")
 
 
 # MATLAB flags its groups (structs) and logical arrays itself: test_data_volumes refuses those.
@@ -233,76 +192,44 @@ PREPARE_LAYOUTS = {
   "mat73": ("vol.mat", "img", ("zero-slices", "corrupt-chunk")),
 }
 
-# (id, command, setup(world, tmp) -> argv, fragments the one error line must contain)
-CASES = (
-  [
+
+def fault_cases(command, setup, fragments, faults=FAULTS, tag="", **setup_kwargs):
+  """One case a fault: id '<command><tag>-<fault>', argv `setup(w, t, fault, **setup_kwargs)`, and
+  the error line must hold `fragments` and the fault's words."""
+  return [
     (
-      f"valid-{fault}",
-      "valid",
-      lambda w, t, f=fault: _valid(w, t, f),
-      ["vol.h5", "img_volus_4x", FAULT_WORDS[fault]],
+      f"{command}{tag}-{fault}",
+      command,
+      lambda w, t, f=fault: setup(w, t, f, **setup_kwargs),
+      [*fragments, FAULT_WORDS[fault]],
     )
-    for fault in FAULTS
-  ]
-  + [
-    (
-      "valid-kspace-group",
-      "valid",
-      lambda w, t: _valid(w, t, "group", "kspace_volus_4x"),
-      ["vol.h5", "kspace_volus_4x", "is a group"],
-    ),
-    (
-      "valid-target-corrupt-chunk",
-      "valid",
-      lambda w, t: _valid(w, t, "corrupt-chunk", "volfs"),
-      ["vol.h5", "volfs", "damaged"],
-    ),
-  ]
-  + [
-    (
-      f"evaluate-{fault}",
-      "evaluate",
-      lambda w, t, f=fault: _evaluate(w, t, f),
-      ["vol_b.h5", "reconstruction", FAULT_WORDS[fault]],
-    )
-    for fault in FAULTS
-  ]
-  + [
-    (
-      f"prepare-{fault}",
-      "prepare",
-      lambda w, t, f=fault: _prepare(w, t, f),
-      ["vol.h5", "data", FAULT_WORDS[fault]],
-    )
-    for fault in FAULTS
-  ]
-  + [
-    (
-      f"prepare-{layout}-{fault}",
-      "prepare",
-      lambda w, t, f=fault, la=layout: _prepare(w, t, f, la),
-      [name, key, FAULT_WORDS[fault]],
-    )
-    for layout, (name, key, faults) in PREPARE_LAYOUTS.items()
     for fault in faults
   ]
+
+
+# (id, command, setup(world, tmp) -> argv, fragments the one error line must contain)
+CASES = (
+  fault_cases("valid", _valid, ["vol.h5", "img_volus_4x"])
+  + fault_cases(
+    "valid", _valid, ["vol.h5", "kspace_volus_4x"], ("group",), "-kspace", victim="kspace_volus_4x"
+  )
+  + fault_cases("valid", _valid, ["vol.h5", "volfs"], ("corrupt-chunk",), "-target", victim="volfs")
+  + fault_cases("evaluate", _evaluate, ["vol_b.h5", "reconstruction"])
+  + fault_cases("prepare", _prepare, ["vol.h5", "data"])
   + [
-    (
-      f"main-{fault}",
-      "main",
-      lambda w, t, f=fault: _main(w, t, f),
-      ["train/acc_4x/", "img_volus_4x", FAULT_WORDS[fault]],
-    )
-    for fault in FAULTS
+    case
+    for layout, (name, key, faults) in PREPARE_LAYOUTS.items()
+    for case in fault_cases("prepare", _prepare, [name, key], faults, f"-{layout}", layout=layout)
   ]
-  + [
-    (
-      "main-kspace-zero-slices",
-      "main",
-      lambda w, t: _main(w, t, "zero-slices", "kspace_volus_4x"),
-      ["train/acc_4x/", "kspace_volus_4x", "empty axis"],
-    )
-  ]
+  + fault_cases("main", _main, ["train/acc_4x/", "img_volus_4x"])
+  + fault_cases(
+    "main",
+    _main,
+    ["train/acc_4x/", "kspace_volus_4x"],
+    ("zero-slices",),
+    "-kspace",
+    victim="kspace_volus_4x",
+  )
 )
 
 MODULES = {name: f"kdmri_jax.{name}" for name in ("valid", "evaluate", "prepare", "main")}
@@ -356,17 +283,4 @@ def test_real_entry_points_refuse_malformed_data(world, tmp_path):
   """`python -m kdmri_jax.<command>`: one line, status 2, outputs untouched; one case a command."""
   cases = {case[0]: case for case in CASES}
   assert {cases[c][1] for c in SUBPROCESS_CASES} == set(MODULES)
-  jobs = {}
-  for case_id in SUBPROCESS_CASES:
-    _, command, setup, fragments = cases[case_id]
-    scratch = tmp_path / case_id
-    (scratch / "outputs").mkdir(parents=True)
-    (scratch / "outputs" / "report.txt").write_text("earlier\n")
-    jobs[case_id] = (setup(world, scratch), MODULES[command], fragments, scratch / "outputs")
-  hashes = {case_id: tree_hash(job[3]) for case_id, job in jobs.items()}
-  with concurrent.futures.ThreadPoolExecutor(2) as pool:
-    results = dict(zip(jobs, pool.map(lambda job: run_module(job[1], job[0]), jobs.values())))
-  for case_id, result in results.items():
-    assert result.returncode == 2, (case_id, result.stderr[-2000:])
-    assert_one_line_error(result.returncode, result.stderr, *jobs[case_id][2])
-    assert tree_hash(jobs[case_id][3]) == hashes[case_id], case_id
+  assert_entry_points_refuse(CASES, SUBPROCESS_CASES, MODULES, world, tmp_path, workers=2)

@@ -3,8 +3,9 @@ values; the statistics and the `python -m kdmri_jax.masks` inspection."""
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
 
+from helpers import line_mask_shape, line_mask_strategies, phantom_argv
 from kdmri_jax import masks, masks_2d
 from kdmri_jax.errors import InputError, run_cli
 
@@ -43,18 +44,12 @@ def test_seeded_and_reproducible():
   assert not np.array_equal(a, masks.cartesian_mask((64, 64), 4, seed=2))
 
 
-@given(
-  st.integers(50, 400),
-  st.integers(8, 64),
-  st.floats(2.0, 10.0),
-  st.integers(0, 2**31 - 1),
-  st.sampled_from(masks.DIRECTIONS),
-)
+@given(*line_mask_strategies((50, 400), (8, 64), (2.0, 10.0)))
 def test_generator_meets_acceleration_for_random_shapes_and_seeds(
   lines, other, acc, seed, direction
 ):
   lines = max(lines, int(25 * acc))  # the documented regime: n / acc >= 25
-  shape = (lines, other) if direction == "rows" else (other, lines)
+  shape = line_mask_shape(lines, other, direction)
   mask = masks.cartesian_mask(shape, acc, seed=seed, direction=direction)
   assert abs(masks.acceleration(mask) - acc) / acc <= 0.02
 
@@ -375,27 +370,8 @@ def test_new_families_go_through_prepare_and_training_data(tmp_path, family, cap
   from kdmri_jax import data, fft, prepare
 
   out = tmp_path / "root"
-  assert (
-    run_cli(
-      prepare.main,
-      [
-        "--phantom",
-        "3",
-        "--size",
-        "32",
-        "32",
-        "--dataset",
-        "cardiac",
-        "--acc",
-        "4x",
-        "--out",
-        str(out),
-        "--mask-family",
-        family,
-      ],
-    )
-    == 0
-  )
+  argv = phantom_argv(out, "--mask-family", family, size=32, dataset="cardiac")
+  assert run_cli(prepare.main, argv) == 0
   assert f"masks ({family})" in capsys.readouterr().out
   manifest = json.loads((out / "manifest.json").read_text())
   assert manifest["mask_family"] == family and manifest["masks"]["4x"]["family"] == family

@@ -28,6 +28,11 @@ def _run(*args):
   return run_cli(prepare.main, [str(a) for a in args])
 
 
+def _run_input(inputs, out, *extra, dataset="brain", acc="4x"):
+  """`prepare` of the `inputs` folder as a `dataset` dataset at `acc` into `out`."""
+  return _run("--input", inputs, "--dataset", dataset, "--acc", acc, "--out", out, *extra)
+
+
 def test_round_trip_zero_filled_and_kspace(tmp_path):
   out = tmp_path / "root"
   assert (
@@ -79,7 +84,7 @@ def test_split_is_seeded_by_volume(tmp_path):
   names = {}
   for seed in (1, 1, 2):
     out = tmp_path / f"r{seed}{len(names)}"
-    _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", out, "--seed", seed)
+    _run_input(inputs, out, "--seed", seed)
     names[out] = sorted(os.listdir(out / "validation" / "acc_4x"))
   values = list(names.values())
   assert values[0] == values[1] and len(values[0]) == 1
@@ -98,23 +103,7 @@ def test_nifti_mask_dir_and_knee_single_slices(tmp_path):
   mask = masks.cartesian_mask((12, 8), 4, seed=9, direction="columns")
   np.save(mask_dir / "mask_4x.npy", mask)
   out = tmp_path / "knee"
-  assert (
-    _run(
-      "--input",
-      folder,
-      "--dataset",
-      "knee",
-      "--acc",
-      "4x",
-      "--out",
-      out,
-      "--mask-dir",
-      mask_dir,
-      "--split",
-      "0.5",
-    )
-    == 0
-  )
+  assert _run_input(folder, out, "--mask-dir", mask_dir, "--split", "0.5", dataset="knee") == 0
   files = reference.list_volumes(str(out), "train", "4x")
   assert len(files) == 3  # one file per slice
   with h5py.File(files[0]) as f:
@@ -147,15 +136,13 @@ def test_phantom_input(tmp_path):
 
 def test_never_overwrites_unless_asked(tmp_path, capsys):
   inputs, out = _inputs(tmp_path), tmp_path / "root"
-  assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", out) == 0
+  assert _run_input(inputs, out) == 0
   stamp = (out / "manifest.json").read_text()
-  assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", out) == 2
+  assert _run_input(inputs, out) == 2
   assert (
     "already exists" in capsys.readouterr().err and (out / "manifest.json").read_text() == stamp
   )
-  assert (
-    _run("--input", inputs, "--dataset", "brain", "--acc", "8x", "--out", out, "--overwrite") == 0
-  )
+  assert _run_input(inputs, out, "--overwrite", acc="8x") == 0
   assert os.listdir(out / "train") == ["acc_8x"]
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".root")]
 
@@ -232,7 +219,7 @@ def test_module_entry_point(tmp_path):
 
 def test_failure_mid_write_leaves_nothing_and_keeps_the_old_dataset(tmp_path, monkeypatch):
   inputs, out = _inputs(tmp_path), tmp_path / "root"
-  assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", out) == 0
+  assert _run_input(inputs, out) == 0
   before = sorted(os.listdir(out / "train" / "acc_4x"))
   calls = []
 
@@ -245,7 +232,7 @@ def test_failure_mid_write_leaves_nothing_and_keeps_the_old_dataset(tmp_path, mo
   original = reference.write_volume
   monkeypatch.setattr(reference, "write_volume", failing_write)
   with pytest.raises(OSError):
-    _run("--input", inputs, "--dataset", "brain", "--acc", "8x", "--out", out, "--overwrite")
+    _run_input(inputs, out, "--overwrite", acc="8x")
   assert sorted(os.listdir(out / "train" / "acc_4x")) == before
   assert not [n for n in os.listdir(tmp_path) if n.startswith(".root")]
 
@@ -262,14 +249,8 @@ def test_fastmri_and_reference_inputs(tmp_path):
       f["reconstruction_esc"] = image[:, 4:20, :]
   out = tmp_path / "knee"
   assert (
-    _run(
-      "--input",
+    _run_input(
       folder,
-      "--dataset",
-      "knee",
-      "--acc",
-      "4x",
-      "--out",
       out,
       "--fastmri-target",
       "kspace",
@@ -279,6 +260,7 @@ def test_fastmri_and_reference_inputs(tmp_path):
       "--split",
       "0.5",
       "--no-per-slice",
+      dataset="knee",
     )
     == 0
   )
@@ -289,12 +271,7 @@ def test_fastmri_and_reference_inputs(tmp_path):
   mask = np.load(out / "masks" / "mask_4x.npy")
   assert mask[:, 0].all() and not mask[0].all()  # knee: whole columns
   again = tmp_path / "again"  # a reference-layout root is re-prepared from its 'volfs' targets
-  assert (
-    _run(
-      "--input", out / "train", "--dataset", "knee", "--acc", "8x", "--out", again, "--split", "1"
-    )
-    == 0
-  )
+  assert _run_input(out / "train", again, "--split", "1", dataset="knee", acc="8x") == 0
   redone = reference.read_volume(
     reference.list_volumes(str(again), "train", "8x")[0], require_target=True
   )
@@ -306,7 +283,7 @@ def test_mask_family_option_and_manifest(tmp_path, capsys):
   for family in ("dccnn", "gaussian"):
     out = tmp_path / family
     extra = [] if family == "dccnn" else ["--mask-family", family]  # dccnn is the default
-    assert _run("--input", inputs, "--dataset", "brain", "--acc", "4x", "--out", out, *extra) == 0
+    assert _run_input(inputs, out, *extra) == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["mask_family"] == family and manifest["masks"]["4x"]["family"] == family
     mask = np.load(out / "masks" / "mask_4x.npy")
@@ -319,31 +296,11 @@ def test_mask_family_option_and_manifest(tmp_path, capsys):
     assert (
       f"masks ({family})" in printed and "12/48 rows, 4.00x" in printed and "mean |ky|" in printed
     )
-  assert (
-    _run(
-      "--input",
-      inputs,
-      "--dataset",
-      "brain",
-      "--acc",
-      "4x",
-      "--out",
-      tmp_path / "x",
-      "--mask-family",
-      "fastmri",
-    )
-    == 2
-  )
+  assert _run_input(inputs, tmp_path / "x", "--mask-family", "fastmri") == 2
   assert "--mask-family 'fastmri' is not one of" in capsys.readouterr().err
   assert (
-    _run(
-      "--input",
+    _run_input(
       inputs,
-      "--dataset",
-      "brain",
-      "--acc",
-      "4x",
-      "--out",
       tmp_path / "x",
       "--mask-family",
       "gaussian",

@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, strategies as st
 
+from helpers import line_mask_shape, line_mask_strategies
 from kdmri_jax import feature_losses, fft, losses, masks, metrics
 from kdmri_jax.errors import InputError
 
@@ -89,18 +90,12 @@ def test_the_target_is_a_fixed_point_of_dc_with_its_own_measurement(problem):
 # --- masks ----------------------------------------------------------------------------------------
 
 
-@given(
-  st.integers(4, 200),
-  st.integers(1, 40),
-  st.floats(1.0, 8.0),
-  st.integers(0, 2**31 - 1),
-  st.sampled_from(masks.DIRECTIONS),
-)
+@given(*line_mask_strategies((4, 200), (1, 40), (1.0, 8.0)))
 def test_mask_samples_exactly_round_n_over_acc_whole_lines_for_any_shape(
   lines, other, acc, seed, direction
 ):
   assume(round(lines / acc) >= 1)
-  shape = (lines, other) if direction == "rows" else (other, lines)
+  shape = line_mask_shape(lines, other, direction)
   mask = masks.cartesian_mask(shape, acc, seed=seed, direction=direction)
   masks.check_mask(mask, shape)  # 2-D, finite, binary, not empty, of the asked shape
   line_mask = mask[:, 0] if direction == "rows" else mask[0, :]

@@ -56,6 +56,25 @@ def _argv(root, out, *extra):
   ]
 
 
+def _argv_with(root, out, flag, value):
+  """`_argv(root, out)` with `value` for `flag`."""
+  argv = _argv(root, out)
+  argv[argv.index(flag) + 1] = str(value)
+  return argv
+
+
+def _run_valid_subprocess(argv):
+  """`python -m kdmri_jax.valid argv...` on the CPU from the repository root."""
+  return subprocess.run(
+    [sys.executable, "-m", "kdmri_jax.valid", *argv],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    timeout=120,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+  )
+
+
 def test_writes_one_readable_file_per_volume_matching_the_model(setup, tmp_path, capsys):
   root, model, params, mask = setup
   # 3 slices: padded batch
@@ -104,9 +123,7 @@ def test_missing_inputs_are_named(setup, tmp_path, capsys):
     (["--mask", tmp_path / "nomask.npy"], "nomask.npy does not exist"),
   ]
   for change, fragment in cases:
-    argv = _argv(root, tmp_path / "out")
-    flag, value = change
-    argv[argv.index(flag) + 1] = str(value)
+    argv = _argv_with(root, tmp_path / "out", *change)
     _assert_one_line_error(run_cli(valid.main, argv), capsys, fragment)
   argv = _argv(root, tmp_path / "out")
   del argv[argv.index("--mask") : argv.index("--mask") + 2]
@@ -121,8 +138,7 @@ def test_missing_h5_key_and_unknown_acceleration_are_named(setup, tmp_path, caps
   with h5py.File(data / "broken.h5", "w") as h5file:
     h5file["volfs"] = np.zeros(SHAPE + (2,), np.float32)
     h5file["img_volus_4x"] = np.zeros(SHAPE + (2,), np.float32)
-  argv = _argv(root, tmp_path / "out")
-  argv[argv.index("--data-path") + 1] = str(data)
+  argv = _argv_with(root, tmp_path / "out", "--data-path", data)
   _assert_one_line_error(run_cli(valid.main, argv), capsys, "broken.h5", "kspace_volus_4x")
   _assert_one_line_error(
     run_cli(valid.main, _argv(root, tmp_path / "out", "--acc", "8x")), capsys, "img_volus_8x"
@@ -140,8 +156,7 @@ def test_missing_h5_key_and_unknown_acceleration_are_named(setup, tmp_path, caps
 def test_bad_masks_are_refused(setup, tmp_path, capsys, mask, fragment):
   root = setup[0]
   np.save(tmp_path / "bad.npy", mask)
-  argv = _argv(root, tmp_path / "out")
-  argv[argv.index("--mask") + 1] = str(tmp_path / "bad.npy")
+  argv = _argv_with(root, tmp_path / "out", "--mask", tmp_path / "bad.npy")
   _assert_one_line_error(run_cli(valid.main, argv), capsys, "bad.npy", fragment)
   assert not (tmp_path / "out").exists()
 
@@ -171,16 +186,8 @@ def test_vdsr_checkpoint_uses_the_low_resolution_target(setup, tmp_path):
 def test_cli_subprocess_reports_a_mask_of_the_wrong_shape_in_one_line(setup, tmp_path):
   root = setup[0]
   np.save(tmp_path / "mask_small.npy", masks.cartesian_mask((16, 16), 4))
-  argv = _argv(root, tmp_path / "out")
-  argv[argv.index("--mask") + 1] = str(tmp_path / "mask_small.npy")
-  result = subprocess.run(
-    [sys.executable, "-m", "kdmri_jax.valid", *argv],
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    timeout=120,
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  )
+  argv = _argv_with(root, tmp_path / "out", "--mask", tmp_path / "mask_small.npy")
+  result = _run_valid_subprocess(argv)
   assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert result.stderr.startswith("error: mask file") and "(16, 16)" in result.stderr
@@ -191,8 +198,7 @@ def test_a_mask_that_is_not_the_datas_own_is_refused_in_one_sentence(setup, tmp_
   root = setup[0]
   np.save(tmp_path / "other.npy", masks.cartesian_mask(SHAPE, 4, seed=7))
   assert not np.array_equal(np.load(tmp_path / "other.npy"), setup[3])
-  argv = _argv(root, tmp_path / "out")
-  argv[argv.index("--mask") + 1] = str(tmp_path / "other.npy")
+  argv = _argv_with(root, tmp_path / "out", "--mask", tmp_path / "other.npy")
   expected = (
     f"{root / 'data' / 'vol_a.h5'} has k-space samples where the mask {tmp_path / 'other.npy'} is 0"
   )
@@ -203,16 +209,8 @@ def test_a_mask_that_is_not_the_datas_own_is_refused_in_one_sentence(setup, tmp_
 def test_cli_subprocess_refuses_a_mask_the_data_was_not_made_with(setup, tmp_path):
   root = setup[0]
   np.save(tmp_path / "other.npy", masks.cartesian_mask(SHAPE, 4, seed=0, family="gaussian"))
-  argv = _argv(root, tmp_path / "out")
-  argv[argv.index("--mask") + 1] = str(tmp_path / "other.npy")
-  result = subprocess.run(
-    [sys.executable, "-m", "kdmri_jax.valid", *argv],
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    timeout=120,
-    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-  )
+  argv = _argv_with(root, tmp_path / "out", "--mask", tmp_path / "other.npy")
+  result = _run_valid_subprocess(argv)
   assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert (
     "vol_a.h5 has k-space samples where the mask" in result.stderr and "other.npy" in result.stderr
@@ -230,7 +228,6 @@ def test_a_later_volume_undersampled_with_another_mask_is_refused(setup, tmp_pat
   reference.write_volume(
     data / "vol_b.h5", target, np.abs(np.fft.ifft2(kspace, norm="ortho")), kspace, "4x"
   )
-  argv = _argv(root, tmp_path / "out")
-  argv[argv.index("--data-path") + 1] = str(data)
+  argv = _argv_with(root, tmp_path / "out", "--data-path", data)
   expected = f"{data / 'vol_b.h5'} has k-space samples where the mask {root / 'mask_4x.npy'} is 0"
   _assert_one_line_error(run_cli(valid.main, argv), capsys, "vol_b.h5", expected)
