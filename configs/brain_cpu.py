@@ -3,9 +3,9 @@ trained.
 
 Same models, stages and losses as the paper, each stage trained here on the same schedule: smaller
 images (64×64 instead of 240×240), 200 of the 300 training slices and 10 epochs per stage, with the
-learning-rate step scaled to the shorter schedule. `python experiments/reproduce_brain.py --setting
-cpu` runs it per acceleration and seed (experiments/results/brain_cpu.md). configs/demo.py is this
-config with a teacher trained beforehand.
+learning-rate step scaled to the shorter schedule. `python -m experiments.reproduce_brain
+--setting cpu` runs it per acceleration and seed (experiments/results/brain_cpu.md). configs/demo.py
+is this config with a teacher trained beforehand.
 """
 
 from __future__ import annotations

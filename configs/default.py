@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.sr = sr_config()
   config.models = models_config()
   config.kd = kd_config()
+  config.sft = sft_config()
   config.train = train_config()
   config.evaluate = evaluate_config()
   config.distributed = distributed_config()
@@ -104,6 +105,20 @@ def kd_config() -> ml_collections.ConfigDict:
   # student init for `kd`: 'feature' | 'student' (imitation-only ablation) | 'scratch'
   kd.init_from = "feature"
   return kd
+
+
+def sft_config() -> ml_collections.ConfigDict:
+  """Student-friendly teacher training (SFT-KD-Recon, Matcha et al.; kdmri_jax.sft)."""
+  sft = ml_collections.ConfigDict()
+  # True -> the teacher stage trains the teacher together with student branches (teacher cascades
+  # 1..k, then the student's cascades k+1..N, for every k), so that later stages distil from it.
+  sft.enabled = False
+  sft.branch_weight = 1.0  # weight of the mean reconstruction loss of the student branches
+  sft.agreement_weight = 1.0  # weight of the mean L1 between each branch and the teacher
+  # 'mean' -> the agreement is a mean L1 (the follow-up's description); 'per_numel' -> divided
+  # again by the number of elements of the output, as the follow-up's train_base_modelSFTN.py does.
+  sft.agreement = "mean"
+  return sft
 
 
 def train_config() -> ml_collections.ConfigDict:

@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from kdmri_jax.errors import InputError, require
 
@@ -175,18 +175,22 @@ def _number(value, fmt: str) -> str:
   return "—" if value is None else format(value, fmt)
 
 
+def table_row(cells: Sequence[str]) -> str:
+  """One markdown table row."""
+  return "| " + " | ".join(cells) + " |"
+
+
+def table_head(head: Sequence[str]) -> list[str]:
+  """A markdown table's heading row and the separator under it."""
+  return [table_row(head), "|" + "---|" * len(head)]
+
+
+ROW_COLUMNS = ("PSNR (dB)", "SSIM", "Parameters", "Train time (s)", "Run wall (s)")
+
+
 def markdown_table(rows: Sequence[dict], extra_columns: Sequence[tuple[str, str]] = ()) -> str:
   """Rows as a markdown table; `extra_columns` are (key, heading) shown after the label."""
-  head = [
-    "Model",
-    *[h for _, h in extra_columns],
-    "PSNR (dB)",
-    "SSIM",
-    "Parameters",
-    "Train time (s)",
-    "Run wall (s)",
-  ]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines = table_head(["Model", *[h for _, h in extra_columns], *ROW_COLUMNS])
   for r in rows:
     cells = [
       r["label"],
@@ -197,7 +201,7 @@ def markdown_table(rows: Sequence[dict], extra_columns: Sequence[tuple[str, str]
       _number(r["train_s"], ".0f"),
       _number(r["wall_s"], ".0f"),
     ]
-    lines.append("| " + " | ".join(cells) + " |")
+    lines.append(table_row(cells))
   return "\n".join(lines)
 
 
@@ -310,7 +314,22 @@ def add_override_arguments(parser: argparse.ArgumentParser, note_help: str) -> N
   parser.add_argument("--note", action="append", default=[], help=note_help)
 
 
+def add_output_arguments(parser: argparse.ArgumentParser, out: str, out_help: str) -> None:
+  """`--out` (the markdown file, default `out`), `--overwrite` and `--dry-run`."""
+  parser.add_argument("--out", default=out, help=out_help)
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+  parser.add_argument(
+    "--dry-run", action="store_true", help="print the commands without running them"
+  )
+
+
+def add_methods_argument(parser: argparse.ArgumentParser, methods_help: str) -> None:
+  """`--methods`: comma-separated feature-distillation methods, all of them by default."""
+  parser.add_argument("--methods", default=",".join(default_methods()), help=methods_help)
+
+
 def common_arguments(parser: argparse.ArgumentParser, workdir: str, out: str) -> None:
+  """The arguments of a study script: base config, workdir, teacher reuse, overrides, output."""
   parser.add_argument(
     "--base", default="demo", help="base config in configs/ (demo, brain_4x, sr_demo, ...)"
   )
@@ -323,10 +342,33 @@ def common_arguments(parser: argparse.ArgumentParser, workdir: str, out: str) ->
   add_override_arguments(
     parser, "a sentence added under the table, e.g. how the --teacher-from teacher was trained"
   )
-  parser.add_argument("--out", default=out, help="markdown file for the table")
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-  parser.add_argument(
-    "--dry-run", action="store_true", help="print the commands without running them"
+  add_output_arguments(parser, out, "markdown file for the table")
+
+
+def study_arguments(
+  argv: Sequence[str], doc: str, name: str, add_own: Callable | None = None
+) -> argparse.Namespace:
+  """The checked arguments of study script `name` (its workdir experiments/runs/NAME and table
+  results/NAME.md by default): `common_arguments`, then those `add_own(parser)` adds; `doc`'s first
+  paragraph is the description."""
+  parser = argparse.ArgumentParser(
+    description=doc.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+  )
+  common_arguments(
+    parser, os.path.join("experiments", "runs", name), os.path.join(RESULTS, f"{name}.md")
+  )
+  if add_own is not None:
+    add_own(parser)
+  args = parser.parse_args(argv)
+  args.overrides = check_overrides(args.overrides)
+  return args
+
+
+def refuse_existing_out(args) -> None:
+  """Stops before any run when --out exists and neither --overwrite nor --dry-run is given."""
+  require(
+    args.overwrite or args.dry_run or not os.path.exists(args.out),
+    f"{args.out} exists; pass --overwrite to replace it.",
   )
 
 
@@ -343,6 +385,48 @@ def script_command(argv: Sequence[str], script: str) -> str:
   """The command line that runs experiment `script` ('ablation' or 'ablation.py') with `argv`."""
   module = os.path.basename(script).removesuffix(".py")
   return show([sys.executable, "-m", f"experiments.{module}", *argv])
+
+
+def feature_methods(text: str) -> list[str]:
+  """--methods 'a,b' as a list of known feature-loss names (one sentence naming them if not)."""
+  from kdmri_jax.feature_losses import get_feature_loss
+
+  methods = [m.strip() for m in text.split(",") if m.strip()]
+  for method in methods:
+    get_feature_loss(method)  # one sentence listing the names
+  return methods
+
+
+class Study(NamedTuple):
+  """What a study script's results file says besides its rows."""
+
+  script: str  # the experiments module that writes it
+  title: str
+  intro: str  # what the rows compare; {base}: the base config and overrides
+  student_label: str  # the row the teacher caveat compares the teacher with
+  notes: str  # under the table, after the teacher's origin and the --note lines
+  extra_columns: tuple[tuple[str, str], ...] = ()  # (row key, heading) after the label
+
+
+def write_study(
+  study: Study, args, argv: Sequence[str], rows: Sequence[dict], commands: Sequence[str]
+) -> None:
+  """Writes --out: the introduction, the rows' table and its notes, this script's command before
+  the runs'."""
+  base = f"`{args.base}`{' with ' + ', '.join(args.overrides) if args.overrides else ''}"
+  intro = (
+    f"{study.intro.format(base=base)} PSNR/SSIM: mean ± std over the {rows[0]['n']} validation "
+    f"volumes."
+  )
+  write_results(
+    args.out,
+    study.title,
+    intro,
+    markdown_table(rows, study.extra_columns),
+    [script_command(argv, study.script), *commands],
+    table_notes(args, rows, study.student_label, study.notes),
+    args.overwrite,
+  )
 
 
 def default_methods() -> list[str]:

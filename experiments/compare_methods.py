@@ -22,6 +22,20 @@ from typing import Sequence
 from experiments import common
 from kdmri_jax.errors import require, run_cli
 
+STUDY = common.Study(
+  script="compare_methods",
+  title="Feature-distillation methods",
+  intro="Feature-distillation methods in KD-MRI's pipeline on {base}: each method trains the "
+  "student's feature stage against the same teacher on the paper's layer pairs, then the KD stage "
+  "(α = 0.5) from it.",
+  student_label="Student (no KD)",
+  notes="Train time: the sum of the training epochs of the stages behind the row (feature + kd "
+  "for a method; without validation, compilation or evaluation). Run wall: the whole command of "
+  "that row (startup, compilation, training, validation and evaluation; the base run also trains "
+  "the teacher unless it was reused). Times depend on the machine's load: on a CPU shared with "
+  "other jobs they are only indicative.",
+)
+
 
 def run_base(args, commands: list[str]) -> tuple[str, float | None]:
   """WORKDIR/base: the teacher (trained or linked) and the student baseline, both evaluated."""
@@ -35,35 +49,8 @@ def run_base(args, commands: list[str]) -> tuple[str, float | None]:
   return base_dir, common.timed_run(command, base_dir, "base", ["teacher", "student"], args.dry_run)
 
 
-def main(argv: Sequence[str]) -> int:
-  parser = argparse.ArgumentParser(
-    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-  )
-  common.common_arguments(
-    parser,
-    os.path.join("experiments", "runs", "methods"),
-    os.path.join(common.RESULTS, "methods.md"),
-  )
-  parser.add_argument(
-    "--methods",
-    default=",".join(common.default_methods()),
-    help="comma-separated kdmri_jax.feature_losses names (default: all)",
-  )
-  args = parser.parse_args(argv)
-  args.overrides = common.check_overrides(args.overrides)
-  from kdmri_jax.feature_losses import get_feature_loss
-
-  methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-  require(bool(methods), "--methods is empty; give comma-separated names such as attention,fitnet.")
-  for method in methods:
-    get_feature_loss(method)  # one sentence listing the names
-  require(
-    args.overwrite or args.dry_run or not os.path.exists(args.out),
-    f"{args.out} exists; pass --overwrite to replace it.",
-  )
-
-  commands: list[str] = []
-  base_dir, base_wall = run_base(args, commands)
+def run_methods(args, methods: Sequence[str], base_dir: str, commands: list[str]) -> dict:
+  """Each method in WORKDIR/<method> with the base run's teacher linked in; {method: run wall}."""
   walls = {}
   for method in methods:
     workdir = os.path.join(os.path.abspath(args.workdir), method)
@@ -74,43 +61,43 @@ def main(argv: Sequence[str]) -> int:
     )
     commands.append(common.show(command))
     walls[method] = common.timed_run(command, workdir, method, ["feature", "kd"], args.dry_run)
-  if args.dry_run:
-    return 0
+  return walls
 
+
+def table_rows(
+  args, methods: Sequence[str], base_dir: str, base_wall: float | None, walls: dict
+) -> list[dict]:
+  """ZF, the teacher and the student baseline from the base run, then one KD row per method."""
   rows = [
     common.row("ZF", base_dir, "zf"),
     common.row("Teacher", base_dir, "teacher", ["teacher"]),
-    common.row("Student (no KD)", base_dir, "student", ["student"], base_wall),
+    common.row(STUDY.student_label, base_dir, "student", ["student"], base_wall),
   ]
   for method in methods:
     workdir = os.path.join(os.path.abspath(args.workdir), method)
     label = f"KD: {method}" + (" (paper)" if method == "attention" else "")
     rows.append(common.row(label, workdir, "kd", ["feature", "kd"], walls[method]))
-  intro = (
-    f"Feature-distillation methods in KD-MRI's pipeline on "
-    f"`{args.base}`{' with ' + ', '.join(args.overrides) if args.overrides else ''}: "
-    f"each method trains the student's feature stage against the same teacher on the "
-    f"paper's layer pairs, then the KD stage (α = 0.5) from it. PSNR/SSIM: mean ± "
-    f"std over the {rows[0]['n']} validation volumes."
+  return rows
+
+
+def add_methods(parser: argparse.ArgumentParser) -> None:
+  common.add_methods_argument(
+    parser, "comma-separated kdmri_jax.feature_losses names (default: all)"
   )
-  notes = (
-    "Train time: the sum of the training epochs of the stages behind the row (feature + kd for a "
-    "method; without validation, compilation or evaluation). Run wall: the whole command of that "
-    "row (startup, compilation, training, validation and evaluation; the base run also trains the "
-    "teacher unless it was reused). Times depend on the "
-    "machine's load: on a CPU shared with other jobs they are only indicative."
-  )
-  notes = common.table_notes(args, rows, "Student (no KD)", notes)
-  commands.insert(0, common.script_command(argv, "compare_methods"))
-  common.write_results(
-    args.out,
-    "Feature-distillation methods",
-    intro,
-    common.markdown_table(rows),
-    commands,
-    notes,
-    args.overwrite,
-  )
+
+
+def main(argv: Sequence[str]) -> int:
+  args = common.study_arguments(argv, __doc__, "methods", add_methods)
+  methods = common.feature_methods(args.methods)
+  require(bool(methods), "--methods is empty; give comma-separated names such as attention,fitnet.")
+  common.refuse_existing_out(args)
+  commands: list[str] = []
+  base_dir, base_wall = run_base(args, commands)
+  walls = run_methods(args, methods, base_dir, commands)
+  if args.dry_run:
+    return 0
+  rows = table_rows(args, methods, base_dir, base_wall, walls)
+  common.write_study(STUDY, args, argv, rows, commands)
   return 0
 
 

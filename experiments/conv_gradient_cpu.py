@@ -3,7 +3,7 @@ and weight gradient, and the weight gradient rewritten as matrix products (with 
 their operands). Prints a table of medians; the numbers in experiments/results/speed.md ("What was
 tried").
 
-  python experiments/conv_gradient_cpu.py --size 240 --repeats 7
+  python -m experiments.conv_gradient_cpu --size 240 --repeats 7
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Reproduces KD-MRI's brain table (Murugesan et al. 2020, Table 1) on the embedded MNI brain data
 at 4x, 5x and 8x with several seeds, and writes experiments/results/brain.md.
 
-  python experiments/reproduce_brain.py --setting cpu --accs 4x,8x,5x --seeds 42,43,44
-  python experiments/reproduce_brain.py --setting paper   # configs/brain_{acc}.py, for a GPU
-  python experiments/reproduce_brain.py --setting gpu --seeds 42,43 --parallel 3
+  python -m experiments.reproduce_brain --setting cpu --accs 4x,8x,5x --seeds 42,43,44
+  python -m experiments.reproduce_brain --setting paper   # configs/brain_{acc}.py, for a GPU
+  python -m experiments.reproduce_brain --setting gpu --seeds 42,43 --parallel 3
                                                           # 240×240, 30 epochs, one GPU
-  python experiments/reproduce_brain.py --setting cpu --collect-only --overwrite
-  python experiments/reproduce_brain.py --reverdict experiments/results/brain.md   # no runs needed
+  python -m experiments.reproduce_brain --setting cpu --collect-only --overwrite
+  python -m experiments.reproduce_brain --reverdict experiments/results/brain.md   # no runs needed
 
 Each (acc, seed) is one `python -m kdmri_jax.main` run (stages teacher, student, feature, kd,
 evaluate, report) in WORKDIR/<setting>/acc_<acc>/seed_<seed>/, with `--config.train.seed=SEED`
@@ -205,62 +205,68 @@ def _cell(value: tuple[float, float] | None, digits: int) -> str:
   return "not run" if value is None else f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
 
 
+def acc_head(accs: Sequence[str]) -> list[str]:
+  """The heading of the paper's layout: Method, then acc × (PSNR, SSIM)."""
+  return ["Method"] + [f"{acc} {k}" for acc in accs for k in ("PSNR (dB)", "SSIM")]
+
+
 def main_table(stats: dict, accs: Sequence[str]) -> str:
   """The paper's layout: rows ZF/Teacher/Student/KD, columns acc × (PSNR, SSIM)."""
-  head = ["Method"] + [f"{acc} {k}" for acc in accs for k in ("PSNR (dB)", "SSIM")]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines = common.table_head(acc_head(accs))
   for method, label in METHODS:
     cells = [label]
     for acc in accs:
       entry = stats.get(acc, {})
       cells += [_cell(entry.get((method, "PSNR")), 2), _cell(entry.get((method, "SSIM")), 4)]
-    lines.append("| " + " | ".join(cells) + " |")
+    lines.append(common.table_row(cells))
   seeds = ["Seeds"] + [
     x
     for acc in accs
     for x in (", ".join(map(str, stats.get(acc, {}).get("seeds", []))) or "none", "")
   ]
-  lines.append("| " + " | ".join(seeds) + " |")
+  lines.append(common.table_row(seeds))
   return "\n".join(lines)
 
 
 def paper_table(accs: Sequence[str]) -> str:
   """The paper's brain numbers (MRBrainS, not our data) in the same layout, with its gap closed."""
-  head = ["Method"] + [f"{acc} {k}" for acc in accs for k in ("PSNR (dB)", "SSIM")]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  lines = common.table_head(acc_head(accs))
   for method, label in METHODS:
     cells = [label]
     for acc in accs:
       psnr, ssim = PAPER_BRAIN[method].get(acc, (None, None))
       cells += ["—" if psnr is None else f"{psnr:.2f}", "—" if ssim is None else f"{ssim:.4f}"]
-    lines.append("| " + " | ".join(cells) + " |")
+    lines.append(common.table_row(cells))
   gaps = ["Gap closed"]
   for acc in accs:
     t, s, k = (PAPER_BRAIN[m].get(acc, (None,))[0] for m in ("teacher", "student", "kd"))
     g = None if None in (t, s, k) else gap_closed(t, s, k)
     gaps += ["—" if g is None else f"{100 * g:.0f} %", ""]
-  lines.append("| " + " | ".join(gaps) + " |")
+  lines.append(common.table_row(gaps))
   return "\n".join(lines)
 
 
+GAP_COLUMNS = (
+  "Acc",
+  "Seeds",
+  "T − S (dB)",
+  "KD − S (dB)",
+  "Gap closed (KD−S)/(T−S)",
+  "Per seed",
+  "KD > S (pairs)",
+  "Wilcoxon p (PSNR)",
+  "paired t p (PSNR)",
+  "Wilcoxon p (SSIM)",
+)
+
+
 def gap_table(stats: dict, accs: Sequence[str]) -> str:
-  head = [
-    "Acc",
-    "Seeds",
-    "T − S (dB)",
-    "KD − S (dB)",
-    "Gap closed (KD−S)/(T−S)",
-    "Per seed",
-    "KD > S (pairs)",
-    "Wilcoxon p (PSNR)",
-    "paired t p (PSNR)",
-    "Wilcoxon p (SSIM)",
-  ]
-  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  """Per acc: the teacher–student gap, the share KD closes, and the KD-vs-student paired tests."""
+  lines = common.table_head(GAP_COLUMNS)
   for acc in accs:
     entry = stats.get(acc)
     if not entry or not entry["seeds"]:
-      lines.append("| " + " | ".join([acc, "none"] + ["not run"] * (len(head) - 2)) + " |")
+      lines.append(common.table_row([acc, "none"] + ["not run"] * (len(GAP_COLUMNS) - 2)))
       continue
     t, s, k = (entry[(m, "PSNR")][0] for m in ("teacher", "student", "kd"))
     gap = "T ≤ S: undefined" if entry["gap"] is None else f"{100 * entry['gap']:.0f} %"
@@ -269,24 +275,19 @@ def gap_table(stats: dict, accs: Sequence[str]) -> str:
       for seed, g in entry["gap_per_seed"].items()
     )
     test = entry["test"]
-    lines.append(
-      "| "
-      + " | ".join(
-        [
-          acc,
-          ", ".join(map(str, entry["seeds"])),
-          f"{t - s:+.2f}",
-          f"{k - s:+.2f}",
-          gap,
-          per_seed,
-          f"{test['wins']}/{test['n']}",
-          p_text(test["wilcoxon_p"]) + f" (min {test['min_p']:.2g})",
-          p_text(test["t_p"]),
-          p_text(entry["test_ssim"]["wilcoxon_p"]),
-        ]
-      )
-      + " |"
-    )
+    cells = [
+      acc,
+      ", ".join(map(str, entry["seeds"])),
+      f"{t - s:+.2f}",
+      f"{k - s:+.2f}",
+      gap,
+      per_seed,
+      f"{test['wins']}/{test['n']}",
+      p_text(test["wilcoxon_p"]) + f" (min {test['min_p']:.2g})",
+      p_text(test["t_p"]),
+      p_text(entry["test_ssim"]["wilcoxon_p"]),
+    ]
+    lines.append(common.table_row(cells))
   return "\n".join(lines)
 
 
@@ -302,12 +303,27 @@ def params_line(stats: dict) -> str:
   return "Parameters: no finished run."
 
 
+WALL_COLUMNS = (
+  "Acc",
+  "Seed",
+  "Status",
+  "Training epochs (s): teacher / student / feature / kd",
+  "Run wall (s)",
+)
+
+
+def recorded_wall(workdir: str) -> float | None:
+  """The run wall seconds `common.timed_run` remembered in WORKDIR/wall_seconds.json, if any."""
+  path = os.path.join(workdir, "wall_seconds.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f).get("seconds")
+
+
 def wall_table(root: str, setting: str, accs: Sequence[str], seeds: Sequence[int]) -> str:
-  lines = [
-    "| Acc | Seed | Status | Training epochs (s): "
-    "teacher / student / feature / kd | Run wall (s) |",
-    "|---|---|---|---|---|",
-  ]
+  """Per (acc, seed): finished or not, each stage's training seconds and the run's wall time."""
+  lines = common.table_head(WALL_COLUMNS)
   for acc in accs:
     for seed in seeds:
       workdir = run_dir(root, setting, acc, seed)
@@ -316,16 +332,15 @@ def wall_table(root: str, setting: str, accs: Sequence[str], seeds: Sequence[int
         "finished" if finished else ("partial (stopped)" if os.path.isdir(workdir) else "not run")
       )
       epochs = [common.stage_seconds(workdir, [s]) for s in TRAINED]
-      wall = None
-      path = os.path.join(workdir, "wall_seconds.json")
-      if os.path.exists(path):
-        with open(path) as f:
-          wall = json.load(f).get("seconds")
-      lines.append(
-        f"| {acc} | {seed} | {status} | "
-        f"{' / '.join('—' if e is None else f'{e:.0f}' for e in epochs)} | "
-        f"{'—' if wall is None else f'{wall:.0f}'} |"
-      )
+      wall = recorded_wall(workdir)
+      cells = [
+        acc,
+        str(seed),
+        status,
+        " / ".join("—" if e is None else f"{e:.0f}" for e in epochs),
+        "—" if wall is None else f"{wall:.0f}",
+      ]
+      lines.append(common.table_row(cells))
   return "\n".join(lines)
 
 
@@ -547,6 +562,30 @@ def caveat(stats: dict, ran: Sequence[str], setting: str, epochs: int, reproduce
   return text + " The paper's setting (`--setting paper`) needs a GPU and has not been run here."
 
 
+def trends_text(stats: dict, ran: Sequence[str]) -> str:
+  """What holds at any scale: learning beats zero-filling, and harder undersampling costs dB."""
+  gains = [
+    stats[a][(m, "PSNR")][0] - stats[a][("zf", "PSNR")][0]
+    for a in ran
+    for m in ("teacher", "student", "kd")
+  ]
+  text = (
+    f" Every trained model improves on zero-filling by {min(gains):.1f}–{max(gains):.1f} dB PSNR"
+    f"{' at every acceleration run' if len(ran) > 1 else ''}, as in the paper."
+  )
+  by_acc = sorted(ran, key=lambda a: float(a.rstrip("x")))
+  if len(by_acc) > 1:
+    falls = all(
+      stats[a][("student", "PSNR")][0] > stats[b][("student", "PSNR")][0]
+      for a, b in zip(by_acc, by_acc[1:])
+    )
+    text += (
+      f" The student's PSNR {'falls' if falls else 'does not fall monotonically'} with "
+      f"acceleration ({', '.join(by_acc)}){', as in the paper' if falls else ''}."
+    )
+  return text
+
+
 def verdict(
   stats: dict,
   accs: Sequence[str],
@@ -570,28 +609,8 @@ def verdict(
       f"- At {a} ({n} seed{'s' * (n > 1)}): {orderings[a]['PSNR'].sentence} "
       f"{orderings[a]['SSIM'].sentence}"
     )
-  # What holds at any scale: learning beats zero-filling, and harder undersampling costs dB.
-  gains = [
-    stats[a][(m, "PSNR")][0] - stats[a][("zf", "PSNR")][0]
-    for a in ran
-    for m in ("teacher", "student", "kd")
-  ]
   summaries = [ordering_summary(orderings, stats, metric) for metric in ("PSNR", "SSIM")]
-  text = (
-    f"{' '.join(summaries)} Every trained model improves on zero-filling by "
-    f"{min(gains):.1f}–{max(gains):.1f} dB PSNR"
-    f"{' at every acceleration run' if len(ran) > 1 else ''}, as in the paper."
-  )
-  by_acc = sorted(ran, key=lambda a: float(a.rstrip("x")))
-  if len(by_acc) > 1:
-    falls = all(
-      stats[a][("student", "PSNR")][0] > stats[b][("student", "PSNR")][0]
-      for a, b in zip(by_acc, by_acc[1:])
-    )
-    text += (
-      f" The student's PSNR {'falls' if falls else 'does not fall monotonically'} with "
-      f"acceleration ({', '.join(by_acc)}){', as in the paper' if falls else ''}."
-    )
+  text = " ".join(summaries) + trends_text(stats, ran)
   if missing:
     text += f" Not run: {', '.join(missing)} — no claim is made there."
   if setting != "paper":
@@ -807,7 +826,7 @@ def derivation_note(path: str) -> str:
     f"{NOTE_START}{now} from this file's own tables — the seed means ± "
     "stds and the paired tests' p as rounded there (so a difference of means can differ by "
     "one unit in the last digit from the gap table's), and the teacher's last-3-epoch gains "
-    "of the curves sentence — with `python experiments/reproduce_brain.py --reverdict "
+    "of the curves sentence — with `python -m experiments.reproduce_brain --reverdict "
     f"{common.show([path])}` on {common.machine()}, as the run folders were not on that "
     "machine. No measured number was changed."
   )
@@ -912,22 +931,26 @@ def figures_section(args, runs_root: str, results_dir: str) -> str:
   )
 
 
-def collect(args, argv: Sequence[str], runs_root: str) -> str:
-  runs = {
+def read_runs(args, runs_root: str) -> dict:
+  """{(acc, seed): read_volumes of that run} over --accs × --seeds (None where unfinished)."""
+  return {
     (acc, seed): read_volumes(run_dir(runs_root, args.setting, acc, seed))
     for acc in args.accs
     for seed in args.seeds
   }
-  stats = table_stats(runs)
-  finished = sum(r is not None for r in runs.values())
-  description = SETTINGS[args.setting].description
+
+
+def intro_text(args, runs: dict, runs_root: str) -> str:
+  """The setting, the runs' masks and imitation objective, the data, how many runs finished and
+  how the table's numbers are formed; then the --note lines."""
   records = {
     f"{acc} seed {seed}": run_record(run_dir(runs_root, args.setting, acc, seed))
     for (acc, seed), run in runs.items()
     if run is not None
   }
+  finished = sum(r is not None for r in runs.values())
   intro = (
-    f"Setting **{args.setting}**: {description}"
+    f"Setting **{args.setting}**: {SETTINGS[args.setting].description}"
     f"{' with ' + ', '.join(f'`{o}`' for o in args.overrides) if args.overrides else ''}. "
     f"{fields_sentence(records) + ' ' if records else ''}"
     f"Data: the embedded MNI brain (no download). "
@@ -936,9 +959,12 @@ def collect(args, argv: Sequence[str], runs_root: str) -> str:
     f"validation volumes, then mean ± sample std over "
     f"the seeds shown in the last row (± 0 for one seed)."
   )
-  if args.note:
-    intro += "\n\n" + "\n\n".join(args.note)
-  commands = [
+  return "\n\n".join([intro, *args.note])
+
+
+def run_commands(args, runs_root: str) -> list[str]:
+  """The `python -m kdmri_jax.main` command of every (acc, seed) run."""
+  return [
     common.show(
       run_command(
         args.setting, acc, seed, run_dir(runs_root, args.setting, acc, seed), args.overrides
@@ -947,98 +973,114 @@ def collect(args, argv: Sequence[str], runs_root: str) -> str:
     for acc in args.accs
     for seed in args.seeds
   ]
-  studies, studies_verdict = "", ""
-  if args.studies_acc:
-    run_dirs = {
-      seed: run_dir(runs_root, args.setting, args.studies_acc, seed) for seed in args.seeds
-    }
-    rows = brain_studies.study_rows(args.methods)
-    study_commands = [
-      common.show(
-        brain_studies.study_command(
-          key,
-          spec,
-          study_base(args.setting, args.studies_acc),
-          run_dirs[seed],
-          run_overrides(args.setting, args.studies_acc, seed, args.overrides),
-        )
+
+
+def studies_text(args, runs_root: str) -> tuple[str, str]:
+  """(the ablation and methods sections, their verdict sentences) at --studies-acc ('' without)."""
+  if not args.studies_acc:
+    return "", ""
+  acc = args.studies_acc
+  run_dirs = {seed: run_dir(runs_root, args.setting, acc, seed) for seed in args.seeds}
+  rows = brain_studies.study_rows(args.methods)
+  commands = [
+    common.show(
+      brain_studies.study_command(
+        key,
+        spec,
+        study_base(args.setting, acc),
+        run_dirs[seed],
+        run_overrides(args.setting, acc, seed, args.overrides),
       )
-      for seed in args.seeds
-      for key, spec in rows.items()
-    ]
-    studies = brain_studies.sections(run_dirs, args.studies_acc, args.methods, study_commands)
-    studies_verdict = " " + brain_studies.verdict(run_dirs, args.studies_acc, args.methods)
-  figures = figures_section(args, runs_root, os.path.dirname(os.path.abspath(args.out)))
-  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-  collected_where = (
-    " (where the table was collected; the runs ran where the introduction says)"
-    if args.collect_only
-    else ""
-  )
-  text = [
-    "# Reproducing KD-MRI on brain (embedded MNI data)",
-    "",
-    intro,
-    "",
+    )
+    for seed in args.seeds
+    for key, spec in rows.items()
+  ]
+  sections = brain_studies.sections(run_dirs, acc, args.methods, commands)
+  return sections, " " + brain_studies.verdict(run_dirs, acc, args.methods)
+
+
+def table_paragraphs(stats: dict, args) -> list[str]:
+  """The main table, the parameters and the paper's table for reference."""
+  return [
     f"## Table (setting: {args.setting})",
-    "",
     main_table(stats, args.accs),
-    "",
     params_line(stats),
-    "",
     "The paper's brain table for reference (MRBrainS, 240×240, 150 epochs per stage; a different "
     "data set, so only the orderings and the gap closed are comparable, not the dB):",
-    "",
     paper_table(args.accs),
-    "",
-    "## KD vs student: gap closed and paired test",
-    "",
-    gap_table(stats, args.accs),
-    "",
+  ]
+
+
+def gap_paragraphs(stats: dict, accs: Sequence[str]) -> list[str]:
+  """The gap table and how its gap closed and paired test are computed."""
+  return [
+    GAP_HEADING,
+    gap_table(stats, accs),
     "Gap closed: (KD − S) / (T − S) of the seed-mean PSNRs (undefined when the teacher is no "
     "better than the student). Paired test: two-sided exact Wilcoxon signed-rank test over (seed, "
     "validation volume) pairs of KD vs student PSNR — chosen over a paired t-test because with 3–9 "
     "pairs normality cannot be checked; the paired t-test p is shown for comparison. The smallest "
     "Wilcoxon p attainable with n pairs is 2/2^n (shown as `min`), so one seed (3 pairs) can never "
     "reach 0.05. Pairs from different seeds share volumes, so they are not fully independent.",
-    "",
-    "## Verdict",
-    "",
-    verdict(
-      stats,
-      args.accs,
-      args.setting,
-      teacher_gains(args),
-      setting_epochs(args.setting, args.overrides),
-    )
-    + studies_verdict,
-    "",
-    *([studies, ""] if studies else []),
-    *([figures, ""] if figures else []),
+  ]
+
+
+def wall_paragraphs(args, runs_root: str) -> list[str]:
+  """The runs' status and times, and what the times include."""
+  shared = (
+    "The runs of a GPU setting may have shared one GPU "
+    "(`--parallel`), so their times are not single-run times."
+    if SETTINGS[args.setting].device == "GPU"
+    else "The CPU was shared with other jobs, so times are only indicative."
+  )
+  return [
     "## Runs and wall time",
-    "",
     wall_table(runs_root, args.setting, args.accs, args.seeds),
-    "",
     "Training epochs: the sum of the per-epoch times in each stage's log.txt (no compilation, "
     "validation or evaluation). Run wall: the whole `main` command as timed by this script. "
-    + (
-      "The runs of a GPU setting may have shared one GPU "
-      "(`--parallel`), so their times are not single-run times."
-      if SETTINGS[args.setting].device == "GPU"
-      else "The CPU was shared with other jobs, so times are only indicative."
-    ),
-    "",
-    "## Commands",
-    "",
-    "```",
-    common.script_command(argv, "reproduce_brain.py"),
-    *commands,
-    "```",
-    "",
-    f"Machine: {common.machine()}{collected_where}. Written {now}.",
-    "",
+    + shared,
   ]
-  return "\n".join(text)
+
+
+def command_paragraphs(args, argv: Sequence[str], commands: Sequence[str]) -> list[str]:
+  """This script's command and every run's, then the machine (where the table was collected)."""
+  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  collected_where = (
+    " (where the table was collected; the runs ran where the introduction says)"
+    if args.collect_only
+    else ""
+  )
+  block = [common.script_command(argv, "reproduce_brain"), *commands]
+  return [
+    "## Commands",
+    "```\n" + "\n".join(block) + "\n```",
+    f"Machine: {common.machine()}{collected_where}. Written {now}.",
+  ]
+
+
+def collect(args, argv: Sequence[str], runs_root: str) -> str:
+  """brain.md from the finished runs under `runs_root`: tables, verdict, studies, figures, times
+  and commands."""
+  runs = read_runs(args, runs_root)
+  stats = table_stats(runs)
+  intro = intro_text(args, runs, runs_root)
+  commands = run_commands(args, runs_root)
+  studies, studies_verdict = studies_text(args, runs_root)
+  figures = figures_section(args, runs_root, os.path.dirname(os.path.abspath(args.out)))
+  epochs = setting_epochs(args.setting, args.overrides)
+  verdict_text = verdict(stats, args.accs, args.setting, teacher_gains(args), epochs)
+  paragraphs = [
+    "# Reproducing KD-MRI on brain (embedded MNI data)",
+    intro,
+    *table_paragraphs(stats, args),
+    *gap_paragraphs(stats, args.accs),
+    "## Verdict",
+    verdict_text + studies_verdict,
+    *[section for section in (studies, figures) if section],
+    *wall_paragraphs(args, runs_root),
+    *command_paragraphs(args, argv, commands),
+  ]
+  return "\n\n".join(paragraphs) + "\n"
 
 
 def run_all(
@@ -1094,10 +1136,8 @@ def rewrite_verdict(path: str) -> int:
   return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
-    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-  )
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+  """Which runs: the setting, accelerations, seeds, their root folder and config overrides."""
   parser.add_argument(
     "--setting",
     choices=sorted(SETTINGS),
@@ -1119,6 +1159,10 @@ def build_parser() -> argparse.ArgumentParser:
   common.add_override_arguments(
     parser, "a sentence added under the introduction, e.g. how the runs were launched"
   )
+
+
+def add_study_arguments(parser: argparse.ArgumentParser) -> None:
+  """What else the file shows: the ablation and methods at one acc, and whose training curves."""
   parser.add_argument(
     "--studies-acc",
     default=None,
@@ -1126,16 +1170,18 @@ def build_parser() -> argparse.ArgumentParser:
     help="also run the ablation and the method comparison at this acc (e.g. 8x) on each "
     "seed's finished run, and add their tables",
   )
-  parser.add_argument(
-    "--methods",
-    default=",".join(common.default_methods()),
-    help="feature-distillation methods of the comparison (default: all)",
+  common.add_methods_argument(
+    parser, "feature-distillation methods of the comparison (default: all)"
   )
   parser.add_argument(
     "--curves-workdir",
     default=None,
     help="root of the runs whose logs give the training curves (default: --workdir)",
   )
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser) -> None:
+  """Whether, how many at once and until when the runs run."""
   parser.add_argument(
     "--collect-only", action="store_true", help="only write the table from finished runs"
   )
@@ -1153,13 +1199,16 @@ def build_parser() -> argparse.ArgumentParser:
     metavar="HH:MM",
     help="start no new run after this UTC time (then collect what finished)",
   )
-  parser.add_argument(
-    "--out", default=os.path.join(common.RESULTS, "brain.md"), help="markdown output"
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+    description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
   )
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-  parser.add_argument(
-    "--dry-run", action="store_true", help="print the commands without running them"
-  )
+  add_run_arguments(parser)
+  add_study_arguments(parser)
+  add_schedule_arguments(parser)
+  common.add_output_arguments(parser, os.path.join(common.RESULTS, "brain.md"), "markdown output")
   parser.add_argument(
     "--reverdict",
     default=None,
@@ -1195,15 +1244,8 @@ def check_args(args) -> None:
       f"--studies-acc {args.studies_acc} is not one of --accs "
       f"{','.join(args.accs)}; the studies build on that acc's runs.",
     )
-  from kdmri_jax.feature_losses import get_feature_loss
-
-  args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-  for method in args.methods:
-    get_feature_loss(method)  # one sentence listing the names
-  require(
-    args.overwrite or args.dry_run or not os.path.exists(args.out),
-    f"{args.out} exists; pass --overwrite to replace it.",
-  )
+  args.methods = common.feature_methods(args.methods)
+  common.refuse_existing_out(args)
 
 
 def stop_time(stop_after: str | None) -> datetime.datetime | None:

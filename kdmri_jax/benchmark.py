@@ -32,7 +32,7 @@ implementation alike: `float32` is full fp32 (JAX `default_matmul_precision("hig
 `allow_tf32` flags off; XLA and cuDNN would otherwise use TF32 on Ampere/Hopper GPUs); `tf32` allows
 TensorFloat-32 convolutions and products (NVIDIA GPUs only: skipped on CPU, where it would be
 float32 again); `bfloat16` computes the convolutions in bf16 with float32 parameters and Adam state
-(the Flax models with `dtype=bfloat16`, which run `model.apply`: the `inference.JAX_OPS` rewrites
+(the Flax models with `dtype=bfloat16`, which run `model.apply`: the `inference.JaxOps` rewrites
 are float32-only; PyTorch under `torch.autocast`; no ONNX graph). The PyTorch flags are restored
 after every call. Each inference row reports `max_abs_diff_vs_fp32`, the max |difference| of its
 output from the float32 JAX model's on the same batch (float32 rows: the rounding floor). The
@@ -204,7 +204,7 @@ def jax_train_step(
   """A function running the project's training step once on `batch` (and waiting for it):
   `train.make_train_step` on a one-device mesh, with the `teacher`/`student` stage's objective
   (L1 to the target) and `train.make_optimizer` (Adam); the state is donated, as in training."""
-  config = ConfigDict({"train": TRAIN_SETTINGS})
+  config = ConfigDict({"train": TRAIN_SETTINGS, "sft": {"enabled": False}})  # the plain teacher
   stage = "teacher" if "teacher" in model_name else "student"
   objective = train.make_objective(stage, config, model)
   tx = train.make_optimizer(config.train, steps_per_epoch=1)

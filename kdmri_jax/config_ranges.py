@@ -129,6 +129,12 @@ def _reconstruction_losses():
   return losses.RECONSTRUCTION_LOSSES
 
 
+def _sft_agreements():
+  from kdmri_jax import sft
+
+  return tuple(sft.AGREEMENTS)
+
+
 def _imitation_objectives():
   from kdmri_jax import losses
 
@@ -219,6 +225,10 @@ RANGES: dict[str, Range] = {
   "kd.feature_best": one_of(_feature_best),
   "kd.kd_feature_weight": number(0),
   "kd.init_from": one_of(lambda: KD_INIT_FROM),
+  "sft.enabled": flag(),
+  "sft.branch_weight": number(0),
+  "sft.agreement_weight": number(0),
+  "sft.agreement": one_of(_sft_agreements),
   "train.batch_size": integer(1),
   "train.num_epochs": integer(1),
   "train.learning_rate": number(0, low_open=True),

@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kdmri_jax.errors import InputError, require, require_writable_output, run_cli
+from kdmri_jax.errors import InputError, cli_parser, require, require_writable_output, run_cli
 
 TORCH_PIN = "torch==2.13.0"
 
@@ -294,9 +294,7 @@ def convert(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m kdmri_jax.convert", description=__doc__.split("\n")[0]
-  )
+  parser = cli_parser("kdmri_jax.convert", __doc__)
   parser.add_argument(
     "--torch-checkpoint", required=True, help="the authors' best_model.pt (or a state_dict)"
   )

@@ -3,11 +3,14 @@
 Every command-line entry point runs through `run_cli`: an `InputError` (a missing file, a wrong key,
 a mask of the wrong shape, ...) is printed as a single line on stderr and the process exits with
 status 2. Anything else is a bug and keeps its traceback. `--debug` on any command shows the
-traceback of an `InputError` too.
+traceback of an `InputError` too. SIGTERM raises `Terminated`, so the cleanup of every `finally`
+runs (`atomic`'s temporary files and `prepare`'s staging folder are removed), and ends the command
+with one sentence and status 143 (`main` says more: what the pipeline had finished).
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import shutil
@@ -58,6 +61,11 @@ def require_writable_dir(path: str, what: str = "--workdir", min_free_bytes: int
   return path
 
 
+def cli_parser(module: str, doc: str) -> argparse.ArgumentParser:
+  """The parser of CLI `python -m {module}`, described by the first paragraph of its docstring."""
+  return argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0])
+
+
 def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | None = None) -> int:
   """Runs `main(argv)`; reports an `InputError` as one line and returns exit status 2."""
   argv = list(sys.argv[1:] if argv is None else argv)
@@ -65,7 +73,8 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
   if debug:
     argv.remove("--debug")
   try:
-    status = main(argv)
+    with terminate_as_exception():
+      status = main(argv)
   except InputError as error:
     if debug:
       raise
@@ -74,6 +83,13 @@ def run_cli(main: Callable[[Sequence[str]], int | None], argv: Sequence[str] | N
   except KeyboardInterrupt:
     print("interrupted", file=sys.stderr)
     return 130
+  except Terminated as stop:
+    print(
+      f"error: stopped by {stop.signal} before the command finished; rerun the same command to "
+      f"finish it.",
+      file=sys.stderr,
+    )
+    return stop.exit_status
   return int(status or 0)
 
 
@@ -139,12 +155,14 @@ def _nearest_existing(path: str) -> str:
 
 class Terminated(BaseException):
   """A termination signal (SIGTERM) arrived where no code of its own handles it (the training loop
-  does): raised from the signal handler that `terminate_as_exception` installs."""
+  does): raised from the signal handler that `terminate_as_exception` installs. `progress` is where
+  the command was, set by the code it unwinds through (`pipeline.run`: a `pipeline.Progress`)."""
 
   def __init__(self, signum: int):
     super().__init__(signal.Signals(signum).name)
     self.signal = signal.Signals(signum).name
     self.exit_status = 128 + signum  # what the shell reports for a process the signal killed
+    self.progress = None
 
 
 @contextlib.contextmanager

@@ -247,29 +247,27 @@ def read_metrics(report_dir: str | os.PathLike) -> dict[str, Any] | None:
   return json.loads(path.read_text())
 
 
+def _add_folder(parser: argparse.ArgumentParser, flag: str, description: str) -> None:
+  """A required folder option, given as a `pathlib.Path`."""
+  parser.add_argument(flag, type=pathlib.Path, required=True, help=description)
+
+
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m kdmri_jax.evaluate",
     description=__doc__.split("\n\n")[0],
     formatter_class=argparse.ArgumentDefaultsHelpFormatter,
   )
-  parser.add_argument(
-    "--target-path",
-    type=pathlib.Path,
-    required=True,
-    help="folder of target .h5 files (dataset 'volfs', H×W×S)",
-  )
-  parser.add_argument(
+  _add_folder(parser, "--target-path", "folder of target .h5 files (dataset 'volfs', H×W×S)")
+  _add_folder(
+    parser,
     "--predictions-path",
-    type=pathlib.Path,
-    required=True,
-    help="folder of prediction .h5 files with the same names (dataset 'reconstruction', S×H×W)",
+    "folder of prediction .h5 files with the same names (dataset 'reconstruction', S×H×W)",
   )
-  parser.add_argument(
+  _add_folder(
+    parser,
     "--report-path",
-    type=pathlib.Path,
-    required=True,
-    help="folder for report.txt, metrics.json and the CSV files (created if missing)",
+    "folder for report.txt, metrics.json and the CSV files (created if missing)",
   )
   parser.add_argument(
     "--acc",

@@ -14,12 +14,15 @@ A `.jax` file loads without the model code: `jax.export.deserialize(open(f,
 "rb").read()).call(*args)`. The ONNX graph takes k-space as (B, H, W, 2) real/imaginary (see
 `kdmri_jax.onnx_export`). Every export is run once on random inputs and compared with the jitted
 model (max |difference| <= 1e-4) before it is written, to a temporary file renamed into place; an
-existing output is never replaced without `--overwrite`.
+existing output is never replaced without `--overwrite`, except a damaged one (a .jax or .onnx file
+that does not read back as an export), which is moved aside to `<out>.damaged-<unix time>` and
+written again (`kdmri_jax.outputs.check_existing`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import Any, Sequence
@@ -28,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kdmri_jax import checkpoints, inference, models
+from kdmri_jax import checkpoints, inference, models, outputs
 from kdmri_jax.atomic import write_bytes_atomic
 from kdmri_jax.errors import InputError, require, require_writable_output, run_cli
 
@@ -134,6 +137,25 @@ def export(
   return error
 
 
+def export_damage(path: str, format: str) -> str | None:  # noqa: A002
+  """Why `path`, a file named like a `format` export (.jax / .onnx), does not read back as one; None
+  when it does, or when it is named otherwise (not this command's file)."""
+  if not os.path.isfile(path) or not path.lower().endswith(f".{format}"):
+    return None
+  if os.path.getsize(path) == 0:
+    return "empty"
+  try:
+    if format == "jax":
+      load_jax(path).mlir_module()  # the StableHLO module too, not only the header
+    else:
+      import onnx
+
+      onnx.checker.check_model(onnx.load(path), full_check=True)
+  except Exception as error:  # flatbuffers, MLIR and protobuf raise many types for a damaged file
+    return f"{type(error).__name__} while reading it"
+  return None
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
     prog="python -m kdmri_jax.export", description=__doc__.split("\n\n")[0]
@@ -161,11 +183,11 @@ def main(argv: Sequence[str]) -> int:
     f"--shape {height} {width} and --batch {args.batch} must be positive.",
   )
   require_writable_output(args.out, "--out", "file")
-  require(
-    args.overwrite or not os.path.exists(args.out),
-    f"output {args.out} already exists; choose another --out or pass --overwrite.",
-  )
+  damage = functools.partial(export_damage, format=args.format)
+  damaged = outputs.check_existing(args.out, "--out", damage, args.overwrite)
   model, params, _ = checkpoints.load_params(args.checkpoint, expected_model=args.model)
+  if damaged is not None:  # the checkpoint loads: the damaged export makes way for a new one
+    outputs.move_damaged_aside(args.out, damaged, print)
   try:
     error = export(model, params, args.batch, height, width, args.out, args.format, args.overwrite)
   except NotImplementedError as reason:

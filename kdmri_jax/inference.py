@@ -6,12 +6,10 @@
   image_function(model, params, fast)   positional inputs -> the model's output, parameters baked in
                                         (export, benchmark)
 
-`forward(ops, model, params, ...)` is the inference structure of the paper's models, written once
-over a few ops and read from `models.layout`: conv stacks with ReLU after all but the last conv,
-then hard data consistency (DC-CNN) or the residual sum (VDSR). Two backends run it: `JAX_OPS`
-(`fast=True`: convs that XLA:CPU runs faster and a split data consistency) and `onnx_export`'s graph
-builder. It equals the Flax model to float32 rounding for the models `plain_structure` accepts
-(tests/test_export.py); other variants run the Flax model.
+`fast=True` runs the models' one forward pass, `models.structure.forward`, on `JaxOps`: convs that
+XLA:CPU runs faster and a split data consistency, for the models `has_fast_path` accepts (equal to
+the Flax model to float32 rounding, tests/test_export.py); other variants run the Flax model, which
+is the same forward pass on the training backend.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kdmri_jax import fft, models, sharding
-from kdmri_jax.models import layout
+from kdmri_jax.models import layout, structure
 
 # --- the model's image ------------------------------------------------------------------------
 
@@ -103,19 +101,19 @@ def _pad(array: np.ndarray, size: int) -> np.ndarray:
 def image_function(model: Any, params: Any, fast: bool = True) -> Callable[..., jax.Array]:
   """The model's output for positional inputs (feature maps dropped), `params` closed over.
 
-  `fast` runs `forward` on `JAX_OPS` where `has_fast_path`; otherwise the Flax model.
+  `fast` runs `structure.forward` on `JaxOps` where `has_fast_path`; otherwise the Flax model.
   """
   if fast and has_fast_path(model):
-    return lambda *inputs: forward(JAX_OPS, model, params, *inputs)
+    return lambda *inputs: structure.forward(JaxOps(params), model, *inputs)[0]
   return lambda *inputs: models.apply(model, params, as_batch(model, inputs))[0]
 
 
-# --- the inference structure, once for every backend --------------------------------------------
+# --- the fast CPU backend of the models' forward pass -------------------------------------------
 
 
 def plain_structure(model: Any) -> bool:
-  """True where `forward` is the model: VDSR, and the paper's DC-CNN (real images, hard data
-  consistency, no residual)."""
+  """True for the models the inference backends (`JaxOps`, ONNX) cover: VDSR, and the paper's
+  DC-CNN (real images, hard data consistency, no residual)."""
   if not models.is_reconstruction(model):
     return True
   return not (
@@ -124,35 +122,8 @@ def plain_structure(model: Any) -> bool:
 
 
 def has_fast_path(model: Any) -> bool:
-  """True when `forward` on `JAX_OPS` computes what the model does (float32 models only)."""
+  """True when `structure.forward` on `JaxOps` computes what the model does (float32 only)."""
   return plain_structure(model) and model.dtype == jnp.float32
-
-
-def forward(ops: Any, model: Any, params: Any, image: Any, kspace: Any = None, mask: Any = None):
-  """The reconstruction of a `plain_structure` model on backend `ops`.
-
-  `ops` provides `channels(image)` (B, H, W) -> activations, `image(activations)` -> (B, H, W),
-  `conv3x3(x, kernel HWIO, bias)`, `relu(x)`, `add(x, y)` and `data_consistency(kspace, mask)`,
-  which returns x ↦ DC(x) on (B, H, W) images with the measured part computed once.
-  """
-  stacks = layout.conv_stacks(model)
-  if not models.is_reconstruction(model):
-    x = ops.channels(image)
-    return ops.image(ops.add(x, _conv_stack(ops, params, stacks[0], x)))
-  consistency = ops.data_consistency(kspace, mask)
-  x = image
-  for stack in stacks:
-    x = consistency(ops.image(_conv_stack(ops, params, stack, ops.channels(x))))
-  return x
-
-
-def _conv_stack(ops: Any, params: Any, stack: Sequence[layout.Conv], x: Any) -> Any:
-  for conv in stack:
-    weights = layout.conv_params(params, conv)
-    x = ops.conv3x3(x, weights["kernel"], weights["bias"])
-    if conv.relu:
-      x = ops.relu(x)
-  return x
 
 
 def _taps(x: jnp.ndarray) -> list[jnp.ndarray]:
@@ -187,13 +158,20 @@ def conv3x3(x: jnp.ndarray, kernel: jnp.ndarray, bias: jnp.ndarray) -> jnp.ndarr
   return out + bias
 
 
-class _JaxOps:
-  """`forward`'s ops on JAX arrays: NHWC activations, `conv3x3`, and data consistency split as
+class JaxOps:
+  """`structure.forward`'s ops on JAX arrays with `params` (a Flax parameter tree): NHWC
+  activations, `conv3x3`, and hard data consistency split as
   Re(IFFT2(m·k0 + (1−m)·FFT2(x))) = x0 + Re(IFFT2((1−m)·FFT2(x))), x0 = Re(IFFT2(m·k0)) once per
   call."""
 
-  conv3x3 = staticmethod(conv3x3)
   relu = staticmethod(jax.nn.relu)
+
+  def __init__(self, params: Any):
+    self.params = params
+
+  def conv(self, conv: layout.Conv, x: jnp.ndarray) -> jnp.ndarray:
+    weights = layout.conv_params(self.params, conv)
+    return conv3x3(x, weights["kernel"], weights["bias"])
 
   @staticmethod
   def channels(image):
@@ -211,7 +189,4 @@ class _JaxOps:
   def data_consistency(kspace, mask):
     sampled = mask > 0
     measured = fft.ifft2(jnp.where(sampled, kspace, 0)).real
-    return lambda x: measured + fft.ifft2(jnp.where(sampled, 0, fft.fft2(x))).real
-
-
-JAX_OPS = _JaxOps()
+    return lambda x, cascade: measured + fft.ifft2(jnp.where(sampled, 0, fft.fft2(x))).real

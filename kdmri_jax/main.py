@@ -10,8 +10,8 @@ config field can be overridden, e.g. `--config.stages=teacher,student --config.t
 Before any stage runs, every config field is checked against its declared range
 (`kdmri_jax.config_ranges`) and the workdir is locked (`kdmri_jax.workdir_lock`): a second run on
 a busy workdir is refused in one sentence naming the first. SIGTERM outside the training loops
-(which save and stop on it themselves) ends the command with one sentence saying what was left,
-and status 143.
+(which save and stop on it themselves) ends the command with one sentence saying what was left
+(from where `pipeline.run` records it was: `pipeline.Progress`), and status 143.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import traceback
 from typing import Sequence
 
 from absl import flags
@@ -133,36 +132,43 @@ def _parse(argv: list[str]):
   return config, values.workdir
 
 
-# kdmri_jax.pipeline's stage runners -> their stage (None: the runner's `stage` argument).
-STAGE_RUNNERS = {"run_training_stage": None, "run_evaluate": "evaluate", "run_report": "report"}
-
-
-def interrupted_stage(stop: BaseException) -> str | None:
-  """The stage whose runner `stop` interrupted; None when it came during start-up."""
-  for frame, _ in traceback.walk_tb(stop.__traceback__):
-    name = frame.f_code.co_name
-    if frame.f_globals.get("__name__") == "kdmri_jax.pipeline" and name in STAGE_RUNNERS:
-      return STAGE_RUNNERS[name] or frame.f_locals.get("stage")
-  return None
-
-
 def stopped_sentence(stop: Terminated) -> str:
-  """What a termination signal outside the training loops left behind, and what to do."""
-  stage = interrupted_stage(stop)
-  if stage is None:
+  """What a termination signal outside the training loops left behind, and what to do; where the
+  pipeline was comes from the `pipeline.Progress` that `pipeline.run` put on `stop`."""
+  progress = stop.progress
+  running = getattr(progress, "running", None)
+  finished = list(getattr(progress, "finished", ()))
+  signal_name = stop.signal
+  if running in ("evaluate", "report"):
     return (
-      f"stopped by {stop.signal} during start-up, before any stage began: no checkpoint or "
-      f"result was written; rerun the same command to start the run."
-    )
-  if stage in ("evaluate", "report"):
-    return (
-      f"stopped by {stop.signal} during the {stage} stage: it has no `done` marker, so rerun "
+      f"stopped by {signal_name} during the {running} stage: it has no `done` marker, so rerun "
       f"the same command to redo it (finished stages are kept)."
     )
+  if running is not None:
+    return (
+      f"stopped by {signal_name} in the {running} stage outside its training loop: the "
+      f"checkpoints it saved are kept; rerun the same command to resume it."
+    )
+  if not finished:
+    return (
+      f"stopped by {signal_name} during start-up, before any stage began: no checkpoint or "
+      f"result was written; rerun the same command to start the run."
+    )
+  after = f"after the {_stage_names(finished)} finished"
+  following = progress.next_stage()
+  if following is None:
+    return f"stopped by {signal_name} {after}, the last of this run: every stage is done."
   return (
-    f"stopped by {stop.signal} in the {stage} stage outside its training loop: the "
-    f"checkpoints it saved are kept; rerun the same command to resume it."
+    f"stopped by {signal_name} {after}, before the {following} stage began: finished stages are "
+    f"kept (marked done); rerun the same command to go on with the {following} stage."
   )
+
+
+def _stage_names(stages: Sequence[str]) -> str:
+  """'teacher stage', 'teacher and student stages', 'teacher, student and kd stages'."""
+  if len(stages) == 1:
+    return f"{stages[0]} stage"
+  return f"{', '.join(stages[:-1])} and {stages[-1]} stages"
 
 
 if __name__ == "__main__":

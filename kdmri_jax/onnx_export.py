@@ -1,6 +1,6 @@
 """ONNX graphs of the trained models for ONNX Runtime, with the Flax parameters baked in.
 
-The graph is `kdmri_jax.inference.forward`, the models' one inference structure, run on ONNX ops
+The graph is `kdmri_jax.models.structure.forward`, the models' one forward pass, run on ONNX ops
 (`_OnnxOps`), so it has the model's layers in the model's order (`models.layout`). The convolutions
 become `Conv` (+ `Relu`) nodes in NCHW with OIHW weights. Data consistency (DC),
 x_dc = Re(IFFT2(m·k0 + (1−m)·FFT2(x))), is linear in x, so it splits into a term fixed by the
@@ -24,6 +24,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from kdmri_jax import inference, models
+from kdmri_jax.models import layout, structure
 
 OPSET = 17
 
@@ -112,11 +113,12 @@ class _DFT:
 
 
 class _OnnxOps:
-  """`inference.forward`'s ops as ONNX nodes: values are tensor names, activations NCHW,
-  convolutions `Conv` with OIHW weights, data consistency as real matrix products (`_DFT`)."""
+  """`structure.forward`'s ops as ONNX nodes: values are tensor names, activations NCHW,
+  convolutions `Conv` with the OIHW weights of `params`, data consistency as real matrix products
+  (`_DFT`)."""
 
-  def __init__(self, g: _Graph, height: int, width: int):
-    self.g, self.height, self.width = g, height, width
+  def __init__(self, g: _Graph, params: Any, height: int, width: int):
+    self.g, self.params, self.height, self.width = g, params, height, width
     self.axis = g.const(np.array([1], np.int64))
 
   def channels(self, image: str) -> str:
@@ -125,10 +127,11 @@ class _OnnxOps:
   def image(self, x: str) -> str:
     return self.g.op("Squeeze", [x, self.axis])
 
-  def conv3x3(self, x: str, kernel: Any, bias: Any) -> str:
-    """A `Conv` node (zero padding 1, bias)."""
-    weight = np.asarray(kernel, np.float32).transpose(3, 2, 0, 1)  # HWIO -> OIHW
-    bias = np.asarray(bias, np.float32)
+  def conv(self, conv: layout.Conv, x: str) -> str:
+    """A `Conv` node (zero padding 1, bias) with the weights of `conv`."""
+    weights = layout.conv_params(self.params, conv)
+    weight = np.asarray(weights["kernel"], np.float32).transpose(3, 2, 0, 1)  # HWIO -> OIHW
+    bias = np.asarray(weights["bias"], np.float32)
     return self.g.op(
       "Conv",
       [x, self.g.const(weight, "w"), self.g.const(bias, "b")],
@@ -154,7 +157,7 @@ class _OnnxOps:
     k_imag = g.op("Gather", [kspace, g.const(np.int64(1))], axis=3)
     x0 = dft.inverse_real(g.op("Mul", [k_real, sampled]), g.op("Mul", [k_imag, sampled]))
 
-    def consistency(x: str) -> str:
+    def consistency(x: str, cascade: int) -> str:
       real, imag = dft.forward(x)
       predicted = dft.inverse_real(g.op("Mul", [real, unsampled]), g.op("Mul", [imag, unsampled]))
       return g.op("Add", [x0, predicted])
@@ -164,7 +167,7 @@ class _OnnxOps:
 
 def build_onnx(model: Any, params: Any, batch: int, height: int, width: int) -> onnx.ModelProto:
   """The inference graph of `model` (a `kdmri_jax.models` DCCNN or VDSR) with `params` baked in:
-  `inference.forward` on `_OnnxOps`."""
+  `structure.forward` on `_OnnxOps`."""
   if not inference.plain_structure(model):
     raise NotImplementedError(
       "ONNX export covers the paper's DC-CNN (real images, hard DC, no residual)."
@@ -177,7 +180,8 @@ def build_onnx(model: Any, params: Any, batch: int, height: int, width: int) -> 
       helper.make_tensor_value_info("kspace", TensorProto.FLOAT, shape + [2]),
       helper.make_tensor_value_info("mask", TensorProto.FLOAT, shape),
     ]
-  x = inference.forward(_OnnxOps(g, height, width), model, params, "image", "kspace", "mask")
+  ops = _OnnxOps(g, params, height, width)
+  x, _ = structure.forward(ops, model, "image", "kspace", "mask")
   g.nodes.append(helper.make_node("Identity", [x], ["reconstruction"], name="output_node"))
   output_info = helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, shape)
   graph = helper.make_graph(

@@ -26,6 +26,12 @@ checked before a run (`find_damage`); a damaged item is named in a warning line,
 `<name>.damaged-<unix time>` and the stage's `done` marker removed, so the stage runs again when
 asked (`repair`): a trained stage then rebuilds its best model from its training checkpoints
 (`train.rebuild_best`), the evaluation and the report are recomputed.
+
+A command's own output. Before `export` or `prepare` writes its --out, an existing one is checked
+(`check_existing`): a damaged output of that command (a file or folder it could not read back) is
+named in a warning, moved aside the same way and written again once the inputs have been read
+(`move_damaged_aside`); a whole one, or a path that is not the command's output at all, is refused
+in one sentence unless --overwrite replaces it.
 """
 
 from __future__ import annotations
@@ -66,6 +72,7 @@ _KD = (
   "kd.layer_pairs",
   "kd.init_from",
 )
+SFT_FIELDS = ("sft.enabled", "sft.branch_weight", "sft.agreement_weight", "sft.agreement")
 STAGE_FIELDS = {
   "teacher": _TEACHER + ("train.loss",),
   "student": _STUDENT + ("train.loss",),
@@ -122,6 +129,8 @@ def record_fields(config: Any, stage: str) -> dict[str, Any] | None:
   if stage == "kd" and not config.kd.kd_feature_weight:
     unused |= {"kd.feature_loss", "kd.layer_pairs"}
   names += [name for name in STAGE_FIELDS[stage] if name not in unused]
+  if train.uses_student_branches(stage, config):
+    names += ["models.student", *SFT_FIELDS]
   return {name: _normalized(_field(config, name)) for name in dict.fromkeys(names)}
 
 
@@ -318,3 +327,30 @@ def _read_report_file(path: str) -> None:
         require(f.read().strip() != "", "empty")
   except Exception as error:  # PIL and decoding raise many types for a damaged file
     raise DamagedOutput(path, f"{type(error).__name__} while reading it", "report") from None
+
+
+# --- a command's own output (export, prepare) ----------------------------------------------------
+
+
+def check_existing(
+  path: str, what: str, damage: Callable[[str], str | None], overwrite: bool
+) -> str | None:
+  """Before a command writes output `path` (its flag `what`): why it is a damaged output of the
+  command (`damage(path)`; None for a whole one and for a path that is not the command's output),
+  to be moved aside by `move_damaged_aside`; any other existing `path` is refused in one sentence
+  unless `overwrite` replaces it. None when `path` does not exist."""
+  if not os.path.lexists(path):
+    return None
+  reason = damage(path)
+  require(
+    reason is not None or overwrite,
+    f"{what} {path} already exists; choose another {what} or pass --overwrite to replace it.",
+  )
+  return reason
+
+
+def move_damaged_aside(path: str, reason: str, say: Callable[[str], None]) -> str:
+  """Moves the damaged output `path` aside (`checkpoints.move_aside`) and says so; returns where."""
+  aside = checkpoints.move_aside(path)
+  say(f"warning: {path} is damaged ({reason}); moved it to {aside}; writing it again.")
+  return aside

@@ -19,6 +19,7 @@ first, and a damaged item is moved aside and its stage redone (`kdmri_jax.output
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import zlib
@@ -39,7 +40,7 @@ from kdmri_jax import (
 )
 from kdmri_jax.atomic import write_atomic, write_text_atomic
 from kdmri_jax.data.pipeline import shard_bounds
-from kdmri_jax.errors import InputError, require, require_writable_dir
+from kdmri_jax.errors import InputError, Terminated, require, require_writable_dir
 
 STAGES, TRAINED_STAGES = stages_lib.STAGES, stages_lib.TRAINED_STAGES
 DISPLAY_NAMES = {
@@ -144,7 +145,8 @@ def load_stage_params(workdir: str, stage: str, model_name: str, model, needed_b
   )
   _, params, meta = checkpoints.load_params(folder, expected_model=model_name)
   saved, wanted = meta["model_kwargs"], models.model_kwargs(model)
-  differing = [k for k in wanted if k != "dtype" and saved.get(k) != wanted[k]]
+  fields = model.__dataclass_fields__  # a field newer than the checkpoint: its default
+  differing = [k for k in wanted if k != "dtype" and saved.get(k, fields[k].default) != wanted[k]]
   if differing:
     had = ", ".join(f"{k}={saved.get(k)!r}" for k in differing)
     builds = ", ".join(f"{k}={wanted[k]!r}" for k in differing)
@@ -192,7 +194,10 @@ def run_training_stage(
     init, init_meta = load_stage_params(workdir, config.kd.init_from, name, model, stage)
     described["init"] = init_meta.get("objective")  # how the starting point was trained and chosen
     _say(f"kd: student initialised from the best {config.kd.init_from} checkpoint")
-  objective = train.make_objective(stage, config, model, teacher)
+  student = None
+  if train.uses_student_branches(stage, config):  # an SFT teacher trains student branches too
+    student = build_model(config, "student")[1]
+  objective = train.make_objective(stage, config, model, teacher, student)
   batches = train.Batches(
     train_source, config.train.batch_size, config.train.seed, config.data.num_workers
   )
@@ -256,40 +261,14 @@ def ordered_predictions(
 def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
   """ZF and the trained models on the validation set: metrics per volume and per slice, and the
   reconstructions, under workdir/results/<model>/; returns the per-volume summary."""
-  from kdmri_jax import evaluate, valid
-
   out_dir = os.path.join(workdir, EVALUATE_DIR)
-  batch_size = config.evaluate.batch_size
-  sharding.check_batch_size(batch_size, mesh)
-  stages = evaluated_stages(config)
-  inputs = np.stack(
-    [np.asarray(val_source[i]["input"], np.float32) for i in range(len(val_source))]
-  )
-  targets = np.stack(
-    [np.asarray(val_source[i]["target"], np.float32) for i in range(len(val_source))]
-  )
-  methods = {"zf": (inputs, None, None)}  # method -> (images, parameter count, recorded objective)
-  for stage in stages:
-    name, model = build_model(config, train.role_of(stage))
-    params, meta = load_stage_params(workdir, stage, name, model, "evaluate")
-    methods[stage] = (
-      predict_all(model, params, val_source, batch_size, mesh),
-      models.count_params(params),
-      meta.get("objective"),
-    )
+  sharding.check_batch_size(config.evaluate.batch_size, mesh)
+  targets = _stacked(val_source, "target")
+  methods = evaluated_images(config, workdir, mesh, val_source)
   summary = {"dataset": config.dataset, "acc": config.acc, "task": config.task, "methods": {}}
   ranges = volume_ranges(val_source)
   for method, (images, num_params, objective) in methods.items():
-    volumes = [(name, targets[r.start : r.stop], images[r.start : r.stop]) for name, r in ranges]
-    result = evaluate.evaluate_volumes(volumes, per_slice=True)
-    folder = os.path.join(out_dir, method)
-    if sharding.is_primary():
-      evaluate.write_outputs(
-        folder, result, {"method": DISPLAY_NAMES.get(method, method), "params": num_params}
-      )
-      if config.evaluate.save_reconstructions:
-        for name, r in ranges:
-          valid.write_reconstruction(os.path.join(folder, f"{name}.h5"), images[r.start : r.stop])
+    result = _evaluate_method(config, out_dir, method, images, num_params, targets, ranges)
     summary["methods"][method] = {
       "name": DISPLAY_NAMES.get(method, method),
       "params": num_params,
@@ -297,19 +276,57 @@ def run_evaluate(config: Any, workdir: str, mesh, val_source) -> dict[str, Any]:
       "volumes": result["volumes"],
     }
   if sharding.is_primary():
-    # The report's figure needs one slice of each method: the middle slice of the first volume.
-    name, r = ranges[0]
-    middle = r.start + len(r) // 2
-    slices = {
-      "target": targets[middle],
-      **{m: images[middle] for m, (images, *_) in methods.items()},
-    }
-    write_atomic(os.path.join(out_dir, outputs.FIGURE_SLICE), lambda tmp: _write_npz(tmp, slices))
-    write_text_atomic(
-      os.path.join(out_dir, outputs.SUMMARY), json.dumps(evaluate.json_safe(summary), indent=1)
-    )
-    write_text_atomic(os.path.join(out_dir, train.DONE), "evaluated\n")
+    _write_evaluation(out_dir, summary, targets, methods, ranges[0][1])
   return summary
+
+
+def _stacked(source: Any, key: str) -> np.ndarray:
+  return np.stack([np.asarray(source[i][key], np.float32) for i in range(len(source))])
+
+
+def evaluated_images(config: Any, workdir: str, mesh, val_source) -> dict[str, tuple]:
+  """{method: (images (N, H, W), parameter count, recorded objective)}: ZF and every evaluated
+  stage's best model on the validation set."""
+  methods = {"zf": (_stacked(val_source, "input"), None, None)}
+  for stage in evaluated_stages(config):
+    name, model = build_model(config, train.role_of(stage))
+    params, meta = load_stage_params(workdir, stage, name, model, "evaluate")
+    methods[stage] = (
+      predict_all(model, params, val_source, config.evaluate.batch_size, mesh),
+      models.count_params(params),
+      meta.get("objective"),
+    )
+  return methods
+
+
+def _evaluate_method(config, out_dir, method, images, num_params, targets, ranges) -> dict:
+  """One method's metrics per volume and slice, written under out_dir/<method>/ (primary only)."""
+  from kdmri_jax import evaluate, valid
+
+  volumes = [(name, targets[r.start : r.stop], images[r.start : r.stop]) for name, r in ranges]
+  result = evaluate.evaluate_volumes(volumes, per_slice=True)
+  folder = os.path.join(out_dir, method)
+  if sharding.is_primary():
+    evaluate.write_outputs(
+      folder, result, {"method": DISPLAY_NAMES.get(method, method), "params": num_params}
+    )
+    if config.evaluate.save_reconstructions:
+      for name, r in ranges:
+        valid.write_reconstruction(os.path.join(folder, f"{name}.h5"), images[r.start : r.stop])
+  return result
+
+
+def _write_evaluation(out_dir: str, summary: dict, targets, methods: dict, first: range) -> None:
+  """The report's figure slices (the middle slice of the first volume), summary.json, `done`."""
+  from kdmri_jax import evaluate
+
+  middle = first.start + len(first) // 2
+  slices = {"target": targets[middle], **{m: images[middle] for m, (images, *_) in methods.items()}}
+  write_atomic(os.path.join(out_dir, outputs.FIGURE_SLICE), lambda tmp: _write_npz(tmp, slices))
+  write_text_atomic(
+    os.path.join(out_dir, outputs.SUMMARY), json.dumps(evaluate.json_safe(summary), indent=1)
+  )
+  write_text_atomic(os.path.join(out_dir, train.DONE), "evaluated\n")
 
 
 def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -447,7 +464,8 @@ def check_stages(config: Any, todo: Sequence[str]) -> None:
     if stage in TRAINED_STAGES:
       model = built[train.role_of(stage)]
       teacher = built["teacher"] if stage in ("feature", "kd") else None
-      train.check_objective(train.make_objective(stage, config, model, teacher))
+      objective = train.make_objective(stage, config, model, teacher, built["student"])
+      train.check_objective(objective)
   require(
     config.evaluate.batch_size >= 1,
     f"config.evaluate.batch_size={config.evaluate.batch_size} must be at least 1.",
@@ -508,9 +526,49 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+@dataclasses.dataclass
+class Progress:
+  """Where `run` is, for the sentence a termination signal ends it with (`main.stopped_sentence`):
+  the stages it runs (None until start-up chose them), those it finished and the one running (None
+  between stages: while a record is written or a finished stage's result is said)."""
+
+  todo: list[str] | None = None
+  finished: list[str] = dataclasses.field(default_factory=list)
+  running: str | None = None
+
+  def next_stage(self) -> str | None:
+    """The first stage of `todo` not yet finished."""
+    return next((s for s in self.todo or () if s not in self.finished), None)
+
+
 def run(config: Any, workdir: str | None = None, command: str | None = None) -> int:
   """Runs the configured stages in order; returns 0 when they all finished or the run was stopped by
-  a signal (rerun to resume). Raises InputError for bad input and TrainingStopped for a NaN loss."""
+  a signal in a training loop (rerun to resume). Raises InputError for bad input and TrainingStopped
+  for a NaN loss; a termination signal elsewhere (`errors.Terminated`) leaves with its `progress`
+  set to a `Progress`: where the run was."""
+  progress = Progress()
+  try:
+    workdir, mesh, source = _start(config, workdir, progress)
+    for stage in progress.todo:
+      if sharding.is_primary():
+        outputs.write_record(config, workdir, stage)
+      progress.running = stage
+      said = _run_stage(stage, config, workdir, mesh, source, command)
+      progress.running = None
+      if said is None:  # its training loop stopped on a signal and saved: a rerun resumes it
+        return 0
+      progress.finished.append(stage)
+      for line in said:
+        _say(line)
+    return 0
+  except Terminated as stop:
+    stop.progress = progress
+    raise
+
+
+def _start(config: Any, workdir: str | None, progress: Progress):
+  """Start-up: the processes, the workdir, a pretrained teacher, every check and the data; sets
+  `progress.todo`. Returns (workdir, mesh, source(split) -> that split's data)."""
   dist = config.distributed
   sharding.initialize_distributed(
     dist.coordinator_address, dist.num_processes, dist.process_id, dist.auto
@@ -538,30 +596,32 @@ def run(config: Any, workdir: str | None = None, command: str | None = None) -> 
     source(split)
   if sharding.is_primary():
     record_config(config, workdir)
+  progress.todo = list(todo)
+  return workdir, mesh, source
 
-  for stage in todo:
-    if sharding.is_primary():
-      outputs.write_record(config, workdir, stage)
-    if stage in TRAINED_STAGES:  # train.fit says whether the stage starts or resumes, and where
-      result = run_training_stage(
-        stage, config, workdir, mesh, source("train"), source("validation")
-      )
-      if result.status == "interrupted":
-        return 0
-      _say(
-        f"{stage}: done at step {result.step}; best val_loss "
-        f"{result.best_val_loss:.6g} at step {result.best_step}"
-      )
-      continue
-    _say(f"{stage}: starting in {workdir}")
-    if stage == "evaluate":
-      summary = run_evaluate(config, workdir, mesh, source("validation"))
-      for method in summary["methods"].values():
-        psnr = np.mean([v["PSNR"] for v in method["volumes"] if v["PSNR"] is not None])
-        _say(f"evaluate: {method['name']:<8} PSNR {psnr:.2f} dB")
-    elif stage == "report" and sharding.is_primary():
-      _say(f"report: wrote {run_report(config, workdir, command)}")
-  return 0
+
+def _run_stage(stage: str, config: Any, workdir: str, mesh, source, command) -> list[str] | None:
+  """Runs one stage; returns the lines that say how it ended, or None when a signal stopped its
+  training loop (it saved; a rerun resumes it)."""
+  if stage in TRAINED_STAGES:  # train.fit says whether the stage starts or resumes, and where
+    result = run_training_stage(stage, config, workdir, mesh, source("train"), source("validation"))
+    if result.status == "interrupted":
+      return None
+    return [
+      f"{stage}: done at step {result.step}; best val_loss "
+      f"{result.best_val_loss:.6g} at step {result.best_step}"
+    ]
+  _say(f"{stage}: starting in {workdir}")
+  if stage == "evaluate":
+    summary = run_evaluate(config, workdir, mesh, source("validation"))
+    said = []
+    for method in summary["methods"].values():
+      psnr = np.mean([v["PSNR"] for v in method["volumes"] if v["PSNR"] is not None])
+      said.append(f"evaluate: {method['name']:<8} PSNR {psnr:.2f} dB")
+    return said
+  if stage == "report" and sharding.is_primary():
+    return [f"report: wrote {run_report(config, workdir, command)}"]
+  return []
 
 
 def _say(text: str) -> None:

@@ -14,12 +14,15 @@ each acceleration undersampled with the masks in --mask-dir (mask_{acc}.npy) or 
 kind; fastMRI's random/equispaced/magic kinds) or 2-D point masks (gaussian_2d, poisson_disc); see
 `kdmri_jax.masks`, zero-filled = |IFFT2(m·FFT2(target))|. Writes ROOT/{train,validation}/
 acc_{acc}/*.h5, ROOT/masks/mask_{acc}.npy and ROOT/manifest.json; an existing ROOT is kept unless
---overwrite.
+--overwrite, except a damaged one (a missing or unreadable manifest, mask or h5 file), which is
+moved aside to ROOT.damaged-<unix time> and written again; what a killed run left beside ROOT is
+cleaned up first (`kdmri_jax.data.writer`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from typing import Sequence
@@ -36,6 +39,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(
     prog="python -m kdmri_jax.prepare", description=__doc__.split("\n\n")[0]
   )
+  _add_source_args(parser)
+  _add_mask_args(parser)
+  _add_layout_args(parser)
+  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+  return parser.parse_args(list(argv))
+
+
+def _add_source_args(parser: argparse.ArgumentParser) -> None:
+  """What is read (--input or --phantom), as which dataset, into which --out."""
   source = parser.add_mutually_exclusive_group(required=True)
   source.add_argument("--input", nargs="+", help="volume files or folders")
   source.add_argument(
@@ -47,10 +59,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     help="brain | cardiac | knee (sets the mask direction and knee's one-slice files) or "
     "another name",
   )
+  parser.add_argument("--out", required=True, help="dataset root to create")
+  parser.add_argument("--key", help="array key of plain h5 files")
+  parser.add_argument(
+    "--slice-axis", type=int, help="slice axis of the input files (see module doc)"
+  )
+  parser.add_argument(
+    "--fastmri-target",
+    default="auto",
+    choices=("auto", "esc", "rss", "kspace"),
+    help="fastMRI target: stored reconstruction or |IFFT(kspace)| (auto: esc, rss, kspace)",
+  )
+  parser.add_argument("--slices", type=int, default=8, help="slices per phantom volume (8)")
+
+
+def _add_mask_args(parser: argparse.ArgumentParser) -> None:
+  """The accelerations and their masks: read from --mask-dir or generated."""
   parser.add_argument(
     "--acc", nargs="+", default=["4x", "5x", "8x"], help="accelerations (default 4x 5x 8x)"
   )
-  parser.add_argument("--out", required=True, help="dataset root to create")
   parser.add_argument(
     "--mask-dir", help="folder with mask_{acc}.npy (H×W, 0/1, unshifted); default: generate"
   )
@@ -62,10 +89,6 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     f"{masks.DEFAULT_FAMILY}, the authors' DC-CNN style)",
   )
   parser.add_argument(
-    "--split", type=float, default=0.8, help="fraction of volumes for training (0.8)"
-  )
-  parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (0)")
-  parser.add_argument(
     "--mask-seed",
     type=int,
     default=masks.DEFAULT_MASK_SEED,
@@ -73,32 +96,27 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     f"with the authors' brain statistics)",
   )
   parser.add_argument(
-    "--size", type=int, nargs=2, metavar=("H", "W"), help="centre-crop/pad slices to H×W"
-  )
-  parser.add_argument("--key", help="array key of plain h5 files")
-  parser.add_argument(
-    "--slice-axis", type=int, help="slice axis of the input files (see module doc)"
-  )
-  parser.add_argument(
-    "--fastmri-target",
-    default="auto",
-    choices=("auto", "esc", "rss", "kspace"),
-    help="fastMRI target: stored reconstruction or |IFFT(kspace)| (auto: esc, rss, kspace)",
-  )
-  parser.add_argument(
     "--direction",
     choices=("rows", "columns"),
     help="mask lines (default: columns for knee, rows otherwise)",
   )
-  parser.add_argument("--slices", type=int, default=8, help="slices per phantom volume (8)")
+
+
+def _add_layout_args(parser: argparse.ArgumentParser) -> None:
+  """The split, the slice size and the files' layout."""
+  parser.add_argument(
+    "--split", type=float, default=0.8, help="fraction of volumes for training (0.8)"
+  )
+  parser.add_argument("--seed", type=int, default=0, help="seed of the train/validation split (0)")
+  parser.add_argument(
+    "--size", type=int, nargs=2, metavar=("H", "W"), help="centre-crop/pad slices to H×W"
+  )
   parser.add_argument(
     "--per-slice",
     action=argparse.BooleanOptionalAction,
     default=None,
     help="one H×W slice per file (default: on for knee, as the reference data)",
   )
-  parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-  return parser.parse_args(list(argv))
 
 
 def read_input(path: str, args: argparse.Namespace) -> np.ndarray:
@@ -148,6 +166,24 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, np.ndarray], dict[str, 
   return loaded, sources
 
 
+def _check_existing(out: str, overwrite: bool) -> str | None:
+  """Why an existing `out` is a damaged dataset (`outputs.check_existing`: a whole one or another
+  folder is refused unless `overwrite`); None when there is none."""
+  if not os.path.lexists(out):
+    return None
+  from kdmri_jax import outputs  # imports the training code: only when there is something to check
+  from kdmri_jax.data import writer
+
+  return outputs.check_existing(out, "--out", writer.damage, overwrite)
+
+
+def _move_aside(out: str, reason: str) -> None:
+  """Once the inputs are checked, a damaged dataset makes way for the new one (kept aside)."""
+  from kdmri_jax import outputs
+
+  outputs.move_damaged_aside(out, reason, print)
+
+
 def main(argv: Sequence[str]) -> int:
   from kdmri_jax.data import writer
 
@@ -158,10 +194,8 @@ def main(argv: Sequence[str]) -> int:
   )
   family = masks.check_family(args.mask_family or masks.DEFAULT_FAMILY, "--mask-family")
   out = require_writable_output(args.out, "--out", "staged-folder")
-  require(
-    args.overwrite or not os.path.exists(out),
-    f"{out} already exists; choose another --out or pass --overwrite to replace it.",
-  )
+  writer.clear_leftovers(out, print)
+  damaged = _check_existing(out, args.overwrite)
   direction = args.direction or ("columns" if args.dataset == "knee" else "rows")
   per_slice = args.dataset == "knee" if args.per_slice is None else args.per_slice
   loaded, sources = collect(args)
@@ -173,12 +207,13 @@ def main(argv: Sequence[str]) -> int:
     seed=args.seed,
     direction=direction,
     mask_dir=args.mask_dir,
-    overwrite=args.overwrite,
+    overwrite=args.overwrite or damaged is not None,  # a damaged one is moved aside first
     one_slice_per_file=per_slice,
     sources=sources,
     extra={"dataset": args.dataset},
     mask_family=family,
     mask_seed=args.mask_seed,
+    before_writing=None if damaged is None else functools.partial(_move_aside, out, damaged),
   )
   import json
 

@@ -23,6 +23,7 @@ NaN loss.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -30,7 +31,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import flax
 import flax.linen as nn
@@ -40,7 +41,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from kdmri_jax import checkpoints, feature_losses, losses, models, sharding
+from kdmri_jax import checkpoints, feature_losses, losses, models, sft, sharding
 from kdmri_jax.atomic import write_text_atomic
 from kdmri_jax.errors import InputError
 from kdmri_jax.metrics import batch_psnr
@@ -110,24 +111,29 @@ class Objective:
   loss: LossFn
   eval_loss: EvalFn
   teacher: nn.Module | None = None  # frozen teacher (feature and kd stages)
-  # rng -> the feature loss's trainable params
+  # rng -> the loss's own trainable params (a feature loss's; SFT's student branches)
   init_loss_params: Callable[[jax.Array], Any] | None = None
+  # the trained tree's keys when the loss has params: (model's, loss's)
+  tree_keys: tuple[str, str] = ("student", "feature")
 
   def trainable(self, model_params: Any, rng: jax.Array) -> Any:
     """The tree the optimiser trains, starting from `model_params` (unchanged when the loss has
     none)."""
     if self.init_loss_params is None:
       return model_params
-    return {"student": model_params, "feature": self.init_loss_params(rng)}
+    model_key, loss_key = self.tree_keys
+    return {model_key: model_params, loss_key: self.init_loss_params(rng)}
 
   def model_params(self, params: Any) -> Any:
     """The model's parameters in a trained tree (what `best/` and later stages see)."""
-    return _split(params, self.init_loss_params is not None)[0]
+    return _split(params, self.init_loss_params is not None, self.tree_keys)[0]
 
 
-def _split(params: Any, with_loss_params: bool) -> tuple[Any, Any]:
-  """(model params, feature-loss params or None) of a trained tree; see `Objective.trainable`."""
-  return (params["student"], params["feature"]) if with_loss_params else (params, None)
+def _split(
+  params: Any, with_loss_params: bool, keys: tuple[str, str] = ("student", "feature")
+) -> tuple[Any, Any]:
+  """(model params, the loss's params or None) of a trained tree; see `Objective.trainable`."""
+  return (params[keys[0]], params[keys[1]]) if with_loss_params else (params, None)
 
 
 def parse_layer_pairs(spec: str, model: nn.Module) -> tuple:
@@ -171,16 +177,24 @@ def _unknown_stage(stage: str) -> InputError:
 
 
 def make_objective(
-  stage: str, config: Any, model: nn.Module, teacher: nn.Module | None = None
+  stage: str,
+  config: Any,
+  model: nn.Module,
+  teacher: nn.Module | None = None,
+  student: nn.Module | None = None,
 ) -> Objective:
   """The objective of `stage` ('teacher', 'student', 'feature', 'kd') for `model` (and frozen
-  `teacher`)."""
+  `teacher`; `student`: the branches' model of an SFT teacher stage)."""
   recon = losses.RECONSTRUCTION_LOSSES.get(config.train.loss)
   if recon is None:
     raise InputError(
       f"config.train.loss={config.train.loss!r} is not one of "
       f"{sorted(losses.RECONSTRUCTION_LOSSES)}."
     )
+  if uses_student_branches(stage, config):
+    if student is None:
+      raise InputError("the SFT teacher stage needs the student model (config.models.student).")
+    return _sft_objective(config, model, student, recon)
   if stage in ("teacher", "student"):
     return _baseline_objective(stage, model, recon)
   if stage not in ("feature", "kd"):
@@ -213,6 +227,40 @@ def _baseline_objective(stage: str, model: nn.Module, recon: losses.Distance) ->
     return value, {"loss": value}
 
   return Objective(stage, model, loss, _mse_eval(model))
+
+
+def uses_student_branches(stage: str, config: Any) -> bool:
+  """True for a teacher stage trained student-friendly (config.sft.enabled; kdmri_jax.sft)."""
+  return stage == "teacher" and bool(config.sft.enabled)
+
+
+def _sft_objective(
+  config: Any, model: nn.Module, student: nn.Module, recon: losses.Distance
+) -> Objective:
+  """teacher, student-friendly: kdmri_jax.sft's three-term loss over the teacher and the student
+  branches (trained as the loss's own params); validated on the teacher's MSE to the target."""
+  sft_config = config.sft
+  sft.check_models(model, student)
+  keys = ("teacher", "branches")
+  value = sft.loss(
+    model,
+    student,
+    recon,
+    sft_config.branch_weight,
+    sft_config.agreement_weight,
+    sft_config.agreement,
+  )
+  mse_eval = _mse_eval(model)
+
+  def loss(params, teacher_params, batch):
+    del teacher_params
+    return value(params["teacher"], params["branches"], batch)
+
+  def eval_loss(params, teacher_params, batch):
+    return mse_eval(params["teacher"], teacher_params, batch)
+
+  init = sft.init_branches(student, 8, 8)  # parameter shapes do not depend on the image size
+  return Objective("teacher", model, loss, eval_loss, None, init, keys)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +380,12 @@ def attention_normalization(feature_loss: str) -> str:
 def describe_objective(stage: str, config: Any) -> dict[str, Any]:
   """What a stage optimises and how its best checkpoint is chosen (kept in its checkpoint meta);
   α is recorded only for an objective that uses it."""
+  if uses_student_branches(stage, config):
+    return {
+      "loss": config.train.loss,
+      "sft": {k: config.sft[k] for k in ("branch_weight", "agreement_weight", "agreement")},
+      "best": "val_mse",
+    }
   if stage in ("teacher", "student"):
     return {"loss": config.train.loss, "best": "val_mse"}
   if stage == "feature":
@@ -651,59 +705,83 @@ def fit(
   train = config.train
   mesh = sharding.make_mesh() if mesh is None else mesh
   _check_loop_settings(train, train_data, mesh)
-  paths = stage_paths(stage_dir)
-  tx = make_optimizer(train, train_data.steps_per_epoch)
-  state_mngr = _state_manager(paths["checkpoints"], train.keep_checkpoints)
-  best_mngr = checkpoints.manager(paths["best"])
-  log, moved = None, []
-  try:
-    host_state, progress = restore_or_init(
-      state_mngr,
-      paths["checkpoints"],
-      objective,
-      init_params,
-      tx,
-      train,
-      train_data.steps_per_epoch,
-      moved=moved,
+  paths, steps_per_epoch = stage_paths(stage_dir), train_data.steps_per_epoch
+  tx = make_optimizer(train, steps_per_epoch)
+  with _checkpoint_managers(paths, train.keep_checkpoints) as (state_mngr, best_mngr):
+    host_state, progress, moved, rebuilt = _restore_stage(
+      state_mngr, best_mngr, paths, objective, init_params, tx, train, steps_per_epoch, meta
     )
-    rebuilt = rebuild_best(
-      best_mngr, state_mngr, paths, objective, host_state, progress, dict(meta or {})
-    )
-    log = _Log(paths, sharding.is_primary())
     step = int(host_state.step)
-    line = start_line(
-      objective.stage, stage_dir, step, train_data.steps_per_epoch, train.num_epochs, moved, rebuilt
-    )
-    if step:
-      log.line(line)  # log.txt records where a resumed run took over
-    else:
-      log.say(line)
-    state = sharding.replicate(host_state, mesh)
-    loop = _EpochLoop(
-      objective,
-      train,
-      train_data,
-      val_data,
-      mesh,
-      tx,
-      teacher_params,
-      paths,
-      state_mngr,
-      best_mngr,
-      log,
-      progress,
-      dict(meta or {}),
-    )
-    with _StopRequest() as stop:
-      return loop.run(state, step, stop, stop_at_step)
+    with contextlib.closing(_Log(paths, sharding.is_primary())) as log:
+      line = start_line(
+        objective.stage, stage_dir, step, steps_per_epoch, train.num_epochs, moved, rebuilt
+      )
+      _log_start(log, line, resumed=step > 0)
+      state = sharding.replicate(host_state, mesh)
+      loop = _EpochLoop(
+        objective,
+        train,
+        train_data,
+        val_data,
+        mesh,
+        tx,
+        teacher_params,
+        paths,
+        state_mngr,
+        best_mngr,
+        log,
+        progress,
+        dict(meta or {}),
+      )
+      with _StopRequest() as stop:
+        return loop.run(state, step, stop, stop_at_step)
+
+
+@contextlib.contextmanager
+def _checkpoint_managers(
+  paths: Mapping[str, str], keep: int
+) -> Iterator[tuple[ocp.CheckpointManager, ocp.CheckpointManager]]:
+  """The stage's (training-state, best-model) checkpoint managers; on exit, however it comes, their
+  pending writes are finished and both are closed."""
+  state_mngr = _state_manager(paths["checkpoints"], keep)
+  best_mngr = checkpoints.manager(paths["best"])
+  try:
+    yield state_mngr, best_mngr
   finally:
     state_mngr.wait_until_finished()
     best_mngr.wait_until_finished()
     state_mngr.close()
     best_mngr.close()
-    if log is not None:
-      log.close()
+
+
+def _restore_stage(
+  state_mngr: ocp.CheckpointManager,
+  best_mngr: ocp.CheckpointManager,
+  paths: Mapping[str, str],
+  objective: Objective,
+  init_params: Any,
+  tx: optax.GradientTransformation,
+  train: Any,
+  steps_per_epoch: int,
+  meta: Mapping[str, Any] | None,
+) -> tuple[TrainState, dict[str, Any], list[int], int | None]:
+  """(host state, progress, steps of damaged checkpoints moved aside, best step rebuilt or None):
+  `restore_or_init`, then `rebuild_best` when best/ lost the model the state names."""
+  moved: list[int] = []
+  host_state, progress = restore_or_init(
+    state_mngr, paths["checkpoints"], objective, init_params, tx, train, steps_per_epoch, moved
+  )
+  model_meta = dict(meta or {})
+  rebuilt = rebuild_best(best_mngr, state_mngr, paths, objective, host_state, progress, model_meta)
+  return host_state, progress, moved, rebuilt
+
+
+def _log_start(log: _Log, line: str, resumed: bool) -> None:
+  """The start line on stdout; in log.txt too when a resumed run takes over (where it did)."""
+  if resumed:
+    log.line(line)
+  else:
+    log.say(line)
 
 
 def _check_loop_settings(train: Any, train_data: Batches, mesh: jax.sharding.Mesh) -> None:

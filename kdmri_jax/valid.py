@@ -16,16 +16,15 @@ the file) and need the undersampling mask. VDSR (super-resolution) checkpoints r
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 from kdmri_jax.atomic import write_atomic
-from kdmri_jax.errors import require, require_writable_output, run_cli
+from kdmri_jax.errors import cli_parser, require, require_writable_output, run_cli
 
 OUTPUT_KEY = "reconstruction"
 
@@ -92,10 +91,39 @@ def run(
   from tqdm import tqdm
 
   from kdmri_jax import checkpoints, inference, masks, models
-  from kdmri_jax.data import reference
 
   require(batch_size >= 1, f"--batch-size must be at least 1, got {batch_size}.")
   files = list_inputs(data_path)
+  outputs = _output_paths(files, out_dir, overwrite)
+  if acc is not None:
+    acc = f"{masks.parse_acceleration(acc):g}x"
+  # Cheap checks first (meta, first volume, mask), so bad input fails before the model is loaded.
+  meta = checkpoints.load_meta(checkpoint)
+  reconstruction = models.is_reconstruction(models.build_model(meta["model"]))
+  first, mask = _first_volume(files[0], acc, reconstruction, mask_path, checkpoint, meta)
+  if not reconstruction:
+    sr_keep = _sr_keep(sr_keep, meta)
+  model, params, meta = checkpoints.load_params(checkpoint)
+
+  predict = inference.predictor(model, params, batch_size)
+  attrs = {"model": meta["model"], "checkpoint": os.path.abspath(checkpoint)}
+  volumes = _volumes(files, first, acc, reconstruction, mask, mask_path)
+  # disable=None shows a bar on a terminal only; `with` closes it before an error line is printed.
+  with tqdm(
+    total=len(files), desc="volumes", unit="vol", disable=None if progress else True
+  ) as bar:
+    for volume, out_path in zip(volumes, outputs):
+      result, made_with = _predict_volume(predict, model, volume, reconstruction, mask, sr_keep)
+      attrs.update(made_with)
+      os.makedirs(out_dir, exist_ok=True)
+      write_reconstruction(out_path, result, attrs)
+      bar.update()
+  return outputs
+
+
+def _output_paths(files: Sequence[str], out_dir: str, overwrite: bool) -> list[str]:
+  """`out_dir/<name>.h5` for every input file; refused if one exists (unless `overwrite`) or if
+  `out_dir` is a file."""
   require(not os.path.isfile(out_dir), f"--out-dir {out_dir} is a file; pass a directory.")
   outputs = [os.path.join(out_dir, os.path.basename(path)) for path in files]
   existing = [path for path in outputs if os.path.exists(path)]
@@ -104,58 +132,80 @@ def run(
     f"output {existing[0] if existing else ''} already exists; choose another "
     f"--out-dir or pass --overwrite.",
   )
-  if acc is not None:
-    acc = f"{masks.parse_acceleration(acc):g}x"
-
-  # Cheap checks first (meta, first volume, mask), so bad input fails before the model is loaded.
-  meta = checkpoints.load_meta(checkpoint)
-  reconstruction = models.is_reconstruction(models.build_model(meta["model"]))
-  first = reference.read_volume(files[0], acc, require_target=not reconstruction)
-  mask = None
-  if reconstruction:
-    require(
-      mask_path is not None,
-      f"checkpoint {checkpoint} holds a DC-CNN ({meta['model']!r}), which needs "
-      f"the undersampling mask: pass --mask MASK.npy.",
-    )
-    mask = masks.load_mask(mask_path, shape=first.shape)
-    reference.require_kspace_within_mask(first.kspace, mask, files[0], mask_path)
-  else:
-    from kdmri_jax.data import sr
-
-    sr_keep = int(sr_keep or meta.get("sr_keep") or sr.DEFAULT_KEEP)
-  model, params, meta = checkpoints.load_params(checkpoint)
-
-  predict = inference.predictor(model, params, batch_size)
-  attrs = {"model": meta["model"], "checkpoint": os.path.abspath(checkpoint)}
-  # disable=None shows a bar on a terminal only; `with` closes it before an error line is printed.
-  with tqdm(
-    total=len(files), desc="volumes", unit="vol", disable=None if progress else True
-  ) as bar:
-    for path, out_path in zip(files, outputs):
-      if first is not None:
-        volume, first = first, None  # read and checked before the model was loaded
-      else:
-        volume = read_checked(path, acc, reconstruction, mask, mask_path)
-      if reconstruction:
-        image = volume.input
-        if getattr(model, "complex_images", False):
-          image = np.fft.ifft2(volume.kspace, norm="ortho").astype(np.complex64)
-        result = predict(image, volume.kspace, mask)
-        attrs["acc"] = volume.acc
-      else:
-        result = predict(sr.low_resolution(volume.target, sr_keep))
-        attrs["sr_keep"] = sr_keep
-      os.makedirs(out_dir, exist_ok=True)
-      write_reconstruction(out_path, result, attrs)
-      bar.update()
   return outputs
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(
-    prog="python -m kdmri_jax.valid", description=__doc__.split("\n\n")[0]
+def _first_volume(
+  path: str,
+  acc: str | None,
+  reconstruction: bool,
+  mask_path: str | None,
+  checkpoint: str,
+  meta: dict[str, Any],
+):
+  """(first input volume, mask or None): a DC-CNN needs `mask_path`, a mask of the volume's shape
+  holding all its k-space samples."""
+  from kdmri_jax import masks
+  from kdmri_jax.data import reference
+
+  first = reference.read_volume(path, acc, require_target=not reconstruction)
+  if not reconstruction:
+    return first, None
+  require(
+    mask_path is not None,
+    f"checkpoint {checkpoint} holds a DC-CNN ({meta['model']!r}), which needs "
+    f"the undersampling mask: pass --mask MASK.npy.",
   )
+  mask = masks.load_mask(mask_path, shape=first.shape)
+  reference.require_kspace_within_mask(first.kspace, mask, path, mask_path)
+  return first, mask
+
+
+def _sr_keep(sr_keep: int | None, meta: dict[str, Any]) -> int:
+  """The central k-space block a VDSR input keeps: `--sr-keep`, else the checkpoint's, else 64."""
+  from kdmri_jax.data import sr
+
+  return int(sr_keep or meta.get("sr_keep") or sr.DEFAULT_KEEP)
+
+
+def _volumes(
+  files: Sequence[str],
+  first: Any,
+  acc: str | None,
+  reconstruction: bool,
+  mask: np.ndarray | None,
+  mask_path: str | None,
+) -> Iterator[Any]:
+  """The volumes of `files` in order, each read when it is wanted: `first`, read and checked before
+  the model was loaded, then the others through `read_checked`."""
+  yield first
+  for path in files[1:]:
+    yield read_checked(path, acc, reconstruction, mask, mask_path)
+
+
+def _predict_volume(
+  predict: Callable[..., np.ndarray],
+  model: Any,
+  volume: Any,
+  reconstruction: bool,
+  mask: np.ndarray | None,
+  sr_keep: int | None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+  """(S,H,W reconstruction, attrs saying how it was made): a DC-CNN's from the zero-filled image
+  (complex from the k-space where the model takes complex images) and k-space, a VDSR's from the
+  low-resolution image of the target."""
+  if not reconstruction:
+    from kdmri_jax.data import sr
+
+    return predict(sr.low_resolution(volume.target, sr_keep)), {"sr_keep": sr_keep}
+  image = volume.input
+  if getattr(model, "complex_images", False):
+    image = np.fft.ifft2(volume.kspace, norm="ortho").astype(np.complex64)
+  return predict(image, volume.kspace, mask), {"acc": volume.acc}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = cli_parser("kdmri_jax.valid", __doc__)
   parser.add_argument(
     "--checkpoint", required=True, help="kdmri_jax checkpoint (training stage, convert --out)"
   )

@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_run_dirs(tmp_path_factory):
   """(embedded-data cache, persistent XLA compilation cache) shared by every tiny `main`
-  subprocess."""
+  subprocess (and read by test_stage_records' runs of `main.main` in the test process)."""
   root = tmp_path_factory.mktemp("tiny_runs")
   return root / "data_cache", root / "xla_cache"
 
@@ -54,3 +54,10 @@ def uninterrupted_runs(tiny_run_dirs, tmp_path_factory):
   for result in results:
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
   return workdirs
+
+
+@pytest.fixture(scope="session")
+def compile_cache_dir(tmp_path_factory):
+  """One persistent XLA compilation cache for the test modules that opt in with
+  `helpers.compilation_cache` (identical programs compiled once per session)."""
+  return tmp_path_factory.mktemp("xla_cache_in_process")

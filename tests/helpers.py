@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -66,6 +67,34 @@ def subprocess_env(compile_cache: str | os.PathLike | None = None, **extra: str)
     )
   env.update(extra)
   return env
+
+
+_CACHE_FLAGS = (
+  "jax_compilation_cache_dir",
+  "jax_persistent_cache_min_compile_time_secs",
+  "jax_persistent_cache_min_entry_size_bytes",
+)
+
+
+@contextlib.contextmanager
+def compilation_cache(path: str | os.PathLike, min_compile_seconds: float = 0.2):
+  """Within: this process keeps its XLA compiles of at least `min_compile_seconds` in the
+  persistent cache at `path` and reads them back (same programs, so the same results, as
+  `subprocess_env`'s cache); after: the settings before, cache uninitialised again."""
+  import jax
+  from jax.experimental.compilation_cache import compilation_cache as cache
+
+  before = {name: getattr(jax.config, name) for name in _CACHE_FLAGS}
+  values = (os.fspath(path), min_compile_seconds, 0)
+  for name, value in zip(_CACHE_FLAGS, values):
+    jax.config.update(name, value)
+  cache.reset_cache()
+  try:
+    yield
+  finally:
+    for name, value in before.items():
+      jax.config.update(name, value)
+    cache.reset_cache()
 
 
 def run_module(

@@ -231,22 +231,27 @@ def _assert_one_line_error(status, captured, *fragments):
     assert fragment in lines[0], lines[0]
 
 
-def test_student_weights_as_teacher_name_the_missing_key_and_the_real_model(tmp_path, capsys):
-  pt = _save_authors_checkpoint(tmp_path / "student.pt", ref.build("student"))
+def _assert_refused_as(tmp_path, capsys, saved, model, *fragments):
+  """The authors' checkpoint of preset `saved`, converted as `model`: one error line holding
+  `fragments`, and no output written."""
+  pt = _save_authors_checkpoint(tmp_path / f"{saved}.pt", ref.build(saved))
   status, captured = _run(
-    ["--torch-checkpoint", pt, "--model", "teacher", "--out", tmp_path / "ck"], capsys
+    ["--torch-checkpoint", pt, "--model", model, "--out", tmp_path / "ck"], capsys
   )
-  _assert_one_line_error(status, captured, "'teacher'", "cascade1.conv4.weight", "--model student")
+  _assert_one_line_error(status, captured, *fragments)
   assert not (tmp_path / "ck").exists()
+
+
+def test_student_weights_as_teacher_name_the_missing_key_and_the_real_model(tmp_path, capsys):
+  _assert_refused_as(
+    tmp_path, capsys, "student", "teacher", "'teacher'", "cascade1.conv4.weight", "--model student"
+  )
 
 
 def test_teacher_weights_as_student_name_the_unexpected_key(tmp_path, capsys):
-  pt = _save_authors_checkpoint(tmp_path / "teacher.pt", ref.build("teacher"))
-  status, captured = _run(
-    ["--torch-checkpoint", pt, "--model", "student", "--out", tmp_path / "ck"], capsys
+  _assert_refused_as(
+    tmp_path, capsys, "teacher", "student", "'student'", "cascade1.conv4.weight", "unexpected"
   )
-  _assert_one_line_error(status, captured, "'student'", "cascade1.conv4.weight", "unexpected")
-  assert not (tmp_path / "ck").exists()
 
 
 @pytest.mark.parametrize("content", [b"hello\n", b"", np.arange(4).tobytes()])

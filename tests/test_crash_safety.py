@@ -8,6 +8,9 @@ every step) are
   and while a best-model checkpoint is being written, then restarted with the same command;
 - stopped with SIGTERM and SIGINT (they must save, say so, and exit 0), then restarted;
 - restarted after their newest checkpoint was truncated or overwritten with garbage;
+in three chains (`CHAINS`) of three interruptions each: one workdir per chain, its run interrupted
+at each event in turn and restarted with the same command each time (so the later restarts resume
+a workdir interrupted more than once);
 and every finished run's training state (params, Adam moments, RNG, step) and best parameters must
 be bit-identical to the uninterrupted reference run (conftest.py `uninterrupted_runs`), its log's
 epoch lines the same (an interrupted epoch's training loss averages all its steps, before and after
@@ -69,11 +72,21 @@ def writing(workdir, folder="checkpoints"):
   return any(TMP in n for n in _entries(workdir, folder))
 
 
+def newest(workdir):
+  """The newest complete training-state step (0 if none)."""
+  return max(committed(workdir), default=0)
+
+
+def is_done(workdir):
+  return os.path.exists(os.path.join(workdir, "teacher", "done"))
+
+
 class Run:
-  """One `main` subprocess writing its output to a log file next to its workdir."""
+  """One `main` subprocess writing its output to a log file next to its workdir; `start` is the
+  newest complete step it found (the step it resumes from, unless that one is damaged)."""
 
   def __init__(self, workdir, data_cache, xla_cache, attempt=0):
-    self.workdir = workdir
+    self.workdir, self.start = workdir, newest(workdir)
     self.log = f"{workdir}.attempt{attempt}.log"
     with open(self.log, "w") as out:
       self.proc = subprocess.Popen(
@@ -103,15 +116,19 @@ class Run:
       return f.read()
 
 
-def _kill_scenario(name, workdir, data_cache, xla_cache):
-  """Kills a run as scenario `name` says, restarts it to the end; returns a description of the
-  kill."""
-  run = Run(workdir, data_cache, xla_cache)
+# --- interruptions ------------------------------------------------------------------------------
+# Each takes the running `Run`, interrupts it and returns what the tests check of it; the run that
+# resumes after it is started by the chain (below).
+
+
+def _sigkill(name, run):
+  """Kills `run` with SIGKILL at the moment `name` says."""
+  workdir = run.workdir
   if name.startswith("random-"):
     rng = random.Random(int(name.split("-")[1]))
-    # leaves >= 3 steps to kill within
-    after, delay = rng.randint(1, STEPS - 3), rng.uniform(0.0, 0.03)
-    reached = run.wait_for(lambda: committed(workdir) and committed(workdir)[-1] >= after)
+    # leaves >= 3 steps to kill within; a resumed run is killed in steps it trains itself
+    after, delay = max(rng.randint(1, STEPS - 3), run.start + 1), rng.uniform(0.0, 0.03)
+    reached = run.wait_for(lambda: newest(workdir) >= after)
     time.sleep(delay)
     moment = f"{delay * 1e3:.0f} ms after step {after}'s checkpoint"
   elif name == "mid-state-write":
@@ -126,80 +143,24 @@ def _kill_scenario(name, workdir, data_cache, xla_cache):
   assert reached, f"{name}: the run ended before the kill ({run.output()[-1500:]})"
   run.proc.send_signal(signal.SIGKILL)
   run.finish()
-  left = committed(workdir)
-  assert not os.path.exists(os.path.join(workdir, "teacher", "done")), (
-    f"{name}: killed after the end"
-  )
-  resumed = Run(workdir, data_cache, xla_cache, attempt=1)
-  status = resumed.finish()
-  assert status == 0, f"{name}: resumed run failed:\n{resumed.output()[-3000:]}"
-  return f"{name}: SIGKILL {moment}; committed steps {left}; resumed to step {STEPS}"
+  assert not is_done(workdir), f"{name}: killed after the end"
+  return {
+    "said": f"{name}: SIGKILL {moment} of a run from step {run.start}; committed steps "
+    f"{committed(workdir)}"
+  }
 
 
-SCENARIOS = ["random-0", "random-1", "random-2", "mid-state-write", "mid-best-write"]
-
-
-def test_sigkill_at_random_moments_and_mid_write_then_resume_equals_uninterrupted_run(
-  uninterrupted_runs, tiny_run_dirs, tmp_path
-):
-  reference = stage_state(uninterrupted_runs[0])
-  assert reference["step"] == STEPS
-  data_cache, xla_cache = tiny_run_dirs
-  # the runs share 2 cores; they wait
-  with concurrent.futures.ThreadPoolExecutor(len(SCENARIOS)) as pool:
-    futures = {
-      name: pool.submit(_kill_scenario, name, str(tmp_path / name), data_cache, xla_cache)
-      for name in SCENARIOS
-    }
-  reference_log = epoch_lines(uninterrupted_runs[0])
-  assert len(reference_log) == 2
-  for name, future in futures.items():
-    print(future.result())  # raises the scenario's assertion, naming it
-    assert_same_state(stage_state(tmp_path / name), reference, name)
-    assert epoch_lines(tmp_path / name) == reference_log, name
-
-
-def _stop_and_resume(sig, workdir, data_cache, xla_cache):
-  run = Run(workdir, data_cache, xla_cache)
-  assert run.wait_for(lambda: len(committed(workdir)) >= 1), run.output()[-1500:]
-  run.proc.send_signal(sig)
-  status, output = run.finish(), run.output()
-  stopped_at = committed(workdir)
-  done = os.path.exists(os.path.join(workdir, "teacher", "done"))
-  resumed = Run(workdir, data_cache, xla_cache, attempt=1)
-  return status, output, stopped_at, done, resumed.finish(), resumed.output()
-
-
-def test_sigterm_and_sigint_save_say_so_exit_0_and_resume_exactly(
-  uninterrupted_runs, tiny_run_dirs, tmp_path
-):
-  data_cache, xla_cache = tiny_run_dirs
-  reference = stage_state(uninterrupted_runs[0])
-  signals = (signal.SIGTERM, signal.SIGINT)
-  with concurrent.futures.ThreadPoolExecutor(len(signals)) as pool:
-    results = list(
-      pool.map(
-        lambda sig: _stop_and_resume(sig, str(tmp_path / sig.name), data_cache, xla_cache), signals
-      )
-    )
-  for sig, (status, output, stopped_at, done, resumed_status, resumed_output) in zip(
-    signals, results
-  ):
-    assert status == 0, output[-3000:]
-    assert f"stopped by {sig.name}" in output and "rerun the same command to resume" in output, (
-      output[-1500:]
-    )
-    step = int(output.split(f"stopped by {sig.name} at step ")[1].split()[0])
-    # the promised checkpoint is there, complete
-    assert step in stopped_at and step < STEPS and not done
-    assert resumed_status == 0, resumed_output[-3000:]
-    epoch, offset = divmod(step, STEPS // 2)
-    at = f"the end of epoch {epoch}/2" if offset == 0 else f"step {offset}/4 of epoch {epoch + 1}/2"
-    resumed = f"teacher: resuming in {tmp_path / sig.name / 'teacher'} from step {step} ({at})"
-    assert resumed in resumed_output, resumed_output[-2000:]
-    assert "teacher: starting in" not in resumed_output
-    assert_same_state(stage_state(tmp_path / sig.name), reference, sig.name)
-    assert epoch_lines(tmp_path / sig.name) == epoch_lines(uninterrupted_runs[0]), sig.name
+def _stop(name, run):
+  """Sends SIGTERM or SIGINT once `run` has written a checkpoint of its own."""
+  assert run.wait_for(lambda: newest(run.workdir) > run.start), run.output()[-1500:]
+  run.proc.send_signal(getattr(signal, name))
+  status = run.finish()
+  return {
+    "status": status,
+    "output": run.output(),
+    "stopped_at": committed(run.workdir),
+    "done": is_done(run.workdir),
+  }
 
 
 def _damage(folder, how):
@@ -214,36 +175,134 @@ def _damage(folder, how):
           f.write(b"\x00not a checkpoint\xff" * 7)
 
 
-def _damage_and_resume(how, workdir, data_cache, xla_cache):
-  run = Run(workdir, data_cache, xla_cache)
-  assert run.wait_for(lambda: len(committed(workdir)) >= 3)
+def _kill_and_damage(how, run):
+  """SIGKILLs `run` once 3 checkpoints are kept (one of its own), then damages the newest."""
+  workdir = run.workdir
+  reached = run.wait_for(lambda: len(committed(workdir)) >= 3 and newest(workdir) > run.start)
+  assert reached, f"{how}: the run ended before the kill ({run.output()[-1500:]})"
   run.proc.send_signal(signal.SIGKILL)
   run.finish()
-  bad = os.path.join(workdir, "teacher", "checkpoints", str(committed(workdir)[-1]))
+  bad = os.path.join(workdir, "teacher", "checkpoints", str(newest(workdir)))
   _damage(bad, how)
-  resumed = Run(workdir, data_cache, xla_cache, attempt=1)
-  return bad, resumed.finish(), resumed.output()
+  return {"bad": bad}
+
+
+INTERRUPTIONS = {
+  **{name: _sigkill for name in ("random-0", "random-1", "random-2")},
+  "mid-state-write": _sigkill,
+  "mid-best-write": _sigkill,
+  "SIGTERM": _stop,
+  "SIGINT": _stop,
+  "truncated": _kill_and_damage,
+  "garbage": _kill_and_damage,
+}
+KILLS = ("random-0", "random-1", "random-2", "mid-state-write", "mid-best-write")
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+DAMAGES = ("truncated", "garbage")
+# Each chain is one workdir: its run is interrupted at each event in turn, each time restarted
+# with the same command, and the last restart runs to the end. The stops come first (a stop must
+# land before the last step), a random moment before any later one of its chain, and the kill
+# while best/ is written last (it waits for the next best write, at step 4 or 8).
+CHAINS = {
+  "a": ("random-2", "random-0", "mid-best-write"),
+  "b": ("SIGTERM", "random-1", "truncated"),
+  "c": ("SIGINT", "mid-state-write", "garbage"),
+}
+
+
+def _run_chain(events, workdir, data_cache, xla_cache):
+  """{event: what its interruption left, 'resumed': the run after it}, and the final run's
+  (status, output); an event that failed holds 'error', and the chain stops there."""
+  records, run = {}, Run(workdir, data_cache, xla_cache)
+  for attempt, name in enumerate(events, start=1):
+    try:
+      records[name] = INTERRUPTIONS[name](name, run)
+    except (AssertionError, TimeoutError) as error:
+      run.proc.kill()
+      run.finish()
+      records[name] = {"error": error}
+      for later in events[attempt:]:
+        records[later] = {"error": AssertionError(f"{later}: not run, {name} failed first")}
+      return records, (None, run.output())
+    run = records[name]["resumed"] = Run(workdir, data_cache, xla_cache, attempt)
+  return records, (run.finish(), run.output())
+
+
+@pytest.fixture(scope="module")
+def chains(uninterrupted_runs, tiny_run_dirs, tmp_path_factory):
+  """{chain: (workdir, {event: record}, (final status, final output))}, the chains run side by
+  side (the runs share 2 cores; they wait)."""
+  root = tmp_path_factory.mktemp("interrupted")
+  data_cache, xla_cache = tiny_run_dirs
+  with concurrent.futures.ThreadPoolExecutor(len(CHAINS)) as pool:
+    futures = {
+      chain: pool.submit(_run_chain, events, str(root / chain), data_cache, xla_cache)
+      for chain, events in CHAINS.items()
+    }
+  return {chain: (root / chain, *future.result()) for chain, future in futures.items()}
+
+
+def _event(chains, name):
+  """(workdir, record) of event `name`; raises the assertion it failed, naming it."""
+  chain = next(c for c, events in CHAINS.items() if name in events)
+  workdir, records, (status, final_output) = chains[chain]
+  record = records[name]
+  if "error" in record:
+    raise record["error"]
+  assert status == 0, (
+    f"{name}: the chain's last run (status {status}) failed:\n{final_output[-3000:]}"
+  )
+  return workdir, record
+
+
+def test_sigkill_at_random_moments_and_mid_write_then_resume_equals_uninterrupted_run(
+  uninterrupted_runs, chains
+):
+  reference = stage_state(uninterrupted_runs[0])
+  assert reference["step"] == STEPS
+  reference_log = epoch_lines(uninterrupted_runs[0])
+  assert len(reference_log) == 2
+  for name in KILLS:
+    workdir, record = _event(chains, name)  # raises the event's assertion, naming it
+    print(f"{record['said']}; resumed to step {STEPS}")
+    assert_same_state(stage_state(workdir), reference, name)
+    assert epoch_lines(workdir) == reference_log, name
+
+
+def test_sigterm_and_sigint_save_say_so_exit_0_and_resume_exactly(uninterrupted_runs, chains):
+  reference = stage_state(uninterrupted_runs[0])
+  for sig in SIGNALS:
+    workdir, record = _event(chains, sig.name)
+    status, output = record["status"], record["output"]
+    resumed_output = record["resumed"].output()
+    assert status == 0, output[-3000:]
+    assert f"stopped by {sig.name}" in output and "rerun the same command to resume" in output, (
+      output[-1500:]
+    )
+    step = int(output.split(f"stopped by {sig.name} at step ")[1].split()[0])
+    # the promised checkpoint is there, complete
+    assert step in record["stopped_at"] and step < STEPS and not record["done"]
+    epoch, offset = divmod(step, STEPS // 2)
+    at = f"the end of epoch {epoch}/2" if offset == 0 else f"step {offset}/4 of epoch {epoch + 1}/2"
+    resumed = f"teacher: resuming in {workdir / 'teacher'} from step {step} ({at})"
+    assert resumed in resumed_output, resumed_output[-2000:]
+    assert "teacher: starting in" not in resumed_output
+    assert_same_state(stage_state(workdir), reference, sig.name)
+    assert epoch_lines(workdir) == epoch_lines(uninterrupted_runs[0]), sig.name
 
 
 def test_a_truncated_or_garbage_newest_checkpoint_is_named_and_the_previous_one_used(
-  uninterrupted_runs, tiny_run_dirs, tmp_path
+  uninterrupted_runs, chains
 ):
-  data_cache, xla_cache = tiny_run_dirs
   reference = stage_state(uninterrupted_runs[0])
-  kinds = ("truncated", "garbage")
-  with concurrent.futures.ThreadPoolExecutor(len(kinds)) as pool:
-    results = list(
-      pool.map(
-        lambda how: _damage_and_resume(how, str(tmp_path / how), data_cache, xla_cache), kinds
-      )
-    )
-  for how, (bad, status, output) in zip(kinds, results):
-    assert status == 0, f"{how}: {output[-3000:]}"
+  for how in DAMAGES:
+    workdir, record = _event(chains, how)
+    bad, output = record["bad"], record["resumed"].output()
     assert bad in output and "unreadable" in output, output[-2000:]
     resumed = next(line for line in output.splitlines() if line.startswith("teacher: resuming in "))
     step = os.path.basename(bad)
     assert resumed.endswith(f"; moved aside the damaged checkpoint(s) of step {step}"), resumed
-    assert_same_state(stage_state(tmp_path / how), reference, how)
+    assert_same_state(stage_state(workdir), reference, how)
 
 
 def test_restore_newest_good_names_a_damaged_step_moves_it_aside_and_uses_the_previous(tmp_path):

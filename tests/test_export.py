@@ -31,7 +31,12 @@ def student_checkpoint(tmp_path_factory, student):
 
 
 @pytest.mark.parametrize(
-  "name, overrides", [("student", {"num_cascades": CASCADES}), ("vdsr_student", {"num_layers": 4})]
+  "name, overrides",
+  [
+    ("student", {"num_cascades": CASCADES}),
+    ("student", {"num_cascades": CASCADES, "first_cascade": 1}),
+    ("vdsr_student", {"num_layers": 4}),
+  ],
 )
 def test_fast_forward_matches_model(name, overrides):
   model = models.build_model(name, **overrides)
@@ -124,7 +129,11 @@ def _conv_weights(proto):
 
 @pytest.mark.parametrize(
   "name, overrides",
-  [("student", {"num_cascades": CASCADES}), ("vdsr_student", {"num_layers": 3, "features": 8})],
+  [
+    ("student", {"num_cascades": CASCADES}),
+    ("student", {"num_cascades": 3, "first_cascade": 1}),
+    ("vdsr_student", {"num_layers": 3, "features": 8}),
+  ],
 )
 def test_onnx_graph_has_the_layouts_convs_in_order(name, overrides):
   model = models.build_model(name, **overrides)
@@ -134,7 +143,7 @@ def test_onnx_graph_has_the_layouts_convs_in_order(name, overrides):
   if models.is_reconstruction(model):
     expected = [
       params[f"cascade_{c}"][f"conv_{j}"]
-      for c in range(model.num_cascades)
+      for c in range(model.first_cascade, model.num_cascades)
       for j in range(model.num_convs)
     ]
   else:

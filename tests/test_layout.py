@@ -16,6 +16,7 @@ CASES = [
   ("student", {"num_cascades": 2, "complex_images": True}),
   ("student", {"num_convs": 2}),
   ("student", {"num_cascades": 1, "learn_lambda": True}),
+  ("teacher", {"num_cascades": 4, "first_cascade": 2}),
 ]
 
 
@@ -46,7 +47,7 @@ def test_layout_names_every_conv_of_the_parameter_tree(name, overrides):
   assert conv_sizes + lam == sum(np.prod(leaf.shape) for leaf in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("name, overrides", CASES[:2] + CASES[3:5])
+@pytest.mark.parametrize("name, overrides", CASES[:2] + CASES[3:5] + CASES[7:])
 def test_conv_stacks_are_in_the_models_call_order(name, overrides):
   model = models.build_model(name, **overrides)
   params = models.init_params(model, jax.random.PRNGKey(0), 8, 8)
@@ -73,3 +74,9 @@ def test_relu_after_all_but_each_stacks_last_conv_and_the_authors_names():
   assert conv.path == ("cascade_1", "conv_2") and conv.torch_prefix == "cascade2.conv3"
   last = layout.conv_stacks(models.build_model("vdsr_student"))[0][-1]
   assert last.path == ("conv_6",) and last.torch_prefix == "conv7" and not last.relu
+
+
+def test_a_later_cascades_model_keeps_the_absolute_cascade_numbers():
+  stacks = layout.conv_stacks(models.build_model("student", first_cascade=3))
+  assert [stack[0].path for stack in stacks] == [("cascade_3", "conv_0"), ("cascade_4", "conv_0")]
+  assert stacks[1][2].torch_prefix == "cascade5.conv3"

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 import pytest
 
 from helpers import assert_one_line_error, run_module, tree_hash
-from kdmri_jax import main, pipeline
-from kdmri_jax.errors import Terminated, run_cli
+from kdmri_jax import main
+from kdmri_jax.errors import run_cli
 from startup_probe import held_config, main_argv, start_main, wait_until_reached
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,15 +136,29 @@ def test_sigterm_during_start_up_says_so_and_exits_143(where, tmp_path):
   assert tree_hash(workdir) == before
 
 
-def test_the_stage_a_signal_interrupted_is_named(monkeypatch):
-  assert all(callable(getattr(pipeline, name)) for name in main.STAGE_RUNNERS)
+# The sentence of a signal that comes after start-up: tests/test_stop_sentences.py.
 
-  def terminated(*args, **kwargs):
-    raise Terminated(signal.SIGTERM)
 
-  monkeypatch.setattr(pipeline, "build_model", terminated)
-  with pytest.raises(Terminated) as raised:
-    pipeline.run_training_stage("student", None, "workdir", None, None, None)
-  assert main.interrupted_stage(raised.value) == "student"
-  assert "in the student stage outside its training loop" in main.stopped_sentence(raised.value)
-  assert main.interrupted_stage(Terminated(signal.SIGTERM)) is None
+def test_a_config_that_imports_configs_from_another_folder_is_one_sentence(
+  tmp_path, monkeypatch, capsys
+):
+  """A config file that imports `configs.*`, run from a folder where `configs` is not importable:
+  the real ModuleNotFoundError branch of main._parse, one sentence naming the folder."""
+  config = tmp_path / "mine.py"
+  config.write_text(
+    "from configs import brain_cpu\n\n\ndef get_config():\n  return brain_cpu.get_config()\n"
+  )
+  monkeypatch.setattr(
+    sys, "path", [p for p in sys.path if os.path.realpath(p or os.getcwd()) != REPO]
+  )
+  monkeypatch.chdir(tmp_path)
+  for name in [n for n in sys.modules if n == "configs" or n.startswith("configs.")]:
+    monkeypatch.delitem(sys.modules, name)
+  status = run_cli(main.main, ["--config", str(config), "--workdir", str(tmp_path / "run")])
+  assert status == 2
+  line = error_line(capsys)
+  assert line == (
+    f"error: the config file imports 'configs', which is not importable from {tmp_path}; run the "
+    f"command from the repository root (where configs/ is) or install the package (pip install .)."
+  )
+  assert not (tmp_path / "run").exists()

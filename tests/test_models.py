@@ -7,6 +7,7 @@ import pytest
 
 from kdmri_jax import fft, masks, models
 from kdmri_jax.errors import InputError
+from kdmri_jax.models import structure
 
 PAPER_COUNTS = {
   "teacher": 141_765,
@@ -86,6 +87,148 @@ def test_variants_noisy_learned_lambda_residual_complex():
     {"params": cparams}, batch["input"].astype(np.complex64), batch["kspace"], batch["mask"]
   )
   assert out.shape == (1, 16, 16) and jnp.iscomplexobj(out)
+
+
+def _written_out_dccnn(model, params, image, kspace, mask):
+  """DCCNN's forward pass as the Flax modules computed it before `models.structure` (issue 14),
+  written out over the parameter tree: the oracle for every variant."""
+
+  def conv(p, x):  # nn.Conv: input, kernel and bias in the model's dtype
+    x, kernel, bias = (a.astype(model.dtype) for a in (x, p["kernel"], p["bias"]))
+    return (
+      jax.lax.conv_general_dilated(
+        x, kernel, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC")
+      )
+      + bias
+    )
+
+  complex_images = model.complex_images
+  x = (fft.to_channels(image) if complex_images else image[..., None]).astype(jnp.float32)
+  features = []
+  for c in range(model.num_cascades):
+    p, h, hidden = params[f"cascade_{c}"], x, []
+    for j in range(model.num_convs - 1):
+      h = jax.nn.relu(conv(p[f"conv_{j}"], h))
+      hidden.append(h)
+    out = conv(p[f"conv_{model.num_convs - 1}"], h).astype(jnp.float32)
+    out = x + out if model.residual else out
+    lam = params[f"dc_{c}"]["noise_lambda"] if model.learn_lambda else model.noise_lambda
+    if complex_images:
+      dc = fft.data_consistency(fft.to_complex(out), kspace, mask, lam, keep_complex=True)
+      x = fft.to_channels(dc)
+    else:
+      x = fft.data_consistency(out[..., 0], kspace, mask, lam)[..., None]
+    features.append(tuple(hidden))
+  return (fft.to_complex(x) if complex_images else x[..., 0]), tuple(features)
+
+
+VARIANTS = [
+  {},
+  {"residual": True},
+  {"noise_lambda": 0.1},
+  {"learn_lambda": True, "noise_lambda": 2.0},
+  {"complex_images": True},
+  {"complex_images": True, "residual": True, "learn_lambda": True},
+  {"dtype": jnp.bfloat16},
+  {"dtype": jnp.bfloat16, "residual": True},
+]
+
+
+def _student_case(cascades: int, overrides: dict, seed: int):
+  """(student model, its params, (image, k-space, mask)) on a 2×16×16 batch; a complex model gets
+  the complex zero-filled image."""
+  model = models.build_model("student", num_cascades=cascades, **overrides)
+  params = models.init_params(model, jax.random.PRNGKey(seed), 16, 16)
+  batch = _batch((2, 16, 16), seed=seed + 1)
+  image = batch["input"]
+  if model.complex_images:
+    image = np.fft.ifft2(batch["kspace"], norm="ortho").astype(np.complex64)
+  return model, params, (image, batch["kspace"], batch["mask"])
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_every_variant_equals_the_written_out_forward_pass(overrides):
+  model, params, inputs = _student_case(2, overrides, seed=2)
+  out, features = model.apply({"params": params}, *inputs)
+  want_out, want_features = _written_out_dccnn(model, params, *inputs)
+  assert out.dtype == want_out.dtype and np.std(np.abs(want_out)) > 1e-3
+  np.testing.assert_allclose(out, want_out, rtol=1e-6, atol=1e-6)
+  for got, want in zip(jax.tree.leaves(features), jax.tree.leaves(want_features), strict=True):
+    assert got.dtype == want.dtype
+    np.testing.assert_allclose(np.float32(got), np.float32(want), rtol=1e-6, atol=1e-6)
+
+
+def _cascade_params(params, cascades):
+  """The entries of `cascades` (cascade_{c}, dc_{c}) of a DC-CNN parameter tree."""
+  names = {f"{prefix}_{c}" for c in cascades for prefix in ("cascade", "dc")}
+  return {name: value for name, value in params.items() if name in names}
+
+
+@pytest.mark.parametrize(
+  "overrides", [{}, {"complex_images": True, "residual": True, "learn_lambda": True}]
+)
+def test_first_cascade_runs_the_later_cascades_of_the_whole_model(overrides):
+  model, params, (image, kspace, mask) = _student_case(3, overrides, seed=4)
+  batch = {"kspace": kspace, "mask": mask}
+  whole, whole_features = model.apply({"params": params}, image, kspace, mask)
+  # Parameters of first_cascade=1: the later cascades only, under their absolute names, with the
+  # values the whole model's init gives them.
+  later = model.clone(first_cascade=1)
+  later_params = models.init_params(later, jax.random.PRNGKey(4), 16, 16)
+  assert set(later_params) == set(_cascade_params(params, (1, 2)))
+  jax.tree.map(np.testing.assert_array_equal, later_params, _cascade_params(params, (1, 2)))
+  # Cascades [0, 1) then [1, 3) is the whole model.
+  first = model.clone(num_cascades=1)
+  handed_over, _ = first.apply(
+    {"params": _cascade_params(params, (0,))}, image, batch["kspace"], batch["mask"]
+  )
+  out, features = later.apply({"params": later_params}, handed_over, batch["kspace"], batch["mask"])
+  np.testing.assert_allclose(out, whole, rtol=1e-6, atol=1e-6)
+  assert features[0] == () and len(features) == 3
+  jax.tree.map(np.testing.assert_array_equal, features[1:], whole_features[1:])
+  # One cascade at a time, with the whole tree (extra entries are not read).
+  for c in range(3):
+    single = model.clone(first_cascade=c, num_cascades=c + 1)
+    image, _ = single.apply({"params": params}, image, batch["kspace"], batch["mask"])
+  np.testing.assert_allclose(image, whole, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("first", [-1, 3])
+def test_first_cascade_outside_the_cascades_is_one_sentence(first):
+  model = models.build_model("student", num_cascades=3, first_cascade=first)
+  with pytest.raises(InputError, match=f"first_cascade={first} must be in 0 … num_cascades−1 = 2"):
+    models.init_params(model, jax.random.PRNGKey(0), 8, 8)
+
+
+def test_the_forward_pass_is_one_function_over_its_ops():
+  """`structure.forward` on a recording backend: the layers, ReLUs and DC steps in order."""
+
+  class Record:
+    def channels(self, x):
+      return x + ["channels"]
+
+    def image(self, x):
+      return x + ["image"]
+
+    def conv(self, conv, x):
+      return x + ["/".join(conv.path)]
+
+    def relu(self, x):
+      return x + ["relu"]
+
+    def add(self, x, y):
+      return y + ["add"]
+
+    def data_consistency(self, kspace, mask):
+      return lambda x, cascade: x + [f"dc_{cascade}"]
+
+  model = models.build_model("student", num_cascades=3, first_cascade=2, residual=True)
+  out, features = structure.forward(Record(), model, [])
+  stack = ["cascade_2/conv_0", "relu", "cascade_2/conv_1", "relu", "cascade_2/conv_2"]
+  assert out == ["channels"] + stack + ["add", "image", "dc_2"]
+  assert features[:2] == ((), ()) and len(features[2]) == 2
+  vdsr, _ = structure.forward(Record(), models.build_model("vdsr_student", num_layers=2), [])
+  assert vdsr == ["channels", "conv_0", "relu", "conv_1", "add", "image"]
 
 
 def test_bf16_compute_stays_close_to_float32():

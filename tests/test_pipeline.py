@@ -12,10 +12,17 @@ import numpy as np
 import pytest
 
 from configs import default
-from helpers import tiny_config
+from helpers import compilation_cache, tiny_config
 from kdmri_jax import checkpoints, pipeline
 from kdmri_jax.errors import InputError
 from kdmri_jax.train_input import synthetic_source
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cached_compiles(compile_cache_dir):
+  """Every stage jits its steps anew: identical programs are compiled once for the module."""
+  with compilation_cache(compile_cache_dir):
+    yield
 
 
 def tiny_pipeline_config():

@@ -61,3 +61,20 @@ def test_refuses_what_is_not_a_finished_teacher(tmp_path, damage):
   with pytest.raises(InputError, match="config.pretrained_teacher"):
     pretrained.install(str(source), str(workdir))
   assert os.listdir(workdir) == []
+
+
+def test_the_committed_demo_teacher_loads_as_the_demo_configs_teacher(tmp_path):
+  """Its meta predates model fields added since (e.g. DCCNN.first_cascade): their defaults hold."""
+  import jax
+
+  from configs import demo
+  from kdmri_jax import pipeline
+
+  config = demo.get_config()
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  pretrained.install(config.pretrained_teacher, str(workdir))
+  name, model = pipeline.build_model(config, "teacher")
+  params, meta = pipeline.load_stage_params(str(workdir), "teacher", name, model, "kd")
+  assert "first_cascade" not in meta["model_kwargs"]
+  assert sum(p.size for p in jax.tree.leaves(params)) == 141_765

@@ -393,6 +393,7 @@ def test_reverdict_rederives_the_verdict_from_the_tables_and_changes_nothing_els
   new, fresh = verdict_section(text), verdict_section(written)
   assert "old verdict" not in new and "--reverdict" in new
   assert "No measured number was changed" in new
+  assert "with `python -m experiments.reproduce_brain --reverdict " in new  # the module form
   ssim_status = lambda ln: ln.split(" SSIM ")[1].split(" — ")[0].rsplit(": ", 1)[1]  # noqa: E731
   for acc, status in (("4x", rb.REPRODUCES), ("8x", rb.NO_GAP)):
     line = next(ln for ln in new.split("\n") if ln.startswith(f"- At {acc}"))
@@ -465,3 +466,29 @@ def test_the_setting_line_names_each_runs_masks_and_imitation_objective(tmp_path
     "imitation objective `config.kd.imitation` = `authors_code` (4x seed 42), `paper` (4x "
     "seed 43, 8x seed 42, 8x seed 43)"
   ) in setting_line
+
+
+def test_the_command_line_keeps_its_flags_in_their_order():
+  flags = [a.option_strings[-1] for a in rb.build_parser()._actions if a.option_strings]
+  assert flags == [
+    "--help",
+    "--setting",
+    "--accs",
+    "--seeds",
+    "--workdir",
+    "--set",
+    "--note",
+    "--studies-acc",
+    "--methods",
+    "--curves-workdir",
+    "--collect-only",
+    "--parallel",
+    "--stop-after",
+    "--out",
+    "--overwrite",
+    "--dry-run",
+    "--reverdict",
+  ]
+  args = rb.build_parser().parse_args([])
+  assert (args.setting, args.accs, args.seeds, args.parallel) == ("cpu", "4x,5x,8x", "42,43,44", 1)
+  assert args.out == os.path.join(rb.common.RESULTS, "brain.md")

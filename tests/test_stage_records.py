@@ -1,8 +1,8 @@
 """A stage records what it was made with, and what the pipeline reads back is checked (issue 15).
 
 On copies of conftest.py's tiny uninterrupted run (`uninterrupted_runs`: the teacher stage, 2
-epochs of 4 steps), through `python -m kdmri_jax.main` (and `main.main` in this process where a run
-is cheap):
+epochs of 4 steps), through `main.main` in this process (reading the tiny runs' compilation cache)
+and, for the refusal of another model, `python -m kdmri_jax.main`:
 - a rerun whose model, data or objective differs from a finished or in-progress stage is refused in
   one sentence naming the field, both values and what to do, and changes nothing;
 - a damaged best/ is named, moved aside and rebuilt bit-identical from the training checkpoints, or
@@ -24,12 +24,21 @@ import pytest
 from helpers import (
   assert_one_line_error,
   assert_same_state,
+  compilation_cache,
   run_module,
   stage_state,
   subprocess_env,
   tiny_main_argv,
   tree_hash,
 )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cached_compiles(tiny_run_dirs):
+  """The in-process runs read the compiles of the tiny runs' persistent cache (the same programs)
+  and keep their own there."""
+  with compilation_cache(tiny_run_dirs[1]):
+    yield
 
 
 @pytest.fixture
@@ -180,21 +189,18 @@ def test_a_damaged_record_is_named_and_moved_aside(teacher_run, tiny_run_dirs, c
 
 
 def test_a_damaged_best_model_is_named_moved_aside_and_rebuilt_bit_identical(
-  teacher_run, tiny_run_dirs, uninterrupted_runs
+  teacher_run, tiny_run_dirs, uninterrupted_runs, capsys
 ):
-  data_cache, xla_cache = tiny_run_dirs
   best, step = teacher_run / "teacher" / "best", _best_step(teacher_run)
   assert step in _kept_steps(teacher_run)
   _garbage(best)
-  result = run_module(
-    "kdmri_jax.main", tiny_main_argv(teacher_run, data_cache), env=subprocess_env(xla_cache)
-  )
-  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-  assert f"warning: {best} is damaged (" in result.stdout and "moved it to" in result.stdout
+  status, out, err = _main(teacher_run, tiny_run_dirs[0], capsys)
+  assert status == 0, out[-2000:] + err[-2000:]
+  assert f"warning: {best} is damaged (" in out and "moved it to" in out
   assert (
     f"teacher: resuming in {teacher_run / 'teacher'} from step 8 (the end of epoch 2/2); "
     f"rebuilt best/ from the training checkpoint of step {step}"
-  ) in result.stdout
+  ) in out
   assert len(glob.glob(f"{best}.damaged-*")) == 1 and (teacher_run / "teacher" / "done").exists()
   assert_same_state(stage_state(teacher_run), stage_state(uninterrupted_runs[0]), "rebuilt best/")
 

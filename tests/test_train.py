@@ -23,6 +23,13 @@ from tests import helpers
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _cached_compiles(compile_cache_dir):
+  """Every `fit` jits its steps anew: identical programs are compiled once for the module."""
+  with helpers.compilation_cache(compile_cache_dir):
+    yield
+
+
 def tiny_config(**train_fields):
   """`helpers.tiny_config` with these tests' training settings and `train_fields`."""
   fields = {
@@ -269,10 +276,11 @@ SIGTERM_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _start(script, log, lines, committed=False):
+def _start(script, log, lines, committed=False, compile_cache=None):
   """Starts the training script; returns once log.txt has more than `lines` lines (and, with
-  `committed`, a finished checkpoint exists)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO)  # `tests.` importable
+  `committed`, a finished checkpoint exists). `compile_cache`: a persistent XLA cache (same
+  programs, same results; it only skips XLA's compile time)."""
+  env = helpers.subprocess_env(compile_cache)  # CPU, `tests.` importable
   process = subprocess.Popen(
     [sys.executable, str(script)],
     stdout=subprocess.PIPE,
@@ -293,15 +301,16 @@ def _start(script, log, lines, committed=False):
   raise AssertionError("training did not reach the expected point in time")
 
 
-def test_sigkill_resumes_and_sigterm_saves_and_exits_cleanly(tmp_path):
+def test_sigkill_resumes_and_sigterm_saves_and_exits_cleanly(tmp_path, compile_cache_dir):
   script = tmp_path / "run.py"
   script.write_text(SIGTERM_SCRIPT.format(workdir=str(tmp_path / "stage")))
-  log = tmp_path / "stage" / "log.txt"
-  process = _start(script, log, 0, committed=True)
+  # the module's cache: `_fit`'s programs do not depend on the number of epochs
+  log, cache = tmp_path / "stage" / "log.txt", compile_cache_dir
+  process = _start(script, log, 0, committed=True, compile_cache=cache)
   process.kill()  # SIGKILL: no chance to save
   process.communicate(timeout=30)
   killed_lines = log.read_text().count("\n")
-  process = _start(script, log, killed_lines + 1)  # the resume line, then an epoch
+  process = _start(script, log, killed_lines + 1, compile_cache=cache)  # resume line, an epoch
   process.send_signal(signal.SIGTERM)
   output, _ = process.communicate(timeout=60)
   assert process.returncode == 0, output

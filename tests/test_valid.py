@@ -1,6 +1,7 @@
 """`valid`: one h5 per volume with `reconstruction` S×H×W float32, and one-line refusals of bad
 input."""
 
+import concurrent.futures
 import os
 import shutil
 import subprocess
@@ -183,11 +184,31 @@ def test_vdsr_checkpoint_uses_the_low_resolution_target(setup, tmp_path):
     assert h5file.attrs["sr_keep"] == 8
 
 
-def test_cli_subprocess_reports_a_mask_of_the_wrong_shape_in_one_line(setup, tmp_path):
+# The masks each `python -m kdmri_jax.valid` refusal below is given (the runs start side by side).
+CLI_MASKS = {
+  "wrong-shape": ("mask_small.npy", lambda: masks.cartesian_mask((16, 16), 4)),
+  "not-the-datas": ("other.npy", lambda: masks.cartesian_mask(SHAPE, 4, seed=0, family="gaussian")),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_refusals(setup, tmp_path_factory):
+  """{case: (completed `python -m kdmri_jax.valid`, its scratch folder)} of CLI_MASKS, run
+  concurrently."""
   root = setup[0]
-  np.save(tmp_path / "mask_small.npy", masks.cartesian_mask((16, 16), 4))
-  argv = _argv_with(root, tmp_path / "out", "--mask", tmp_path / "mask_small.npy")
-  result = _run_valid_subprocess(argv)
+  folders = {case: tmp_path_factory.mktemp(f"cli_{case}") for case in CLI_MASKS}
+  argvs = {}
+  for case, folder in folders.items():
+    name, make_mask = CLI_MASKS[case]
+    np.save(folder / name, make_mask())
+    argvs[case] = _argv_with(root, folder / "out", "--mask", folder / name)
+  with concurrent.futures.ThreadPoolExecutor(len(argvs)) as pool:
+    results = dict(zip(argvs, pool.map(_run_valid_subprocess, argvs.values())))
+  return {case: (results[case], folders[case]) for case in argvs}
+
+
+def test_cli_subprocess_reports_a_mask_of_the_wrong_shape_in_one_line(cli_refusals):
+  result, tmp_path = cli_refusals["wrong-shape"]
   assert result.returncode == 2
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert result.stderr.startswith("error: mask file") and "(16, 16)" in result.stderr
@@ -206,11 +227,8 @@ def test_a_mask_that_is_not_the_datas_own_is_refused_in_one_sentence(setup, tmp_
   assert not (tmp_path / "out").exists()
 
 
-def test_cli_subprocess_refuses_a_mask_the_data_was_not_made_with(setup, tmp_path):
-  root = setup[0]
-  np.save(tmp_path / "other.npy", masks.cartesian_mask(SHAPE, 4, seed=0, family="gaussian"))
-  argv = _argv_with(root, tmp_path / "out", "--mask", tmp_path / "other.npy")
-  result = _run_valid_subprocess(argv)
+def test_cli_subprocess_refuses_a_mask_the_data_was_not_made_with(cli_refusals):
+  result, tmp_path = cli_refusals["not-the-datas"]
   assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert (
     "vol_a.h5 has k-space samples where the mask" in result.stderr and "other.npy" in result.stderr

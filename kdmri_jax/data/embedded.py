@@ -245,6 +245,19 @@ def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fiel
   spec = BrainSpec(size=int(size), **spec_fields)
   masks.check_family(spec.mask_family, "config.data.mask_family")
   accs = [f"{masks.parse_acceleration(a):g}x" for a in accs]
+  _make_cache_dir(cache_dir)
+  root = os.path.join(cache_dir, spec.folder_name())
+  if not _missing(_read_manifest(root), accs):
+    return root
+  with _locked(os.path.join(cache_dir, ".embedded.lock")):
+    manifest = _read_manifest(root)  # another process may have built it while we waited
+    missing = _missing(manifest, accs)
+    if missing:
+      _build(cache_dir, root, spec, manifest, missing)
+  return root
+
+
+def _make_cache_dir(cache_dir: str) -> None:
   try:
     os.makedirs(cache_dir, exist_ok=True)
   except OSError as error:
@@ -252,60 +265,74 @@ def ensure(cache_dir: str, size: int = 240, accs=("4x", "5x", "8x"), **spec_fiel
       f"cannot create the data cache folder {cache_dir} "
       f"({error}); set config.data.cache_dir to a writable folder."
     ) from None
-  root = os.path.join(cache_dir, spec.folder_name())
-  manifest = _read_manifest(root)
-  if manifest is not None and all(acc in manifest["accelerations"] for acc in accs):
-    return root
-  with _locked(os.path.join(cache_dir, ".embedded.lock")):
-    manifest = _read_manifest(root)  # another process may have built it while we waited
-    missing = [acc for acc in accs if manifest is None or acc not in manifest["accelerations"]]
-    if not missing:
-      return root
-    volumes, z_indices = build_targets(spec)
-    staging = tempfile.mkdtemp(prefix=".building_", dir=cache_dir)
-    try:
-      built = {acc: write_acceleration(staging, volumes, acc, spec) for acc in missing}
-      if manifest is None:
-        if os.path.isdir(root):  # leftovers without a manifest are from a build that died
-          shutil.rmtree(root)
-        manifest = {
-          "format_version": FORMAT_VERSION,
-          "source": "MNI ICBM152 2009a (nilearn)",
-          "templates": {k: os.path.basename(p) for k, p in template_paths().items()},
-          "spec": dataclasses.asdict(spec),
-          "mask_family": spec.mask_family,
-          "normalisation": "per-volume max",
-          "zero_filled": "|IFFT2(mask * FFT2(target))|, orthonormal, unshifted",
-          "slice_axis": "axial (z); h5 arrays are H x W x S",
-          "counts": {
-            split: {name: int(v.shape[0]) for name, v in named.items()}
-            for split, named in volumes.items()
-          },
-          "slices": {
-            split: int(sum(v.shape[0] for v in named.values())) for split, named in volumes.items()
-          },
-          "template_z": z_indices,
-          "shape": [spec.size, spec.size],
-          "accelerations": {},
-        }
-        os.makedirs(root)
-      for acc in missing:
-        for split in volumes:
-          destination = os.path.join(root, split, f"acc_{acc}")
-          if os.path.isdir(destination):
-            shutil.rmtree(destination)
-          os.makedirs(os.path.dirname(destination), exist_ok=True)
-          os.replace(os.path.join(staging, split, f"acc_{acc}"), destination)
-        os.makedirs(os.path.join(root, "masks"), exist_ok=True)
-        os.replace(
-          os.path.join(staging, "masks", f"mask_{acc}.npy"),
-          os.path.join(root, "masks", f"mask_{acc}.npy"),
-        )
-        manifest["accelerations"][acc] = built[acc]
-      _write_manifest(root, manifest)  # last: the set counts as built only once this is written
-    finally:
-      shutil.rmtree(staging, ignore_errors=True)
-  return root
+
+
+def _missing(manifest: dict | None, accs: list[str]) -> list[str]:
+  """The accelerations of `accs` that the manifest (None: no dataset yet) does not list."""
+  return [acc for acc in accs if manifest is None or acc not in manifest["accelerations"]]
+
+
+def _build(
+  cache_dir: str, root: str, spec: BrainSpec, manifest: dict | None, missing: list[str]
+) -> None:
+  """Writes the `missing` accelerations in a staging folder of `cache_dir`, then moves them into
+  `root` (created when `manifest` is None) and writes the manifest last: the set counts as built
+  only once it is written. Called under the cache's lock."""
+  volumes, z_indices = build_targets(spec)
+  staging = tempfile.mkdtemp(prefix=".building_", dir=cache_dir)
+  try:
+    built = {acc: write_acceleration(staging, volumes, acc, spec) for acc in missing}
+    if manifest is None:
+      if os.path.isdir(root):  # leftovers without a manifest are from a build that died
+        shutil.rmtree(root)
+      manifest = _new_manifest(spec, volumes, z_indices)
+      os.makedirs(root)
+    for acc in missing:
+      _move_acceleration(staging, root, acc, splits=list(volumes))
+      manifest["accelerations"][acc] = built[acc]
+    _write_manifest(root, manifest)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _new_manifest(spec: BrainSpec, volumes: dict, z_indices: dict) -> dict:
+  """The manifest of a new dataset, before any acceleration is added."""
+  return {
+    "format_version": FORMAT_VERSION,
+    "source": "MNI ICBM152 2009a (nilearn)",
+    "templates": {k: os.path.basename(p) for k, p in template_paths().items()},
+    "spec": dataclasses.asdict(spec),
+    "mask_family": spec.mask_family,
+    "normalisation": "per-volume max",
+    "zero_filled": "|IFFT2(mask * FFT2(target))|, orthonormal, unshifted",
+    "slice_axis": "axial (z); h5 arrays are H x W x S",
+    "counts": {
+      split: {name: int(v.shape[0]) for name, v in named.items()}
+      for split, named in volumes.items()
+    },
+    "slices": {
+      split: int(sum(v.shape[0] for v in named.values())) for split, named in volumes.items()
+    },
+    "template_z": z_indices,
+    "shape": [spec.size, spec.size],
+    "accelerations": {},
+  }
+
+
+def _move_acceleration(staging: str, root: str, acc: str, splits: list[str]) -> None:
+  """Moves one acceleration's split folders and mask from `staging` into `root`, replacing any
+  older copy."""
+  for split in splits:
+    destination = os.path.join(root, split, f"acc_{acc}")
+    if os.path.isdir(destination):
+      shutil.rmtree(destination)
+    os.makedirs(os.path.dirname(destination), exist_ok=True)
+    os.replace(os.path.join(staging, split, f"acc_{acc}"), destination)
+  os.makedirs(os.path.join(root, "masks"), exist_ok=True)
+  os.replace(
+    os.path.join(staging, "masks", f"mask_{acc}.npy"),
+    os.path.join(root, "masks", f"mask_{acc}.npy"),
+  )
 
 
 def save_preview(root: str, path: str, acc: str = "4x", count: int = 4) -> None:

@@ -13,6 +13,7 @@ without TensorFlow), the volume name and slice number. Records keep file/slice o
 from __future__ import annotations
 
 import os
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -44,23 +45,12 @@ def _builder_class():
       return self.builder_config.name.rsplit("_", 1)[1]
 
     def _info(self):
-      image = tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="bytes")
       return tfds.core.DatasetInfo(
         builder=self,
         disable_shuffling=True,
         metadata=tfds.core.MetadataDict(),
         description="KD-MRI reference-layout slices (kdmri_jax.data.tfds_builder).",
-        features=tfds.features.FeaturesDict(
-          {
-            "input": image,
-            "target": image,
-            "kspace": tfds.features.Tensor(
-              shape=(None, None, 2), dtype=np.float32, encoding="bytes"
-            ),
-            "volume": tfds.features.Text(),
-            "slice": tfds.features.Scalar(dtype=np.int32),
-          }
-        ),
+        features=_features(tfds),
       )
 
     def _split_generators(self, dl_manager):
@@ -68,36 +58,63 @@ def _builder_class():
         self._root is not None,
         f"building {self.name}/{self.builder_config.name} needs the data root.",
       )
-      splits = {}
-      volumes = {}
-      for split in reference.SPLITS:
-        if os.path.isdir(reference.split_dir(self._root, split, self.acc)):
-          paths = reference.list_volumes(self._root, split, self.acc)
-          volumes[split] = [
-            [os.path.splitext(os.path.basename(p))[0], _slice_count(p, self.acc)] for p in paths
-          ]
-          splits[split] = self._generate_examples(paths)
-      require(len(splits) > 0, f"{self._root} has no data for acceleration {self.acc}.")
+      paths = _split_paths(self._root, self.acc)
+      require(len(paths) > 0, f"{self._root} has no data for acceleration {self.acc}.")
       self.info.metadata["root"] = os.path.abspath(self._root)
-      self.info.metadata["volumes"] = volumes
-      return splits
+      self.info.metadata["volumes"] = {
+        split: _volume_index(split_paths, self.acc) for split, split_paths in paths.items()
+      }
+      return {split: self._generate_examples(split_paths) for split, split_paths in paths.items()}
 
     def _generate_examples(self, paths):
-      for path in paths:
-        volume = reference.read_volume(path, self.acc, require_target=True)
-        for index in range(volume.num_slices):
-          yield (
-            f"{volume.name}/{index:05d}",
-            {
-              "input": volume.input[index],
-              "target": volume.target[index],
-              "kspace": np.stack([volume.kspace[index].real, volume.kspace[index].imag], axis=-1),
-              "volume": volume.name,
-              "slice": index,
-            },
-          )
+      return _slice_examples(paths, self.acc)
 
   return KdmriMri
+
+
+def _features(tfds):
+  """One record: input and target (H,W), k-space as (H,W,2) real/imag, volume name, slice."""
+  image = tfds.features.Tensor(shape=(None, None), dtype=np.float32, encoding="bytes")
+  return tfds.features.FeaturesDict(
+    {
+      "input": image,
+      "target": image,
+      "kspace": tfds.features.Tensor(shape=(None, None, 2), dtype=np.float32, encoding="bytes"),
+      "volume": tfds.features.Text(),
+      "slice": tfds.features.Scalar(dtype=np.int32),
+    }
+  )
+
+
+def _split_paths(root: str, acc: str) -> dict[str, list[str]]:
+  """{split: its volume files} for the splits of `root` that have acceleration `acc`."""
+  return {
+    split: reference.list_volumes(root, split, acc)
+    for split in reference.SPLITS
+    if os.path.isdir(reference.split_dir(root, split, acc))
+  }
+
+
+def _volume_index(paths: list[str], acc: str) -> list[list]:
+  """[[volume name, slice count], ...] of `paths`, in record order (the dataset's metadata)."""
+  return [[os.path.splitext(os.path.basename(p))[0], _slice_count(p, acc)] for p in paths]
+
+
+def _slice_examples(paths: list[str], acc: str) -> Iterator[tuple[str, dict[str, Any]]]:
+  """(key, record) of every slice of `paths`, in file then slice order."""
+  for path in paths:
+    volume = reference.read_volume(path, acc, require_target=True)
+    for index in range(volume.num_slices):
+      yield (
+        f"{volume.name}/{index:05d}",
+        {
+          "input": volume.input[index],
+          "target": volume.target[index],
+          "kspace": np.stack([volume.kspace[index].real, volume.kspace[index].imag], axis=-1),
+          "volume": volume.name,
+          "slice": index,
+        },
+      )
 
 
 _CLASS = None

@@ -5,6 +5,9 @@ KD-MRI's teacher is D5C5 (5 cascades × 5 convs, 141,765 parameters) and its stu
 conv3x3 1→F, (n−2) × conv3x3 F→F, conv3x3 F→1 with ReLU after all but the last, and applies data
 consistency to the CNN's output. The KD-MRI reference code feeds the last conv straight to DC;
 Schlemper's original adds the cascade's input first (`residual=True`).
+
+The modules here only declare parameters; the forward pass is `models.structure.forward`, the one
+every backend (training, fast CPU inference, ONNX) runs.
 """
 
 from __future__ import annotations
@@ -14,54 +17,29 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from kdmri_jax import fft
-from kdmri_jax.models import layout
-from kdmri_jax.models.layers import conv3x3
+from kdmri_jax.models import layers, layout, structure
 
 # features[cascade][layer]: (B, H, W, F) post-ReLU output of conv `layer` (0-based) in `cascade`.
 Features = tuple[tuple[jnp.ndarray, ...], ...]
 
 
-class Cascade(nn.Module):
-  """One CNN block: returns (output image, post-ReLU feature maps of every hidden conv)."""
+class ConvStack(nn.Module):
+  """One cascade's convs, `conv_{j}` (parameters only)."""
 
-  num_convs: int
-  features: int
-  channels: int = 1
-  residual: bool = False
+  stack: tuple[layout.Conv, ...]
   dtype: Any = jnp.float32
 
-  @nn.compact
-  def __call__(self, x: jnp.ndarray) -> tuple[jnp.ndarray, tuple[jnp.ndarray, ...]]:
-    hidden = []
-    h = x
-    in_features = self.channels
-    for layer in range(self.num_convs - 1):
-      h = nn.relu(conv3x3(self.features, in_features, layout.conv_name(layer), self.dtype)(h))
-      hidden.append(h)
-      in_features = self.features
-    last = conv3x3(self.channels, in_features, layout.conv_name(self.num_convs - 1), self.dtype)
-    out = last(h).astype(x.dtype)
-    return (x + out if self.residual else out), tuple(hidden)
+  def setup(self):
+    self.convs = layers.declare_convs(self.stack, self.dtype)
 
 
-class DataConsistency(nn.Module):
-  """DC step; hard replacement, or the noisy variant with a fixed or learnable λ."""
+class NoiseLambda(nn.Module):
+  """A cascade's learnable λ of noisy data consistency, `noise_lambda` (parameters only)."""
 
-  noise_lambda: float | None = None
-  learn_lambda: bool = False
-  complex_images: bool = False
+  start: float
 
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, kspace: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-    lam = self.noise_lambda
-    if self.learn_lambda:
-      start = 1.0 if lam is None else lam
-      lam = self.param("noise_lambda", lambda _: jnp.asarray(start, jnp.float32))
-    if self.complex_images:
-      out = fft.data_consistency(fft.to_complex(x), kspace, mask, lam, keep_complex=True)
-      return fft.to_channels(out).astype(x.dtype)
-    return fft.data_consistency(x[..., 0], kspace, mask, lam)[..., None]
+  def setup(self):
+    self.value = self.param("noise_lambda", lambda _: jnp.asarray(self.start, jnp.float32))
 
 
 class DCCNN(nn.Module):
@@ -71,6 +49,11 @@ class DCCNN(nn.Module):
   measured k-space (B, H, W) complex and the mask (H, W) or (B, H, W). Returns the reconstruction in
   the input's layout and `Features`, every cascade's hidden feature maps, indexable as
   `features[cascade][layer]`; unused ones cost nothing under `jit`.
+
+  With `first_cascade` k > 0 the module runs only cascades k … num_cascades−1 (its parameters keep
+  their absolute names `cascade_{c}`, `dc_{c}`; `features[c]` is `()` for c < k), and its image
+  input is the output of cascade k−1, in the same layout. Cascades [0, k) then [k, N) compute
+  the whole model.
   """
 
   num_cascades: int = 5
@@ -81,27 +64,30 @@ class DCCNN(nn.Module):
   learn_lambda: bool = False
   complex_images: bool = False
   dtype: Any = jnp.float32
+  first_cascade: int = 0
 
-  @nn.compact
+  def setup(self):
+    self.cascades = tuple(
+      ConvStack(stack, self.dtype, name=layout.cascade_name(stack[0].cascade))
+      for stack in layout.conv_stacks(self)
+    )
+    if self.learn_lambda:
+      start = 1.0 if self.noise_lambda is None else self.noise_lambda
+      self.lambdas = tuple(NoiseLambda(start, name=f"dc_{c}") for c in layout.cascades(self))
+
   def __call__(
     self, image: jnp.ndarray, kspace: jnp.ndarray, mask: jnp.ndarray
   ) -> tuple[jnp.ndarray, Features]:
-    channels = 2 if self.complex_images else 1
-    x = fft.to_channels(image) if self.complex_images else image[..., None]
-    x = x.astype(jnp.float32)
-    features = []
-    for c in range(self.num_cascades):
-      x, hidden = Cascade(
-        self.num_convs,
-        self.features,
-        channels,
-        self.residual,
-        self.dtype,
-        name=layout.cascade_name(c),
-      )(x)
-      x = DataConsistency(
-        self.noise_lambda, self.learn_lambda, self.complex_images, name=f"dc_{c}"
-      )(x, kspace, mask)
-      features.append(hidden)
-    out = fft.to_complex(x) if self.complex_images else x[..., 0]
-    return out, tuple(features)
+    convs = {
+      conv.path: module
+      for cascade in self.cascades
+      for conv, module in zip(cascade.stack, cascade.convs)
+    }
+    ops = layers.FlaxOps(convs, self.complex_images, self._cascade_lambda)
+    return structure.forward(ops, self, image, kspace, mask)
+
+  def _cascade_lambda(self, cascade: int) -> Any:
+    """Cascade `cascade`'s λ: the learned one, the fixed `noise_lambda`, or None (hard DC)."""
+    if self.learn_lambda:
+      return self.lambdas[cascade - self.first_cascade].value
+    return self.noise_lambda

@@ -1,4 +1,5 @@
-"""Convolution with PyTorch's default initialisation, and a CPU-friendly weight gradient for it.
+"""The Flax models' layers: convolution with PyTorch's default initialisation and a CPU-friendly
+weight gradient, and `FlaxOps`, the backend on which the Flax modules run `structure.forward`.
 
 XLA:CPU (jaxlib 0.10) runs a 2-D convolution through YNNPACK only when the larger of its input and
 output feature sizes exceeds 16 (`IsConvolutionOpSupportedByYnn`); otherwise it falls back to a slow
@@ -17,12 +18,15 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from kdmri_jax import fft
+from kdmri_jax.models import layout
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # The same layout as Flax passes it (a ConvDimensionNumbers of axis indices), built once.
@@ -165,3 +169,54 @@ def conv3x3(features: int, in_features: int, name: str, dtype: Any = jnp.float32
     conv_general_dilated=conv_general_dilated,
     name=name,
   )
+
+
+def declare_convs(stack: Sequence[layout.Conv], dtype: Any) -> tuple[nn.Conv, ...]:
+  """The `conv3x3` of every conv of a `layout` stack, named `conv_{j}`; call from a `setup`."""
+  return tuple(
+    conv3x3(conv.out_features, conv.in_features, layout.conv_name(conv.index), dtype)
+    for conv in stack
+  )
+
+
+class FlaxOps:
+  """`structure.forward` on the Flax modules' convs (`conv3x3`, computing in the model's dtype).
+
+  Images between stacks are float32 (B, H, W) — complex64 with `complex_images`, whose activations
+  are 2 real/imaginary channels. Data consistency is `fft.data_consistency` with cascade c's
+  `noise_lambda(c)` (None: hard replacement).
+  """
+
+  def __init__(
+    self,
+    convs: Mapping[tuple[str, ...], nn.Conv],
+    complex_images: bool = False,
+    noise_lambda: Callable[[int], Any] = lambda cascade: None,
+  ):
+    self.convs, self.complex_images, self.noise_lambda = convs, complex_images, noise_lambda
+
+  def channels(self, image: jnp.ndarray) -> jnp.ndarray:
+    x = fft.to_channels(image) if self.complex_images else image[..., None]
+    return x.astype(jnp.float32)
+
+  def image(self, x: jnp.ndarray) -> jnp.ndarray:
+    x = x.astype(jnp.float32)
+    return fft.to_complex(x) if self.complex_images else x[..., 0]
+
+  def conv(self, conv: layout.Conv, x: jnp.ndarray) -> jnp.ndarray:
+    return self.convs[conv.path](x)
+
+  relu = staticmethod(nn.relu)
+
+  @staticmethod
+  def add(x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+    """x + y in x's dtype (the float32 input plus the stack's output)."""
+    return x + y.astype(x.dtype)
+
+  def data_consistency(self, kspace: jnp.ndarray, mask: jnp.ndarray):
+    def consistency(image: jnp.ndarray, cascade: int) -> jnp.ndarray:
+      return fft.data_consistency(
+        image, kspace, mask, self.noise_lambda(cascade), keep_complex=self.complex_images
+      )
+
+    return consistency

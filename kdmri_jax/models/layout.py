@@ -7,15 +7,17 @@ Both models are stacks of 3×3 convolutions with ReLU after all but the last con
 
 with {'kernel' (3, 3, in, out) HWIO, 'bias' (out,)} at each path; the authors' PyTorch code names
 the same modules `cascade{c+1}.conv{j+1}` and `conv{j+1}`. The Flax modules and the PyTorch
-reference name their submodules with the functions below; the converter, the inference structure
-(`kdmri_jax.inference.forward`: JAX export and ONNX) and the FLOP count read the layout from
-`conv_stacks`, so the naming rule is written here only.
+reference name their submodules with the functions below; the models' one forward pass
+(`models.structure.forward`: training, fast CPU inference, ONNX), the converter and the FLOP count
+read the layout from `conv_stacks`, so the naming rule is written here only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Mapping
+
+from kdmri_jax.errors import InputError
 
 KERNEL_SIZE = (3, 3)
 
@@ -77,15 +79,25 @@ def _stack(cascade: int | None, num_convs: int, features: int, channels: int) ->
 
 
 def conv_stacks(model: Any) -> tuple[tuple[Conv, ...], ...]:
-  """The model's conv stacks in forward order: one per DC-CNN cascade, or VDSR's one stack."""
+  """The model's conv stacks in forward order: one per DC-CNN cascade it runs (`first_cascade` …
+  `num_cascades`−1, numbered absolutely), or VDSR's one stack."""
   from kdmri_jax.models.dccnn import DCCNN  # here: dccnn imports this module
 
   if isinstance(model, DCCNN):
     channels = 2 if model.complex_images else 1
-    return tuple(
-      _stack(c, model.num_convs, model.features, channels) for c in range(model.num_cascades)
-    )
+    return tuple(_stack(c, model.num_convs, model.features, channels) for c in cascades(model))
   return (_stack(None, model.num_layers, model.features, 1),)
+
+
+def cascades(model: Any) -> range:
+  """The DC-CNN cascades `model` runs: first_cascade … num_cascades−1."""
+  first, count = model.first_cascade, model.num_cascades
+  if not 0 <= first < count:
+    raise InputError(
+      f"DCCNN first_cascade={first} must be in 0 … num_cascades−1 = {count - 1}; "
+      f"set first_cascade below num_cascades."
+    )
+  return range(first, count)
 
 
 def conv_params(params: Mapping[str, Any], conv: Conv) -> Mapping[str, Any]:
