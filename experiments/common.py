@@ -439,3 +439,15 @@ def default_methods() -> list[str]:
       seen.add(fn)
       names.append(name)
   return names
+
+
+def parse_seeds(text: str) -> list[int]:
+  """--seeds '42,43,44' as integers; one sentence for anything else."""
+  try:
+    seeds = [int(s) for s in text.split(",") if s.strip()]
+  except ValueError:
+    raise InputError(
+      f"--seeds {text!r} is not a comma-separated list of integers, e.g. 42,43,44."
+    ) from None
+  require(bool(seeds), "--seeds is empty; give e.g. 42,43,44.")
+  return seeds

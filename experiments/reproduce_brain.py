@@ -1229,13 +1229,7 @@ def check_args(args) -> None:
   require(bool(args.accs), "--accs is empty; give e.g. 4x,5x,8x.")
   for acc in args.accs:
     parse_acceleration(acc)  # one sentence for a bad value
-  try:
-    args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-  except ValueError:
-    require(
-      False, f"--seeds {args.seeds!r} is not a comma-separated list of integers, e.g. 42,43,44."
-    )
-  require(bool(args.seeds), "--seeds is empty; give e.g. 42,43,44.")
+  args.seeds = common.parse_seeds(args.seeds)
   require(args.parallel >= 1, f"--parallel {args.parallel} must be at least 1.")
   if args.studies_acc:
     parse_acceleration(args.studies_acc)

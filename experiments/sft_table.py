@@ -75,7 +75,7 @@ def run_dirs(args, seed: int) -> dict[str, str]:
 
 def commands(args, seed: int) -> dict[str, list[str]]:
   """The standard and SFT runs' `python -m kdmri_jax.main` commands of one seed."""
-  dirs, overrides = run_dirs(args, seed), common.check_overrides(args.overrides)
+  dirs, overrides = run_dirs(args, seed), args.overrides
   standard = reproduce_brain.run_command(args.setting, args.acc, seed, dirs["standard"], overrides)
   sft = reproduce_brain.run_command(
     args.setting,
@@ -181,7 +181,11 @@ def intro(args, seeds: Sequence[int]) -> str:
 
 def main(argv: Sequence[str]) -> int:
   args = build_parser().parse_args(argv)
-  seeds = [int(s) for s in args.seeds.split(",")]
+  seeds = common.parse_seeds(args.seeds)
+  args.overrides = common.check_overrides(args.overrides)
+  from kdmri_jax.masks import parse_acceleration  # here: it imports jax
+
+  parse_acceleration(args.acc)  # one sentence for a bad value, before any run
   require(
     args.overwrite or args.dry_run or not os.path.exists(args.out),
     f"{args.out} exists; pass --overwrite to replace it.",

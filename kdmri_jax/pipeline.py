@@ -146,9 +146,10 @@ def load_stage_params(workdir: str, stage: str, model_name: str, model, needed_b
   _, params, meta = checkpoints.load_params(folder, expected_model=model_name)
   saved, wanted = meta["model_kwargs"], models.model_kwargs(model)
   fields = model.__dataclass_fields__  # a field newer than the checkpoint: its default
-  differing = [k for k in wanted if k != "dtype" and saved.get(k, fields[k].default) != wanted[k]]
+  saved = {k: saved.get(k, fields[k].default) for k in wanted}
+  differing = [k for k in wanted if k != "dtype" and saved[k] != wanted[k]]
   if differing:
-    had = ", ".join(f"{k}={saved.get(k)!r}" for k in differing)
+    had = ", ".join(f"{k}={saved[k]!r}" for k in differing)
     builds = ", ".join(f"{k}={wanted[k]!r}" for k in differing)
     raise InputError(
       f"{folder} holds a {model_name!r} model with {had}, but this config builds "
@@ -194,9 +195,7 @@ def run_training_stage(
     init, init_meta = load_stage_params(workdir, config.kd.init_from, name, model, stage)
     described["init"] = init_meta.get("objective")  # how the starting point was trained and chosen
     _say(f"kd: student initialised from the best {config.kd.init_from} checkpoint")
-  student = None
-  if train.uses_student_branches(stage, config):  # an SFT teacher trains student branches too
-    student = build_model(config, "student")[1]
+  _, student = build_model(config, "student")  # the branches of an SFT teacher stage
   objective = train.make_objective(stage, config, model, teacher, student)
   batches = train.Batches(
     train_source, config.train.batch_size, config.train.seed, config.data.num_workers

@@ -56,3 +56,21 @@ def test_comparison_follows_the_reproductions_rule(offset, outcome):
 def test_the_comparison_table_says_not_resolved_inside_the_spread():
   text = sft_table.comparison_table(_found(0.05))
   assert text.count("not resolved") == 2  # the SFT teacher is 0.1 dB below: inside its spread
+
+
+@pytest.mark.parametrize(
+  "argv, fragment",
+  [
+    (["--seeds", "4x"], "--seeds '4x' is not a comma-separated list of integers"),
+    (["--seeds", ","], "--seeds is empty"),
+    (["--acc", "3y"], "3y"),
+    (["--set", "no-equals"], "is not FIELD=VALUE"),
+  ],
+)
+def test_bad_arguments_are_one_sentence_before_any_run(tmp_path, capsys, argv, fragment):
+  from kdmri_jax.errors import run_cli
+
+  status = run_cli(sft_table.main, [*argv, "--workdir", str(tmp_path / "sft"), "--dry-run"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert status == 2 and len(err) == 1 and err[0].startswith("error: ") and fragment in err[0]
+  assert not (tmp_path / "sft").exists()
